@@ -1,0 +1,69 @@
+import { z } from 'zod';
+
+export { z };
+
+/** Thrown at start when the environment does not describe a valid configuration. */
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  ${problems.join('\n  ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/**
+ * Reads a typed configuration from environment variables. The schema's keys
+ * are the variable names themselves, so every problem names the variable to
+ * fix: `GATEWAY_PORT: expected a port (1-65535), got "abc"`.
+ */
+export function loadConfig<S extends z.ZodRawShape>(
+  shape: S,
+  env: NodeJS.ProcessEnv = process.env,
+): z.infer<z.ZodObject<S>> {
+  const input: Record<string, string | undefined> = {};
+  for (const key of Object.keys(shape)) {
+    const value = env[key];
+    // An empty variable means "not set": use the default.
+    input[key] = value === '' ? undefined : value;
+  }
+  const result = z.object(shape).safeParse(input);
+  if (result.success) return result.data;
+  throw new ConfigError(
+    result.error.issues.map((issue) => {
+      const name = issue.path.join('.');
+      const given = input[name];
+      return `${name}: ${issue.message}${given === undefined ? '' : `, got ${JSON.stringify(given)}`}`;
+    }),
+  );
+}
+
+/** Schema helpers for the kinds of values services read. */
+export const env = {
+  port: (fallback: number) =>
+    z.coerce.number({ error: 'expected a port (0-65535)' }).int('expected a port (0-65535)').min(0, 'expected a port (0-65535)').max(65535, 'expected a port (0-65535)').default(fallback),
+  positiveInt: (fallback: number) =>
+    z.coerce.number({ error: 'expected a positive integer' }).int('expected a positive integer').positive('expected a positive integer').default(fallback),
+  string: (fallback: string) => z.string().min(1).default(fallback),
+  optionalString: () => z.string().min(1).optional(),
+  url: (fallback: string, protocols: string[]) =>
+    z
+      .string()
+      .default(fallback)
+      .refine((value) => {
+        try {
+          return protocols.includes(new URL(value).protocol.replace(/:$/, ''));
+        } catch {
+          return false;
+        }
+      }, `expected a URL with scheme ${protocols.join(' or ')}`),
+  list: (fallback: string[]) =>
+    z
+      .string()
+      .optional()
+      .transform((value) => (value === undefined ? fallback : value.split(',').map((item) => item.trim()).filter(Boolean))),
+  boolean: (fallback: boolean) =>
+    z
+      .enum(['true', 'false', '1', '0'], { error: 'expected true or false' })
+      .optional()
+      .transform((value) => (value === undefined ? fallback : value === 'true' || value === '1')),
+  logLevel: () => z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+};

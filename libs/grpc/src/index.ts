@@ -1,0 +1,6 @@
+export { GrpcServer, type GrpcServerOptions } from './server';
+export { unary, type CallContext, type UnaryHandler } from './handlers';
+export { createClient, type CallOptions, type PromiseClient } from './client';
+export { toServiceError, fromServiceError, grpcStatusFor, ERROR_TRAILER } from './errors';
+export { TENANT_METADATA, tenantToMetadata, tenantFromMetadata } from './tenant';
+export { Metadata, status as GrpcStatus, credentials } from '@grpc/grpc-js';

@@ -1,0 +1,74 @@
+import { readFileSync } from 'node:fs';
+import { Server, ServerCredentials, type ServiceDefinition, type UntypedServiceImplementation } from '@grpc/grpc-js';
+import { loadFileDescriptorSetFromBuffer } from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import type { Logger } from '@switchboard/logging';
+import { descriptorSetPath } from '@switchboard/proto';
+import { HealthImplementation } from 'grpc-health-check';
+
+export interface GrpcServerOptions {
+  logger: Logger;
+  /** Largest message accepted, in bytes. */
+  maxReceiveMessageBytes?: number;
+}
+
+/**
+ * A grpc-js server that always serves the gRPC health protocol and server
+ * reflection (so `grpcurl` works against every service), and shuts down with
+ * `tryShutdown` first and `forceShutdown` at the deadline.
+ */
+export class GrpcServer {
+  readonly server: Server;
+  private readonly health = new HealthImplementation({ '': 'NOT_SERVING' });
+  private readonly serviceNames: string[] = [];
+
+  constructor(private readonly options: GrpcServerOptions) {
+    this.server = new Server({
+      'grpc.max_receive_message_length': options.maxReceiveMessageBytes ?? 4 * 1024 * 1024,
+      'grpc.keepalive_time_ms': 30_000,
+      'grpc.keepalive_timeout_ms': 10_000,
+    });
+    this.health.addToServer(this.server);
+    const descriptors = loadFileDescriptorSetFromBuffer(readFileSync(descriptorSetPath));
+    new ReflectionService(descriptors).addToServer(this.server);
+  }
+
+  addService<I extends UntypedServiceImplementation>(name: string, definition: ServiceDefinition<I>, implementation: Partial<I>): this {
+    this.server.addService(definition, implementation as I);
+    this.serviceNames.push(name);
+    this.health.setStatus(name, 'NOT_SERVING');
+    return this;
+  }
+
+  /** Binds and starts; returns the bound port (useful with port 0). */
+  async listen(host: string, port: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.server.bindAsync(`${host}:${port}`, ServerCredentials.createInsecure(), (err, boundPort) => {
+        if (err) reject(new Error(`gRPC cannot listen on ${host}:${port}: ${err.message}`, { cause: err }));
+        else resolve(boundPort);
+      });
+    });
+  }
+
+  /** Marks every service (and the server as a whole) SERVING or NOT_SERVING in the health protocol. */
+  setServing(serving: boolean): void {
+    const status = serving ? 'SERVING' : 'NOT_SERVING';
+    this.health.setStatus('', status);
+    for (const name of this.serviceNames) this.health.setStatus(name, status);
+  }
+
+  async shutdown(deadlineMs: number): Promise<void> {
+    this.setServing(false);
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.options.logger.warn({ deadlineMs }, 'gRPC calls still running at the deadline: forcing shutdown');
+        this.server.forceShutdown();
+        resolve();
+      }, deadlineMs);
+      this.server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+}

@@ -1,0 +1,45 @@
+import { Metadata } from '@grpc/grpc-js';
+import { UnauthenticatedError } from '@switchboard/errors';
+import { assertSafeId, InvalidIdError } from '@switchboard/ids';
+import { commonV1 } from '@switchboard/proto';
+
+/** Metadata keys that carry the tenant context on every call. */
+export const TENANT_METADATA = {
+  tenant: 'x-sb-tenant',
+  user: 'x-sb-user',
+  device: 'x-sb-device',
+  internal: 'x-sb-internal',
+} as const;
+
+export function tenantToMetadata(ctx: commonV1.TenantContext, metadata = new Metadata()): Metadata {
+  metadata.set(TENANT_METADATA.tenant, ctx.tenantId);
+  if (ctx.userId) metadata.set(TENANT_METADATA.user, ctx.userId);
+  if (ctx.deviceId) metadata.set(TENANT_METADATA.device, ctx.deviceId);
+  if (ctx.internal) metadata.set(TENANT_METADATA.internal, 'true');
+  return metadata;
+}
+
+function first(metadata: Metadata, key: string): string {
+  const value = metadata.get(key)[0];
+  return typeof value === 'string' ? value : '';
+}
+
+/** The tenant context of an incoming call; a call without a valid tenant is refused. */
+export function tenantFromMetadata(metadata: Metadata): commonV1.TenantContext {
+  try {
+    const tenantId = assertSafeId(first(metadata, TENANT_METADATA.tenant), 'tenant');
+    const userId = first(metadata, TENANT_METADATA.user);
+    const deviceId = first(metadata, TENANT_METADATA.device);
+    return {
+      tenantId,
+      userId: userId ? assertSafeId(userId, 'user') : '',
+      deviceId: deviceId ? assertSafeId(deviceId, 'device') : '',
+      internal: first(metadata, TENANT_METADATA.internal) === 'true',
+    };
+  } catch (err) {
+    if (err instanceof InvalidIdError) {
+      throw new UnauthenticatedError(`missing or invalid tenant context: ${err.message}`, { field: err.field, cause: err });
+    }
+    throw err;
+  }
+}

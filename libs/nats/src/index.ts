@@ -1,0 +1,4 @@
+export { connectNats, type NatsOptions } from './connection';
+export { subjects, SYSTEM_SUBJECTS } from './subjects';
+export { newEnvelope, publishEnvelope, decodeEnvelope, type EventOf, type ReceivedEnvelope } from './envelope';
+export type { NatsConnection, Msg, Subscription } from '@nats-io/transport-node';

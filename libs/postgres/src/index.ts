@@ -1,0 +1,72 @@
+import { runner } from 'node-pg-migrate';
+import pg from 'pg';
+
+export type { PoolClient, Pool } from 'pg';
+
+export interface PoolOptions {
+  connectionString: string;
+  applicationName: string;
+  max?: number;
+  /** Called for errors of idle clients (a restarting server); without a handler they would crash the process. */
+  onError?: (err: Error) => void;
+}
+
+export function createPool(options: PoolOptions): pg.Pool {
+  const pool = new pg.Pool({
+    connectionString: options.connectionString,
+    application_name: options.applicationName,
+    max: options.max ?? 20,
+    connectionTimeoutMillis: 3000,
+    idleTimeoutMillis: 30_000,
+  });
+  pool.on('error', (err) => options.onError?.(err));
+  return pool;
+}
+
+/**
+ * Runs `fn` in a transaction scoped to one tenant: `app.tenant_id` is set for
+ * the transaction only, and every table's row-level security policy compares
+ * against it, so a query that forgets the tenant sees nothing of another's.
+ */
+export async function withTenantTransaction<T>(pool: pg.Pool, tenantId: string, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+  const client = await pool.connect();
+  try {
+    await client.query('BEGIN');
+    await client.query(`SELECT set_config('app.tenant_id', $1, true)`, [tenantId]);
+    const result = await fn(client);
+    await client.query('COMMIT');
+    return result;
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw err;
+  } finally {
+    client.release();
+  }
+}
+
+export interface MigrateOptions {
+  databaseUrl: string;
+  /** The owning service's schema; created when missing, and the only one its migrations touch. */
+  schema: string;
+  /** Folder of the service's migration files (`.sql` with `-- Up Migration` / `-- Down Migration`). */
+  dir: string;
+  log?: (message: string) => void;
+}
+
+/** Applies pending migrations with node-pg-migrate under its advisory lock, so concurrent starts are safe. */
+export async function migrate(options: MigrateOptions): Promise<void> {
+  await runner({
+    databaseUrl: options.databaseUrl,
+    dir: options.dir,
+    direction: 'up',
+    count: Infinity,
+    schema: options.schema,
+    createSchema: true,
+    migrationsSchema: options.schema,
+    migrationsTable: 'schema_migrations',
+    checkOrder: true,
+    singleTransaction: true,
+    log: options.log ?? (() => undefined),
+    verbose: false,
+  });
+}
