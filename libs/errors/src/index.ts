@@ -1,3 +1,4 @@
+import { InvalidIdError } from '@switchboard/ids';
 import { commonV1 } from '@switchboard/proto';
 
 export const ErrorCode = commonV1.ErrorCode;
@@ -73,8 +74,12 @@ export class InternalError extends kind(ErrorCode.ERROR_CODE_INTERNAL) {}
 export class UnsupportedError extends kind(ErrorCode.ERROR_CODE_UNSUPPORTED) {}
 export class FailedPreconditionError extends kind(ErrorCode.ERROR_CODE_FAILED_PRECONDITION) {}
 
-/** Any thrown value as a SwitchboardError; unknown failures become INTERNAL with the original as cause. */
+/**
+ * Any thrown value as a SwitchboardError: an invalid id is the caller's
+ * INVALID_ARGUMENT, unknown failures become INTERNAL with the original as cause.
+ */
 export function asSwitchboardError(err: unknown): SwitchboardError {
   if (err instanceof SwitchboardError) return err;
+  if (err instanceof InvalidIdError) return new InvalidArgumentError(err.message, { field: err.field, cause: err });
   return new InternalError('internal error', { cause: err });
 }

@@ -1,4 +1,4 @@
 export { connectNats, type NatsOptions } from './connection';
 export { subjects, SYSTEM_SUBJECTS } from './subjects';
 export { newEnvelope, publishEnvelope, decodeEnvelope, type EventOf, type ReceivedEnvelope } from './envelope';
-export type { NatsConnection, Msg, Subscription } from '@nats-io/transport-node';
+export { headers as natsHeaders, type NatsConnection, type Msg, type Subscription } from '@nats-io/transport-node';

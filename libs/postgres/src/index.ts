@@ -2,11 +2,14 @@ import { runner } from 'node-pg-migrate';
 import pg from 'pg';
 
 export type { PoolClient, Pool } from 'pg';
+export { Client as PgClient } from 'pg';
 
 export interface PoolOptions {
   connectionString: string;
   applicationName: string;
   max?: number;
+  /** The owning service's schema, first on the search path so queries name tables plainly. */
+  schema?: string;
   /** Called for errors of idle clients (a restarting server); without a handler they would crash the process. */
   onError?: (err: Error) => void;
 }
@@ -18,6 +21,7 @@ export function createPool(options: PoolOptions): pg.Pool {
     max: options.max ?? 20,
     connectionTimeoutMillis: 3000,
     idleTimeoutMillis: 30_000,
+    ...(options.schema ? { options: `-c search_path=${options.schema}` } : {}),
   });
   pool.on('error', (err) => options.onError?.(err));
   return pool;

@@ -1,2 +1,3 @@
 export { OpsServer, type OpsServerOptions, type ReadinessCheck } from './ops-server';
 export { Lifecycle, type LifecycleOptions } from './lifecycle';
+export { StartupError, startupStep, runMain } from './startup';

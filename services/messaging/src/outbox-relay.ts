@@ -1,0 +1,186 @@
+import { natsHeaders, type NatsConnection } from '@switchboard/nats';
+import type { Producer } from '@switchboard/kafka';
+import type { Logger } from '@switchboard/logging';
+import { PgClient, type Pool } from '@switchboard/postgres';
+import type { Meter } from '@switchboard/telemetry';
+
+interface OutboxRow {
+  id: string;
+  event_id: string;
+  nats_subject: string;
+  kafka_topic: string;
+  kafka_key: string;
+  payload: Buffer;
+  headers: Record<string, string>;
+}
+
+export interface OutboxRelayOptions {
+  pool: Pool;
+  databaseUrl: string;
+  nats: NatsConnection;
+  producer: Producer;
+  logger: Logger;
+  meter: Meter;
+  pollMs: number;
+  batchSize?: number;
+}
+
+/** Any number of replicas run a relay; the one holding this advisory lock publishes, so order per key holds. */
+const LEADER_LOCK_KEY = 0x5b0_0001;
+
+/**
+ * Carries every committed outbox event to NATS (live fan-out) and Kafka
+ * (durable log), each with its own cursor so that a Kafka outage never delays
+ * live delivery. An event is marked published only after the server
+ * confirmed it (NATS flush, Kafka ack), so a crash in between republishes it:
+ * delivery is at least once and consumers de-duplicate by event id and seq.
+ */
+export class OutboxRelay {
+  private running = false;
+  private leader: PgClient | undefined;
+  /** Set when the leader connection dropped, so the sinks stop until leadership is regained. */
+  private leaderLost = false;
+  private lastCleanUp = 0;
+  private readonly wakers = new Set<() => void>();
+  private loops: Promise<void>[] = [];
+  private readonly batchSize: number;
+  private readonly pending = { nats: 0, kafka: 0 };
+
+  constructor(private readonly options: OutboxRelayOptions) {
+    this.batchSize = options.batchSize ?? 256;
+    options.meter
+      .createObservableGauge('messaging_outbox_pending', { description: 'Outbox events not yet published, per sink' })
+      .addCallback((result) => {
+        result.observe(this.pending.nats, { sink: 'nats' });
+        result.observe(this.pending.kafka, { sink: 'kafka' });
+      });
+  }
+
+  start(): void {
+    this.running = true;
+    this.loops = [this.leadership()];
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    this.wake();
+    await Promise.allSettled(this.loops);
+    await this.leader?.end().catch(() => undefined);
+  }
+
+  private wake(): void {
+    for (const waker of this.wakers) waker();
+  }
+
+  private async idle(ms: number): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.wakers.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.wakers.add(done);
+    });
+  }
+
+  /** Holds the leader lock on a dedicated connection (also used to LISTEN) and runs the sinks while it does. */
+  private async leadership(): Promise<void> {
+    const { logger } = this.options;
+    while (this.running) {
+      const client = new PgClient({ connectionString: this.options.databaseUrl, application_name: 'messaging-outbox-relay' });
+      let lost: (reason: unknown) => void = () => undefined;
+      const connectionLost = new Promise<void>((resolve) => {
+        lost = (reason) => {
+          logger.warn({ err: reason }, 'outbox relay lost its database connection');
+          resolve();
+        };
+      });
+      client.on('error', lost);
+      client.on('end', () => lost('connection ended'));
+      try {
+        await client.connect();
+        const { rows } = await client.query<{ locked: boolean }>('SELECT pg_try_advisory_lock($1) AS locked', [LEADER_LOCK_KEY]);
+        if (!rows[0]?.locked) {
+          await client.end();
+          await this.idle(2000);
+          continue;
+        }
+        this.leader = client;
+        client.on('notification', () => this.wake());
+        await client.query('LISTEN messaging_outbox');
+        logger.info('outbox relay is the leader');
+        const sinks = [this.drain('nats', (rows) => this.publishNats(rows)), this.drain('kafka', (rows) => this.publishKafka(rows))];
+        await Promise.race([connectionLost, Promise.all(sinks)]);
+        this.leaderLost = true;
+        this.wake();
+        await Promise.allSettled(sinks);
+        this.leaderLost = false;
+      } catch (err) {
+        if (this.running) logger.warn({ err }, 'outbox relay cannot lead yet');
+      } finally {
+        this.leader = undefined;
+        await client.end().catch(() => undefined);
+      }
+      if (this.running) await this.idle(1000);
+    }
+  }
+
+  private async drain(sink: 'nats' | 'kafka', publish: (rows: OutboxRow[]) => Promise<void>): Promise<void> {
+    const column = sink === 'nats' ? 'nats_published_at' : 'kafka_published_at';
+    let failures = 0;
+    while (this.running && !this.leaderLost) {
+      try {
+        const { rows } = await this.options.pool.query<OutboxRow>(
+          `SELECT id, event_id, nats_subject, kafka_topic, kafka_key, payload, headers FROM outbox
+           WHERE ${column} IS NULL ORDER BY id LIMIT $1`,
+          [this.batchSize],
+        );
+        this.pending[sink] = rows.length;
+        if (rows.length > 0) {
+          await publish(rows);
+          await this.options.pool.query(`UPDATE outbox SET ${column} = now() WHERE id = ANY($1::bigint[])`, [rows.map((row) => row.id)]);
+          failures = 0;
+          if (rows.length === this.batchSize) continue;
+        }
+        await this.cleanUp(sink);
+        await this.idle(this.options.pollMs);
+      } catch (err) {
+        failures += 1;
+        this.options.logger.warn({ err, sink, failures }, 'outbox relay could not publish; retrying');
+        await this.idle(Math.min(100 * 2 ** failures, 5000));
+      }
+    }
+  }
+
+  private async publishNats(rows: OutboxRow[]): Promise<void> {
+    const { nats } = this.options;
+    for (const row of rows) {
+      const h = natsHeaders();
+      for (const [key, value] of Object.entries(row.headers)) h.set(key, value);
+      h.set('Nats-Msg-Id', row.event_id);
+      nats.publish(row.nats_subject, row.payload, { headers: h });
+    }
+    // The server has the whole batch once the flush round trip returns.
+    await nats.flush();
+  }
+
+  private async publishKafka(rows: OutboxRow[]): Promise<void> {
+    const byTopic = new Map<string, { key: string; value: Buffer; headers: Record<string, string> }[]>();
+    for (const row of rows) {
+      const records = byTopic.get(row.kafka_topic) ?? [];
+      records.push({ key: row.kafka_key, value: row.payload, headers: { ...row.headers, 'sb-event-id': row.event_id } });
+      byTopic.set(row.kafka_topic, records);
+    }
+    await this.options.producer.sendBatch({ acks: -1, topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })) });
+  }
+
+  /** Published rows are kept briefly for inspection, then removed. */
+  private async cleanUp(sink: 'nats' | 'kafka'): Promise<void> {
+    if (sink !== 'nats' || Date.now() - this.lastCleanUp < 30_000) return;
+    this.lastCleanUp = Date.now();
+    await this.options.pool.query(
+      `DELETE FROM outbox WHERE nats_published_at IS NOT NULL AND kafka_published_at IS NOT NULL AND created_at < now() - interval '5 minutes'`,
+    );
+  }
+}

@@ -1,0 +1,103 @@
+import { InvalidArgumentError, PermissionDeniedError } from '@switchboard/errors';
+import { unary, type CallContext } from '@switchboard/grpc';
+import { assertSafeId } from '@switchboard/ids';
+import type { Logger } from '@switchboard/logging';
+import { messagingV1 } from '@switchboard/proto';
+import type { MessagingConfig } from './config';
+import type { MessageStore } from './store';
+
+const { MessageKind, Direction } = messagingV1;
+
+/** The acting user: a user call acts as itself; an internal call must name no user it could impersonate without one. */
+function actingUser(ctx: CallContext): string {
+  if (!ctx.tenant.userId) throw new PermissionDeniedError('this call needs a user in the tenant context', { field: 'context.user_id' });
+  return ctx.tenant.userId;
+}
+
+/** Internal callers may read any conversation of their tenant; users only their own. */
+function viewer(ctx: CallContext): string | undefined {
+  return ctx.tenant.internal && !ctx.tenant.userId ? undefined : actingUser(ctx);
+}
+
+function pageSize(requested: number, config: MessagingConfig, fallback = 50): number {
+  return Math.min(requested || fallback, config.MAX_PAGE_SIZE);
+}
+
+export function messagingService(store: MessageStore, config: MessagingConfig, logger: Logger): Partial<messagingV1.MessagingServiceServer> {
+  return {
+    sendMessage: unary('SendMessage', logger, async (req: messagingV1.SendMessageRequest, ctx) => {
+      const senderId = actingUser(ctx);
+      const clientMessageId = assertSafeId(req.clientMessageId, 'client_message_id');
+      if (req.text.length === 0 && req.attachments.length === 0) {
+        throw new InvalidArgumentError('a message needs text or an attachment', { field: 'text' });
+      }
+      if (req.text.length > config.MAX_TEXT_LENGTH) {
+        throw new InvalidArgumentError(`text is longer than ${config.MAX_TEXT_LENGTH} characters`, { field: 'text' });
+      }
+      if (!req.target) throw new InvalidArgumentError('name a conversation_id or a recipient_user_id', { field: 'target' });
+      let target: { conversationId: string } | { recipientUserId: string };
+      if (req.target.$case === 'recipientUserId') {
+        const recipientUserId = assertSafeId(req.target.value, 'recipient_user_id');
+        if (recipientUserId === senderId) throw new InvalidArgumentError('a direct message needs another user', { field: 'recipient_user_id' });
+        target = { recipientUserId };
+      } else {
+        target = { conversationId: assertSafeId(req.target.value, 'conversation_id') };
+      }
+      req.mentions.forEach((mention) => assertSafeId(mention, 'mentions'));
+      const ack = await store.send(ctx.tenant.tenantId, target, {
+        senderId,
+        clientMessageId,
+        kind: req.kind === MessageKind.MESSAGE_KIND_UNSPECIFIED ? MessageKind.MESSAGE_KIND_TEXT : req.kind,
+        text: req.text,
+        attachments: req.attachments,
+        mentions: req.mentions,
+        metadata: req.metadata,
+      });
+      return { ack };
+    }),
+
+    getHistory: unary('GetHistory', logger, async (req: messagingV1.GetHistoryRequest, ctx) => {
+      const conversationId = assertSafeId(req.conversationId, 'conversation_id');
+      const backward = req.direction === Direction.DIRECTION_BACKWARD;
+      return store.history(ctx.tenant.tenantId, conversationId, viewer(ctx), req.fromSeq, backward, pageSize(req.limit, config));
+    }),
+
+    getConversation: unary('GetConversation', logger, async (req: messagingV1.GetConversationRequest, ctx) => {
+      const conversationId = assertSafeId(req.conversationId, 'conversation_id');
+      return { conversation: await store.getConversation(ctx.tenant.tenantId, conversationId, viewer(ctx)) };
+    }),
+
+    listConversations: unary('ListConversations', logger, async (req: messagingV1.ListConversationsRequest, ctx) => {
+      const { conversations, nextPageToken } = await store.listConversations(
+        ctx.tenant.tenantId,
+        actingUser(ctx),
+        pageSize(req.page?.pageSize ?? 0, config, 100),
+        req.page?.pageToken ?? '',
+      );
+      return { conversations, page: { nextPageToken } };
+    }),
+
+    getOrCreateDirectConversation: unary(
+      'GetOrCreateDirectConversation',
+      logger,
+      async (req: messagingV1.GetOrCreateDirectConversationRequest, ctx) => {
+        const userId = actingUser(ctx);
+        const otherUserId = assertSafeId(req.otherUserId, 'other_user_id');
+        if (otherUserId === userId) throw new InvalidArgumentError('a direct conversation needs another user', { field: 'other_user_id' });
+        return store.getOrCreateDirect(ctx.tenant.tenantId, userId, otherUserId);
+      },
+    ),
+
+    markDelivered: unary('MarkDelivered', logger, async (req: messagingV1.MarkDeliveredRequest, ctx) => {
+      const conversationId = assertSafeId(req.conversationId, 'conversation_id');
+      const receipt = await store.markReceipt(ctx.tenant.tenantId, conversationId, actingUser(ctx), req.seq, 'delivered');
+      return { deliveredSeq: receipt.deliveredSeq };
+    }),
+
+    markRead: unary('MarkRead', logger, async (req: messagingV1.MarkReadRequest, ctx) => {
+      const conversationId = assertSafeId(req.conversationId, 'conversation_id');
+      const receipt = await store.markReceipt(ctx.tenant.tenantId, conversationId, actingUser(ctx), req.seq, 'read');
+      return { readSeq: receipt.readSeq };
+    }),
+  };
+}

@@ -1,0 +1,326 @@
+import { newId } from '@switchboard/ids';
+import { NotFoundError, PermissionDeniedError } from '@switchboard/errors';
+import { withTenantTransaction, type Pool, type PoolClient } from '@switchboard/postgres';
+import { eventsV1, messagingV1 } from '@switchboard/proto';
+import { injectTraceContext } from '@switchboard/telemetry';
+import { subjects } from '@switchboard/nats';
+import { TOPICS } from '@switchboard/kafka';
+
+const { ConversationKind } = messagingV1;
+
+export interface NewMessage {
+  senderId: string;
+  clientMessageId: string;
+  kind: messagingV1.MessageKind;
+  text: string;
+  attachments: messagingV1.Attachment[];
+  mentions: string[];
+  metadata: Record<string, string>;
+}
+
+interface MessageRow {
+  tenant_id: string;
+  conversation_id: string;
+  seq: string;
+  message_id: string;
+  sender_id: string;
+  client_message_id: string;
+  kind: number;
+  body: string;
+  attachments: messagingV1.Attachment[];
+  mentions: string[];
+  metadata: Record<string, string>;
+  created_at: Date;
+  edited_at: Date | null;
+  deleted: boolean;
+}
+
+interface ConversationRow {
+  tenant_id: string;
+  conversation_id: string;
+  kind: number;
+  last_seq: string;
+  created_at: Date;
+  last_message_at: Date | null;
+  member_ids: string[];
+}
+
+export function toMessage(row: MessageRow): messagingV1.Message {
+  return {
+    tenantId: row.tenant_id,
+    conversationId: row.conversation_id,
+    messageId: row.message_id,
+    seq: Number(row.seq),
+    senderId: row.sender_id,
+    clientMessageId: row.client_message_id,
+    kind: row.kind,
+    text: row.deleted ? '' : row.body,
+    attachments: row.attachments,
+    mentions: row.mentions,
+    createdAt: row.created_at,
+    editedAt: row.edited_at ?? undefined,
+    deleted: row.deleted,
+    metadata: row.metadata,
+  };
+}
+
+function toConversation(row: ConversationRow): messagingV1.Conversation {
+  return {
+    tenantId: row.tenant_id,
+    conversationId: row.conversation_id,
+    kind: row.kind,
+    memberIds: row.member_ids,
+    lastSeq: Number(row.last_seq),
+    createdAt: row.created_at,
+    lastMessageAt: row.last_message_at ?? undefined,
+  };
+}
+
+function ackOf(message: messagingV1.Message, duplicate: boolean): messagingV1.MessageAck {
+  return {
+    conversationId: message.conversationId,
+    messageId: message.messageId,
+    seq: message.seq,
+    createdAt: message.createdAt,
+    clientMessageId: message.clientMessageId,
+    duplicate,
+  };
+}
+
+const CONVERSATION_COLUMNS = `c.tenant_id, c.conversation_id, c.kind, c.last_seq, c.created_at, c.last_message_at,
+  ARRAY(SELECT m.user_id FROM conversation_members m
+        WHERE m.tenant_id = c.tenant_id AND m.conversation_id = c.conversation_id ORDER BY m.user_id) AS member_ids`;
+
+/**
+ * Everything messaging keeps in PostgreSQL. Each method runs in a
+ * transaction scoped to one tenant (row-level security does the rest).
+ */
+export class MessageStore {
+  constructor(private readonly pool: Pool) {}
+
+  /**
+   * Commits a message with the conversation's next sequence and its outbox
+   * events in one transaction. A retry with the same client id returns the
+   * original acknowledgement.
+   */
+  async send(
+    tenantId: string,
+    target: { conversationId: string } | { recipientUserId: string },
+    message: NewMessage,
+  ): Promise<messagingV1.MessageAck> {
+    try {
+      return await withTenantTransaction(this.pool, tenantId, async (db) => {
+        const existing = await this.findByClientId(db, tenantId, message.senderId, message.clientMessageId);
+        if (existing) return ackOf(existing, true);
+
+        let conversationId: string;
+        let memberIds: string[];
+        if ('recipientUserId' in target) {
+          const direct = await this.directConversation(db, tenantId, message.senderId, target.recipientUserId);
+          conversationId = direct.conversation.conversationId;
+          memberIds = direct.conversation.memberIds;
+        } else {
+          conversationId = target.conversationId;
+          memberIds = await this.requireMember(db, tenantId, conversationId, message.senderId);
+        }
+
+        // The row lock taken here serialises senders of one conversation until
+        // commit, which is what makes the sequence gap-free.
+        const { rows } = await db.query<{ last_seq: string }>(
+          `UPDATE conversations SET last_seq = last_seq + 1, last_message_at = now()
+           WHERE tenant_id = $1 AND conversation_id = $2 RETURNING last_seq`,
+          [tenantId, conversationId],
+        );
+        const seq = rows[0]!.last_seq;
+        const inserted = await db.query<MessageRow>(
+          `INSERT INTO messages (tenant_id, conversation_id, seq, message_id, sender_id, client_message_id, kind, body, attachments, mentions, metadata)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *`,
+          [
+            tenantId,
+            conversationId,
+            seq,
+            newId(),
+            message.senderId,
+            message.clientMessageId,
+            message.kind,
+            message.text,
+            JSON.stringify(message.attachments),
+            message.mentions,
+            JSON.stringify(message.metadata),
+          ],
+        );
+        const stored = toMessage(inserted.rows[0]!);
+        await this.enqueue(db, tenantId, subjects.conversation(tenantId, conversationId), TOPICS.messages, conversationId, {
+          $case: 'messageCreated',
+          value: { message: stored, memberIds },
+        });
+        return ackOf(stored, false);
+      });
+    } catch (err) {
+      // Two concurrent retries of one send: the second loses on the unique
+      // index and returns the first one's acknowledgement.
+      if ((err as { code?: string; constraint?: string }).constraint === 'messages_client_message_id') {
+        return withTenantTransaction(this.pool, tenantId, async (db) => {
+          const original = await this.findByClientId(db, tenantId, message.senderId, message.clientMessageId);
+          if (!original) throw err;
+          return ackOf(original, true);
+        });
+      }
+      throw err;
+    }
+  }
+
+  async getOrCreateDirect(tenantId: string, userId: string, otherUserId: string) {
+    return withTenantTransaction(this.pool, tenantId, (db) => this.directConversation(db, tenantId, userId, otherUserId));
+  }
+
+  async getConversation(tenantId: string, conversationId: string, viewerId: string | undefined): Promise<messagingV1.Conversation> {
+    return withTenantTransaction(this.pool, tenantId, async (db) => {
+      if (viewerId) await this.requireMember(db, tenantId, conversationId, viewerId);
+      const { rows } = await db.query<ConversationRow>(
+        `SELECT ${CONVERSATION_COLUMNS} FROM conversations c WHERE c.tenant_id = $1 AND c.conversation_id = $2`,
+        [tenantId, conversationId],
+      );
+      if (!rows[0]) throw new NotFoundError(`conversation ${conversationId} not found`, { field: 'conversation_id' });
+      return toConversation(rows[0]);
+    });
+  }
+
+  /** A user's conversations, most recently active first, paged by an offset token. */
+  async listConversations(tenantId: string, userId: string, pageSize: number, pageToken: string) {
+    const offset = pageToken ? Number.parseInt(Buffer.from(pageToken, 'base64url').toString(), 10) || 0 : 0;
+    return withTenantTransaction(this.pool, tenantId, async (db) => {
+      const { rows } = await db.query<ConversationRow>(
+        `SELECT ${CONVERSATION_COLUMNS} FROM conversations c
+         JOIN conversation_members me ON me.tenant_id = c.tenant_id AND me.conversation_id = c.conversation_id AND me.user_id = $2
+         WHERE c.tenant_id = $1
+         ORDER BY c.last_message_at DESC NULLS LAST, c.conversation_id
+         LIMIT $3 OFFSET $4`,
+        [tenantId, userId, pageSize + 1, offset],
+      );
+      const more = rows.length > pageSize;
+      return {
+        conversations: rows.slice(0, pageSize).map(toConversation),
+        nextPageToken: more ? Buffer.from(String(offset + pageSize)).toString('base64url') : '',
+      };
+    });
+  }
+
+  /** Messages after `fromSeq` (forward) or before it (backward; 0 = from the newest), always returned in ascending order. */
+  async history(tenantId: string, conversationId: string, viewerId: string | undefined, fromSeq: number, backward: boolean, limit: number) {
+    return withTenantTransaction(this.pool, tenantId, async (db) => {
+      if (viewerId) await this.requireMember(db, tenantId, conversationId, viewerId);
+      const { rows } = backward
+        ? await db.query<MessageRow>(
+            `SELECT * FROM messages WHERE tenant_id = $1 AND conversation_id = $2 AND ($3::bigint = 0 OR seq < $3)
+             ORDER BY seq DESC LIMIT $4`,
+            [tenantId, conversationId, fromSeq, limit + 1],
+          )
+        : await db.query<MessageRow>(
+            `SELECT * FROM messages WHERE tenant_id = $1 AND conversation_id = $2 AND seq > $3 ORDER BY seq ASC LIMIT $4`,
+            [tenantId, conversationId, fromSeq, limit + 1],
+          );
+      const hasMore = rows.length > limit;
+      const page = rows.slice(0, limit).map(toMessage);
+      if (backward) page.reverse();
+      return { messages: page, hasMore };
+    });
+  }
+
+  /** Moves a member's delivered or read watermark forward (never back) and tells the user's devices and the other members. */
+  async markReceipt(tenantId: string, conversationId: string, userId: string, seq: number, which: 'delivered' | 'read') {
+    return withTenantTransaction(this.pool, tenantId, async (db) => {
+      const memberIds = await this.requireMember(db, tenantId, conversationId, userId);
+      // Reading implies delivery.
+      const { rows } = await db.query<{ delivered_seq: string; read_seq: string }>(
+        `UPDATE conversation_members m SET
+           delivered_seq = GREATEST(m.delivered_seq, LEAST($4::bigint, c.last_seq)),
+           read_seq = CASE WHEN $5 THEN GREATEST(m.read_seq, LEAST($4::bigint, c.last_seq)) ELSE m.read_seq END,
+           receipts_updated_at = now()
+         FROM conversations c
+         WHERE m.tenant_id = $1 AND m.conversation_id = $2 AND m.user_id = $3
+           AND c.tenant_id = m.tenant_id AND c.conversation_id = m.conversation_id
+         RETURNING m.delivered_seq, m.read_seq`,
+        [tenantId, conversationId, userId, seq, which === 'read'],
+      );
+      const receipt = { deliveredSeq: Number(rows[0]!.delivered_seq), readSeq: Number(rows[0]!.read_seq) };
+      for (const memberId of memberIds) {
+        await this.enqueue(db, tenantId, subjects.user(tenantId, memberId), TOPICS.messages, conversationId, {
+          $case: 'receiptUpdated',
+          value: { conversationId, userId, ...receipt },
+        });
+      }
+      return receipt;
+    });
+  }
+
+  private async findByClientId(db: PoolClient, tenantId: string, senderId: string, clientMessageId: string) {
+    const { rows } = await db.query<MessageRow>(
+      `SELECT * FROM messages WHERE tenant_id = $1 AND sender_id = $2 AND client_message_id = $3`,
+      [tenantId, senderId, clientMessageId],
+    );
+    return rows[0] ? toMessage(rows[0]) : undefined;
+  }
+
+  /** The members of a conversation the user belongs to; NOT_FOUND otherwise (existence is not revealed to outsiders). */
+  private async requireMember(db: PoolClient, tenantId: string, conversationId: string, userId: string): Promise<string[]> {
+    const { rows } = await db.query<{ user_id: string }>(
+      `SELECT user_id FROM conversation_members WHERE tenant_id = $1 AND conversation_id = $2 ORDER BY user_id`,
+      [tenantId, conversationId],
+    );
+    const members = rows.map((row) => row.user_id);
+    if (members.length === 0) throw new NotFoundError(`conversation ${conversationId} not found`, { field: 'conversation_id' });
+    if (!members.includes(userId)) throw new PermissionDeniedError(`not a member of conversation ${conversationId}`, { field: 'conversation_id' });
+    return members;
+  }
+
+  private async directConversation(db: PoolClient, tenantId: string, userId: string, otherUserId: string) {
+    const members = [userId, otherUserId].sort();
+    const directKey = members.join(':');
+    const created = await db.query<{ conversation_id: string }>(
+      `INSERT INTO conversations (tenant_id, conversation_id, kind, direct_key) VALUES ($1, $2, $3, $4)
+       ON CONFLICT (tenant_id, direct_key) WHERE direct_key IS NOT NULL DO NOTHING
+       RETURNING conversation_id`,
+      [tenantId, newId(), ConversationKind.CONVERSATION_KIND_DIRECT, directKey],
+    );
+    const isNew = created.rows.length > 0;
+    if (isNew) {
+      const conversationId = created.rows[0]!.conversation_id;
+      await db.query(
+        `INSERT INTO conversation_members (tenant_id, conversation_id, user_id) SELECT $1, $2, unnest($3::text[])`,
+        [tenantId, conversationId, members],
+      );
+      // Gateways subscribe the members' connections to the new conversation.
+      for (const memberId of members) {
+        await this.enqueue(db, tenantId, subjects.user(tenantId, memberId), TOPICS.messages, conversationId, {
+          $case: 'conversationMembershipChanged',
+          value: { conversationId, userId: memberId, member: true, kind: ConversationKind.CONVERSATION_KIND_DIRECT },
+        });
+      }
+    }
+    const { rows } = await db.query<ConversationRow>(
+      `SELECT ${CONVERSATION_COLUMNS} FROM conversations c WHERE c.tenant_id = $1 AND c.direct_key = $2`,
+      [tenantId, directKey],
+    );
+    return { conversation: toConversation(rows[0]!), created: isNew };
+  }
+
+  /** Writes an event to the outbox in the caller's transaction and wakes the relay on commit. */
+  private async enqueue(
+    db: PoolClient,
+    tenantId: string,
+    natsSubject: string,
+    kafkaTopic: string,
+    kafkaKey: string,
+    event: NonNullable<eventsV1.Envelope['event']>,
+  ): Promise<void> {
+    const eventId = newId();
+    const envelope: eventsV1.Envelope = { eventId, tenantId, occurredAt: new Date(), event };
+    await db.query(
+      `INSERT INTO outbox (tenant_id, event_id, nats_subject, kafka_topic, kafka_key, payload, headers)
+       VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+      [tenantId, eventId, natsSubject, kafkaTopic, kafkaKey, Buffer.from(eventsV1.Envelope.encode(envelope).finish()), JSON.stringify(injectTraceContext({}))],
+    );
+    await db.query(`SELECT pg_notify('messaging_outbox', '')`);
+  }
+}
