@@ -7,6 +7,7 @@ import {
   SpanStatusCode,
   trace,
   type Context,
+  type Counter,
   type Meter,
   type Span,
   type Tracer,
@@ -21,7 +22,7 @@ import { BatchSpanProcessor, type SpanProcessor } from '@opentelemetry/sdk-trace
 import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
 import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from '@opentelemetry/semantic-conventions';
 
-export { SpanKind, SpanStatusCode, context, trace, type Context, type Meter, type Span, type Tracer };
+export { SpanKind, SpanStatusCode, context, trace, type Context, type Counter, type Meter, type Span, type Tracer };
 
 export interface TelemetryOptions {
   serviceName: string;

@@ -1,0 +1,31 @@
+import { unary } from '@switchboard/grpc';
+import { assertSafeId } from '@switchboard/ids';
+import type { Logger } from '@switchboard/logging';
+import type { gatewayV1 } from '@switchboard/proto';
+import type { GatewayConfig } from './config';
+import { CLOSE } from './connection';
+import type { GatewayServer } from './server';
+
+/** The gateway's internal admin API (publish comes with event broadcasting). */
+export function gatewayAdminService(server: GatewayServer, config: GatewayConfig, logger: Logger): Partial<gatewayV1.GatewayAdminServiceServer> {
+  return {
+    getStats: unary('GetStats', logger, async (_req: gatewayV1.GetStatsRequest, ctx) => {
+      // A user's token never reaches this API; tenant-scoped callers see only their tenant.
+      const mine = [...server.connections].filter((c) => ctx.tenant.internal || c.tenantId === ctx.tenant.tenantId);
+      const byTenant = new Map<string, number>();
+      for (const connection of mine) byTenant.set(connection.tenantId, (byTenant.get(connection.tenantId) ?? 0) + 1);
+      return {
+        gatewayId: config.GATEWAY_ID,
+        connections: mine.length,
+        tenants: [...byTenant].map(([tenantId, connections]) => ({ tenantId, connections })),
+        draining: server.isDraining,
+      };
+    }),
+    disconnectUser: unary('DisconnectUser', logger, async (req: gatewayV1.DisconnectUserRequest, ctx) => {
+      const userId = assertSafeId(req.userId, 'user_id');
+      const targets = server.connectionsOf(ctx.tenant.tenantId, userId);
+      for (const connection of targets) connection.close(CLOSE.revoked, req.reason.slice(0, 100) || 'session revoked');
+      return { closed: targets.length };
+    }),
+  };
+}

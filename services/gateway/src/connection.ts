@@ -1,0 +1,75 @@
+import type WebSocket from 'ws';
+import type { framesV1 } from '@switchboard/proto';
+import type { Identity } from './auth';
+import { encodeServerFrame, type Encoding } from './codec';
+
+/** Close codes of the protocol (docs/protocol.md). */
+export const CLOSE = {
+  normal: 1000,
+  goingAway: 1001,
+  invalidPayload: 1007,
+  policy: 1008,
+  tooLarge: 1009,
+  internal: 1011,
+  serviceRestart: 1012,
+  tokenExpired: 4001,
+  revoked: 4003,
+} as const;
+
+/** One authenticated WebSocket and what the gateway knows about it. */
+export class Connection {
+  /** Answered the last ping (or sent anything) since the previous heartbeat tick. */
+  alive = true;
+  /** Highest sequence delivered per conversation, to drop duplicates and detect gaps. */
+  readonly delivered = new Map<string, number>();
+  /** Deliveries per conversation run one after another, so gap fills keep order. */
+  readonly deliveryChains = new Map<string, Promise<void>>();
+  readonly conversations = new Set<string>();
+  private expiryTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly id: string,
+    readonly socket: WebSocket,
+    readonly identity: Identity,
+    readonly encoding: Encoding,
+  ) {}
+
+  get tenantId(): string {
+    return this.identity.tenantId;
+  }
+
+  get userId(): string {
+    return this.identity.userId;
+  }
+
+  get open(): boolean {
+    return this.socket.readyState === this.socket.OPEN;
+  }
+
+  send(frame: framesV1.ServerFrame): void {
+    this.sendEncoded(encodeServerFrame(frame, this.encoding));
+  }
+
+  /** Sends a frame already encoded for this connection's encoding (fan-out encodes once per encoding). */
+  sendEncoded(data: string | Buffer): void {
+    if (this.open) this.socket.send(data);
+  }
+
+  close(code: number, reason: string): void {
+    this.clearExpiry();
+    if (this.socket.readyState === this.socket.CLOSED || this.socket.readyState === this.socket.CLOSING) return;
+    this.socket.close(code, reason);
+  }
+
+  /** Ends the connection when its token expires (a refresh frame will move this later). */
+  scheduleExpiry(onExpired: () => void): void {
+    const ms = this.identity.expiresAt.getTime() - Date.now();
+    // setTimeout cannot wait longer than ~24.8 days; such tokens are checked again at that point.
+    this.expiryTimer = setTimeout(onExpired, Math.max(0, Math.min(ms, 2 ** 31 - 1)));
+    this.expiryTimer.unref();
+  }
+
+  clearExpiry(): void {
+    clearTimeout(this.expiryTimer);
+  }
+}

@@ -1,0 +1,218 @@
+import { decodeEnvelope, subjects, type NatsConnection, type Subscription } from '@switchboard/nats';
+import type { PromiseClient } from '@switchboard/grpc';
+import type { Logger } from '@switchboard/logging';
+import { framesV1, messagingV1, type eventsV1 } from '@switchboard/proto';
+import type { Counter } from '@switchboard/telemetry';
+import { encodeServerFrame, type Encoding } from './codec';
+import type { Connection } from './connection';
+
+type Messaging = PromiseClient<messagingV1.MessagingServiceClient>;
+
+interface Interest {
+  subscription: Subscription;
+  connections: Set<Connection>;
+}
+
+/**
+ * Routes NATS events to this gateway's sockets. One NATS subscription per
+ * subject however many local connections want it (reference counted), one
+ * decode per event, one encode per encoding; per connection and conversation
+ * deliveries are de-duplicated and gap-filled by sequence from messaging.
+ */
+export class Fanout {
+  private readonly interests = new Map<string, Interest>();
+
+  constructor(
+    private readonly nats: NatsConnection,
+    private readonly messaging: Messaging,
+    private readonly logger: Logger,
+    private readonly delivered: Counter,
+    private readonly backendDeadlineMs: number,
+  ) {}
+
+  get subjectCount(): number {
+    return this.interests.size;
+  }
+
+  /** Subscribes a new connection to its user subject and its conversations; resolves once NATS has the subscriptions. */
+  async attach(connection: Connection): Promise<void> {
+    this.add(subjects.user(connection.tenantId, connection.userId), connection);
+    let pageToken = '';
+    // A user in very many conversations still gets a bounded start-up cost.
+    for (let page = 0; page < 50; page += 1) {
+      const result = await this.messaging.listConversations(
+        { context: { tenantId: connection.tenantId, userId: connection.userId, deviceId: connection.identity.deviceId, internal: false }, page: { pageSize: 200, pageToken } },
+        { context: this.contextOf(connection), deadlineMs: this.backendDeadlineMs },
+      );
+      for (const conversation of result.conversations) this.join(connection, conversation.conversationId);
+      pageToken = result.page?.nextPageToken ?? '';
+      if (!pageToken) break;
+    }
+    await this.nats.flush();
+  }
+
+  detach(connection: Connection): void {
+    this.remove(subjects.user(connection.tenantId, connection.userId), connection);
+    for (const conversationId of connection.conversations) {
+      this.remove(subjects.conversation(connection.tenantId, conversationId), connection);
+    }
+    connection.conversations.clear();
+  }
+
+  private join(connection: Connection, conversationId: string): void {
+    if (connection.conversations.has(conversationId)) return;
+    connection.conversations.add(conversationId);
+    this.add(subjects.conversation(connection.tenantId, conversationId), connection);
+  }
+
+  private add(subject: string, connection: Connection): void {
+    let interest = this.interests.get(subject);
+    if (!interest) {
+      const subscription = this.nats.subscribe(subject, {
+        callback: (err, msg) => {
+          if (err) return this.logger.warn({ err, subject }, 'subscription failed');
+          this.dispatch(subject, msg);
+        },
+      });
+      interest = { subscription, connections: new Set() };
+      this.interests.set(subject, interest);
+    }
+    interest.connections.add(connection);
+  }
+
+  private remove(subject: string, connection: Connection): void {
+    const interest = this.interests.get(subject);
+    if (!interest) return;
+    interest.connections.delete(connection);
+    if (interest.connections.size === 0) {
+      interest.subscription.unsubscribe();
+      this.interests.delete(subject);
+    }
+  }
+
+  private dispatch(subject: string, msg: Parameters<typeof decodeEnvelope>[0]): void {
+    const interest = this.interests.get(subject);
+    if (!interest || interest.connections.size === 0) return;
+    let envelope: eventsV1.Envelope;
+    try {
+      envelope = decodeEnvelope(msg).envelope;
+    } catch (err) {
+      this.logger.warn({ err, subject }, 'dropping an undecodable event');
+      return;
+    }
+    const event = envelope.event;
+    const targets = [...interest.connections].filter((c) => c.tenantId === envelope.tenantId);
+    switch (event?.$case) {
+      case 'messageCreated': {
+        const message = event.value.message;
+        if (!message) return;
+        for (const connection of targets) this.deliverInOrder(connection, message);
+        return;
+      }
+      case 'conversationMembershipChanged': {
+        const change = event.value;
+        for (const connection of targets) void this.onMembership(connection, change);
+        return;
+      }
+      case 'receiptUpdated': {
+        this.broadcast(targets, { requestId: '', kind: { $case: 'receipt', value: { receipts: [event.value] } } });
+        return;
+      }
+      case 'notificationCreated': {
+        this.broadcast(targets, { requestId: '', kind: { $case: 'notification', value: { notification: event.value, badgeCount: 0 } } });
+        return;
+      }
+      default:
+        return;
+    }
+  }
+
+  /** Sends one frame to many connections, encoding it once per encoding. */
+  private broadcast(targets: Connection[], frame: framesV1.ServerFrame): void {
+    const encoded = new Map<Encoding, string | Buffer>();
+    for (const connection of targets) {
+      let data = encoded.get(connection.encoding);
+      if (data === undefined) {
+        data = encodeServerFrame(frame, connection.encoding);
+        encoded.set(connection.encoding, data);
+      }
+      connection.sendEncoded(data);
+    }
+  }
+
+  private async onMembership(connection: Connection, change: eventsV1.ConversationMembershipChanged): Promise<void> {
+    if (change.userId !== connection.userId) return;
+    if (!change.member) {
+      connection.conversations.delete(change.conversationId);
+      this.remove(subjects.conversation(connection.tenantId, change.conversationId), connection);
+      connection.send({ requestId: '', kind: { $case: 'conversation', value: { conversation: undefined, member: false } } });
+      return;
+    }
+    if (connection.conversations.has(change.conversationId)) return;
+    this.join(connection, change.conversationId);
+    // Everything from the start of a conversation joined during this connection
+    // is delivered: what NATS sent before the subscription existed comes from history.
+    if (!connection.delivered.has(change.conversationId)) connection.delivered.set(change.conversationId, 0);
+    try {
+      await this.nats.flush();
+      const { conversation } = await this.messaging.getConversation(
+        { context: undefined, conversationId: change.conversationId },
+        { context: this.contextOf(connection), deadlineMs: this.backendDeadlineMs },
+      );
+      connection.send({ requestId: '', kind: { $case: 'conversation', value: { conversation, member: true } } });
+      if (conversation && conversation.lastSeq > 0) {
+        await this.chain(connection, change.conversationId, () => this.fillGap(connection, change.conversationId, conversation.lastSeq + 1));
+      }
+    } catch (err) {
+      this.logger.warn({ err, conversationId: change.conversationId }, 'could not catch up a joined conversation; the client will sync');
+    }
+  }
+
+  private deliverInOrder(connection: Connection, message: messagingV1.Message): void {
+    void this.chain(connection, message.conversationId, async () => {
+      const last = connection.delivered.get(message.conversationId);
+      if (last !== undefined && message.seq <= last) return;
+      if (last !== undefined && message.seq > last + 1) await this.fillGap(connection, message.conversationId, message.seq);
+      this.sendMessage(connection, message);
+    });
+  }
+
+  /** Fetches and delivers what lies between the last delivered sequence and `beforeSeq` (exclusive). */
+  private async fillGap(connection: Connection, conversationId: string, beforeSeq: number): Promise<void> {
+    let from = connection.delivered.get(conversationId) ?? 0;
+    while (from + 1 < beforeSeq && connection.open) {
+      const page = await this.messaging.getHistory(
+        { context: undefined, conversationId, fromSeq: from, direction: messagingV1.Direction.DIRECTION_FORWARD, limit: Math.min(200, beforeSeq - from - 1) },
+        { context: this.contextOf(connection), deadlineMs: this.backendDeadlineMs },
+      );
+      for (const message of page.messages) if (message.seq < beforeSeq) this.sendMessage(connection, message);
+      const next = connection.delivered.get(conversationId) ?? from;
+      if (next === from || !page.hasMore) break;
+      from = next;
+    }
+  }
+
+  private sendMessage(connection: Connection, message: messagingV1.Message): void {
+    const last = connection.delivered.get(message.conversationId);
+    if (last !== undefined && message.seq <= last) return;
+    connection.delivered.set(message.conversationId, message.seq);
+    connection.send({ requestId: '', kind: { $case: 'message', value: { message } } });
+    this.delivered.add(1);
+  }
+
+  private chain(connection: Connection, conversationId: string, step: () => Promise<void>): Promise<void> {
+    const previous = connection.deliveryChains.get(conversationId) ?? Promise.resolve();
+    const next = previous.then(step).catch((err: unknown) => {
+      this.logger.warn({ err, conversationId, connection: connection.id }, 'delivery failed; the client recovers by sync');
+    });
+    connection.deliveryChains.set(conversationId, next);
+    void next.then(() => {
+      if (connection.deliveryChains.get(conversationId) === next) connection.deliveryChains.delete(conversationId);
+    });
+    return next;
+  }
+
+  private contextOf(connection: Connection) {
+    return { tenantId: connection.tenantId, userId: connection.userId, deviceId: connection.identity.deviceId, internal: false };
+  }
+}

@@ -1,0 +1,75 @@
+import { asSwitchboardError, ErrorCode, UnsupportedError } from '@switchboard/errors';
+import type { PromiseClient } from '@switchboard/grpc';
+import type { Logger } from '@switchboard/logging';
+import type { framesV1, messagingV1 } from '@switchboard/proto';
+import type { Connection } from './connection';
+
+type Messaging = PromiseClient<messagingV1.MessagingServiceClient>;
+type ClientKind = NonNullable<framesV1.ClientFrame['kind']>;
+type ServerKind = NonNullable<framesV1.ServerFrame['kind']>;
+
+/**
+ * Turns each client frame into the gRPC call that serves it and answers with
+ * the reply (same request_id) or an error frame. A failing frame never ends
+ * the connection.
+ */
+export class FrameHandler {
+  constructor(
+    private readonly messaging: Messaging,
+    private readonly logger: Logger,
+    private readonly backendDeadlineMs: number,
+  ) {}
+
+  async handle(connection: Connection, frame: framesV1.ClientFrame): Promise<void> {
+    try {
+      const reply = await this.reply(connection, frame.kind!);
+      connection.send({ requestId: frame.requestId, kind: reply });
+    } catch (thrown) {
+      const err = asSwitchboardError(thrown);
+      if (err.code === ErrorCode.ERROR_CODE_INTERNAL) this.logger.error({ err: thrown, kind: frame.kind?.$case }, 'frame failed');
+      connection.send({ requestId: frame.requestId, kind: { $case: 'error', value: err.toProto() } });
+    }
+  }
+
+  private async reply(connection: Connection, kind: ClientKind): Promise<ServerKind> {
+    const options = {
+      context: { tenantId: connection.tenantId, userId: connection.userId, deviceId: connection.identity.deviceId, internal: false },
+      deadlineMs: this.backendDeadlineMs,
+    };
+    switch (kind.$case) {
+      case 'ping':
+        return { $case: 'pong', value: { clientTimeMs: kind.value.clientTimeMs, serverTimeMs: Date.now() } };
+      case 'sendMessage': {
+        const { target, ...rest } = kind.value;
+        const { ack } = await this.messaging.sendMessage({ context: undefined, kind: 0, target, ...rest }, options);
+        return { $case: 'messageAck', value: ack! };
+      }
+      case 'getHistory': {
+        const page = await this.messaging.getHistory({ context: undefined, ...kind.value }, options);
+        return { $case: 'historyPage', value: page };
+      }
+      case 'sync': {
+        const page = await this.messaging.sync({ context: undefined, ...kind.value }, options);
+        return { $case: 'syncPage', value: { messages: page.messages, resumeToken: page.resumeToken, hasMore: page.hasMore } };
+      }
+      case 'markDelivered': {
+        const { deliveredSeq } = await this.messaging.markDelivered({ context: undefined, ...kind.value }, options);
+        return { $case: 'receiptState', value: { conversationId: kind.value.conversationId, deliveredSeq, readSeq: 0 } };
+      }
+      case 'markRead': {
+        const { readSeq } = await this.messaging.markRead({ context: undefined, ...kind.value }, options);
+        return { $case: 'receiptState', value: { conversationId: kind.value.conversationId, deliveredSeq: readSeq, readSeq } };
+      }
+      case 'listConversations': {
+        const result = await this.messaging.listConversations({ context: undefined, page: kind.value.page }, options);
+        return { $case: 'conversationList', value: { conversations: result.conversations, page: result.page } };
+      }
+      case 'typing':
+      case 'setPresence':
+      case 'subscribeEvents':
+      case 'unsubscribeEvents':
+      case 'refreshToken':
+        throw new UnsupportedError(`${kind.$case} frames are reserved and not served yet`, { field: kind.$case });
+    }
+  }
+}

@@ -1,0 +1,214 @@
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { WebSocketServer, type RawData, type WebSocket } from 'ws';
+import { SwitchboardError } from '@switchboard/errors';
+import { newId } from '@switchboard/ids';
+import type { Logger } from '@switchboard/logging';
+import type { Meter } from '@switchboard/telemetry';
+import { tokenFromRequest, type Identity, type TokenVerifier } from './auth';
+import { decodeClientFrame, SUBPROTOCOLS, type Encoding } from './codec';
+import type { GatewayConfig } from './config';
+import { CLOSE, Connection } from './connection';
+import type { Fanout } from './fanout';
+import type { FrameHandler } from './frames';
+
+const WS_PATH = '/ws';
+
+/**
+ * The WebSocket side of the gateway: refuses bad handshakes before a socket
+ * exists (origin, protocol version, token), keeps connections alive with
+ * pings, hands frames to the FrameHandler and events from the Fanout, and
+ * drains by asking clients to reconnect elsewhere.
+ */
+export class GatewayServer {
+  readonly connections = new Set<Connection>();
+  private readonly http: Server;
+  private readonly wss: WebSocketServer;
+  private heartbeat: NodeJS.Timeout | undefined;
+  private draining = false;
+  private readonly rejected;
+  private readonly frames;
+
+  constructor(
+    private readonly config: GatewayConfig,
+    private readonly verifier: TokenVerifier,
+    private readonly fanout: Fanout,
+    private readonly handler: FrameHandler,
+    private readonly logger: Logger,
+    meter: Meter,
+  ) {
+    this.http = createServer((_req, res) => {
+      res.writeHead(426, { 'content-type': 'text/plain' }).end(`connect with a WebSocket to ${WS_PATH}\n`);
+    });
+    this.wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: config.MAX_FRAME_BYTES,
+      // The version was chosen (and checked) before the upgrade; ws only echoes it.
+      handleProtocols: (protocols) => [...protocols].find((p) => p in SUBPROTOCOLS) ?? false,
+      perMessageDeflate: false,
+    });
+    this.http.on('upgrade', (req, socket, head) => void this.upgrade(req, socket, head));
+    this.rejected = meter.createCounter('gateway_handshakes_rejected_total', { description: 'Refused WebSocket handshakes by reason' });
+    this.frames = meter.createCounter('gateway_frames_received_total', { description: 'Client frames received by kind' });
+    meter.createObservableGauge('gateway_connections', { description: 'Open WebSocket connections on this gateway' }).addCallback((result) => {
+      result.observe(this.connections.size);
+    });
+  }
+
+  get isDraining(): boolean {
+    return this.draining;
+  }
+
+  async listen(): Promise<number> {
+    await new Promise<void>((resolve, reject) => {
+      this.http.once('error', (err) => reject(new Error(`WebSocket port ${this.config.PORT} on ${this.config.HOST}: ${err.message}`, { cause: err })));
+      this.http.listen(this.config.PORT, this.config.HOST, resolve);
+    });
+    this.heartbeat = setInterval(() => this.tick(), this.config.HEARTBEAT_INTERVAL_MS);
+    return (this.http.address() as AddressInfo).port;
+  }
+
+  /** Every interval: a connection that did not answer the last ping is dead. One timer for all connections. */
+  private tick(): void {
+    for (const connection of this.connections) {
+      if (!connection.alive) {
+        this.logger.debug({ connection: connection.id }, 'no pong: terminating');
+        connection.socket.terminate();
+        continue;
+      }
+      connection.alive = false;
+      connection.socket.ping();
+    }
+  }
+
+  private refuse(socket: Duplex, status: number, reason: string, metricReason: string): void {
+    this.rejected.add(1, { reason: metricReason });
+    const body = `${reason}\n`;
+    socket.end(
+      `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? 'Error'}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+    );
+  }
+
+  private async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    socket.on('error', (err) => this.logger.debug({ err }, 'socket error during handshake'));
+    const url = new URL(req.url ?? '/', 'http://gateway');
+    if (url.pathname !== WS_PATH) return this.refuse(socket, 404, `no WebSocket endpoint at ${url.pathname}; use ${WS_PATH}`, 'path');
+    if (this.draining) return this.refuse(socket, 503, 'gateway is draining; connect to another one', 'draining');
+    const origin = req.headers.origin;
+    if (origin && this.config.ALLOWED_ORIGINS.length > 0 && !this.config.ALLOWED_ORIGINS.includes(origin)) {
+      return this.refuse(socket, 403, `origin ${origin} is not allowed`, 'origin');
+    }
+    const offered = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim()).filter(Boolean);
+    const versions = offered.filter((p) => !p.startsWith('bearer.'));
+    const chosen = versions.find((p) => p in SUBPROTOCOLS);
+    if (versions.length > 0 && !chosen) {
+      return this.refuse(socket, 400, `unsupported subprotocol ${versions.join(', ')}; this gateway speaks ${Object.keys(SUBPROTOCOLS).join(', ')}`, 'subprotocol');
+    }
+    const encoding: Encoding = chosen ? SUBPROTOCOLS[chosen]! : 'json';
+    const token = tokenFromRequest(req, offered);
+    if (!token) return this.refuse(socket, 401, 'missing token: send Authorization: Bearer <jwt>', 'unauthenticated');
+    let identity: Identity;
+    try {
+      identity = await this.verifier.verify(token);
+    } catch (err) {
+      const reason = err instanceof SwitchboardError ? err.message : 'invalid token';
+      return this.refuse(socket, 401, reason, 'unauthenticated');
+    }
+    this.wss.handleUpgrade(req, socket, head, (ws) => void this.accept(ws, identity, encoding));
+  }
+
+  private async accept(ws: WebSocket, identity: Identity, encoding: Encoding): Promise<void> {
+    const connection = new Connection(newId(), ws, identity.deviceId ? identity : { ...identity, deviceId: `conn-${newId().slice(0, 12)}` }, encoding);
+    this.connections.add(connection);
+    const log = this.logger.child({ connection: connection.id, tenant: identity.tenantId, user: identity.userId });
+    ws.on('pong', () => (connection.alive = true));
+    ws.on('error', (err) => log.debug({ err }, 'socket error'));
+    ws.on('close', (code, reason) => {
+      this.connections.delete(connection);
+      connection.clearExpiry();
+      this.fanout.detach(connection);
+      log.debug({ code, reason: reason.toString() }, 'closed');
+    });
+    // Frames that arrive while subscriptions are set up wait for them.
+    const ready = this.fanout.attach(connection);
+    ws.on('message', (data: RawData, isBinary: boolean) => {
+      connection.alive = true;
+      void ready.then(() => this.onFrame(connection, data as Buffer, isBinary)).catch(() => undefined);
+    });
+    connection.scheduleExpiry(() => connection.close(CLOSE.tokenExpired, 'token expired'));
+    try {
+      await ready;
+    } catch (err) {
+      log.error({ err }, 'could not set up subscriptions');
+      connection.close(CLOSE.internal, 'backend unavailable, reconnect later');
+      return;
+    }
+    connection.send({
+      requestId: '',
+      kind: {
+        $case: 'welcome',
+        value: {
+          connectionId: connection.id,
+          gatewayId: this.config.GATEWAY_ID,
+          userId: identity.userId,
+          tenantId: identity.tenantId,
+          deviceId: connection.identity.deviceId,
+          heartbeatIntervalMs: this.config.HEARTBEAT_INTERVAL_MS,
+          maxFrameBytes: this.config.MAX_FRAME_BYTES,
+          tokenExpiresAt: identity.expiresAt,
+        },
+      },
+    });
+  }
+
+  private async onFrame(connection: Connection, data: Buffer, isBinary: boolean): Promise<void> {
+    let frame;
+    try {
+      frame = decodeClientFrame(data, isBinary, connection.encoding);
+    } catch (err) {
+      this.frames.add(1, { kind: 'invalid' });
+      const error = err instanceof SwitchboardError ? err.toProto() : { code: 1, message: 'invalid frame', field: '', retryAfterMs: 0 };
+      connection.send({ requestId: '', kind: { $case: 'error', value: error } });
+      return;
+    }
+    this.frames.add(1, { kind: frame.kind!.$case });
+    await this.handler.handle(connection, frame);
+  }
+
+  /** Connections of one user (all tenants' users are distinct by tenant id). */
+  connectionsOf(tenantId: string, userId: string): Connection[] {
+    return [...this.connections].filter((c) => c.tenantId === tenantId && c.userId === userId);
+  }
+
+  /**
+   * Stops taking connections, tells every client to reconnect within the
+   * jitter window (they spread over the other gateways), and closes what is
+   * left with 1012 at the deadline.
+   */
+  async drain(deadlineMs: number): Promise<void> {
+    this.draining = true;
+    const window = Math.min(this.config.RECONNECT_JITTER_MS, Math.floor(deadlineMs / 2));
+    for (const connection of this.connections) {
+      connection.send({ requestId: '', kind: { $case: 'reconnect', value: { reason: 'gateway draining', reconnectWithinMs: window } } });
+    }
+    const deadline = Date.now() + deadlineMs;
+    while (this.connections.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    for (const connection of this.connections) connection.close(CLOSE.serviceRestart, 'gateway restarting; reconnect');
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.heartbeat);
+    for (const connection of this.connections) connection.socket.terminate();
+    await new Promise<void>((resolve) => this.http.close(() => resolve()));
+    this.http.closeAllConnections();
+  }
+}
+
+const STATUS_TEXT: Record<number, string> = {
+  400: 'Bad Request',
+  401: 'Unauthorized',
+  403: 'Forbidden',
+  404: 'Not Found',
+  503: 'Service Unavailable',
+};
