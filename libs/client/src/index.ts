@@ -1,0 +1,52 @@
+export { backoffCeiling, backoffDelay } from './backoff';
+export {
+  BEARER_SUBPROTOCOL_PREFIX,
+  SUBPROTOCOL_JSON,
+  SUBPROTOCOL_PROTO,
+  decodeClientFrame,
+  decodeServerFrame,
+  encodeClientFrame,
+  encodeServerFrame,
+  encodingForSubprotocol,
+  subprotocolFor,
+  type Encoding,
+  type FrameData,
+} from './codec';
+export { CloseCode, HandshakeError, errorForClose } from './errors';
+export {
+  REPLY_KIND,
+  SwitchboardClient,
+  type ClientEvents,
+  type ClientKind,
+  type ClientKindCase,
+  type ClientLogger,
+  type ClientState,
+  type ClosedEvent,
+  type DisconnectedEvent,
+  type GetHistoryInput,
+  type ListConversationsInput,
+  type ReconnectOptions,
+  type ReconnectRequestedEvent,
+  type ReconnectingEvent,
+  type ReplyKind,
+  type RequestOptions,
+  type SendMessageInput,
+  type ServerKind,
+  type ServerKindCase,
+  type SwitchboardClientOptions,
+  type SyncInput,
+  type TokenPlacement,
+  type TokenSource,
+} from './client';
+export { DEV_JWT_SECRET, mintDevToken, type DevTokenOptions } from './token';
+export {
+  standardTransport,
+  wsTransport,
+  type StandardWebSocket,
+  type StandardWebSocketConstructor,
+  type Transport,
+  type TransportConnectOptions,
+  type TransportFactory,
+  type TransportHandlers,
+  type WsTransportOptions,
+} from './transport';

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# README's second command: every test. Contracts first (buf lint, buf breaking
+# against main), then unit, integration (real PostgreSQL, Redis, NATS, Kafka)
+# and end-to-end tests (real service processes, two gateways, real sockets).
+set -euo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd -P)"
+cd "$REPO_ROOT"
+
+bash libs/devenv/bin/bootstrap.sh
+bash libs/devenv/infra/infra.sh up
+
+echo "[test] buf lint"
+(cd proto && node_modules/.bin/buf lint)
+echo "[test] buf breaking"
+node proto/scripts/breaking.js
+
+echo "[test] jest"
+SB_SKIP_INFRA=1 exec node_modules/.bin/jest --ci "$@"

@@ -1,0 +1,3 @@
+export { infraEnv, repoRoot } from './infra';
+export { launchService, freePort, waitReady, type ServiceProcess, type LaunchOptions, SERVICES, type ServiceName } from './process';
+export { startMesh, type Mesh, type MeshOptions } from './mesh-plan';

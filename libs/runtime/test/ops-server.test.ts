@@ -1,0 +1,60 @@
+import { createLogger } from '@switchboard/logging';
+import { Lifecycle, OpsServer } from '../src';
+
+const logger = createLogger({ service: 'test', level: 'silent' });
+
+describe('OpsServer', () => {
+  let healthy = true;
+  const ops = new OpsServer({
+    host: '127.0.0.1',
+    port: 0,
+    logger,
+    checkTimeoutMs: 200,
+    checks: [
+      { name: 'database', check: () => (healthy ? undefined : Promise.reject(new Error('connection refused'))) },
+      { name: 'slow', check: () => new Promise((resolve) => setTimeout(resolve, healthy ? 0 : 1000)) },
+    ],
+  });
+  let port = 0;
+  beforeAll(async () => {
+    port = await ops.start();
+  });
+  afterAll(() => ops.stop());
+
+  it('is alive and ready while every dependency answers', async () => {
+    expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
+    const res = await fetch(`http://127.0.0.1:${port}/readyz`);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ status: 'ready', checks: { database: 'ok', slow: 'ok' } });
+  });
+
+  it('is not ready, naming the failing dependency, and ready again once it answers', async () => {
+    healthy = false;
+    const res = await fetch(`http://127.0.0.1:${port}/readyz`);
+    expect(res.status).toBe(503);
+    expect(await res.json()).toEqual({ status: 'not ready', checks: { database: 'connection refused', slow: 'no answer within 200 ms' } });
+    expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
+    healthy = true;
+    expect((await fetch(`http://127.0.0.1:${port}/readyz`)).status).toBe(200);
+  });
+
+  it('is not ready once draining', async () => {
+    ops.setDraining();
+    const res = await fetch(`http://127.0.0.1:${port}/readyz`);
+    expect(res.status).toBe(503);
+    expect((await res.json()).checks.draining).toBe('service is shutting down');
+  });
+});
+
+describe('Lifecycle', () => {
+  it('stops parts in reverse order of start, and keeps going past a failing one', async () => {
+    const order: string[] = [];
+    const lifecycle = new Lifecycle({ logger, shutdownDeadlineMs: 1000, exitProcess: false });
+    lifecycle.onShutdown('database', () => void order.push('database'));
+    lifecycle.onShutdown('broken', () => Promise.reject(new Error('boom')));
+    lifecycle.onShutdown('server', () => void order.push('server'));
+    await lifecycle.shutdown('test');
+    expect(order).toEqual(['server', 'database']);
+    expect(lifecycle.isStopping).toBe(true);
+  });
+});
