@@ -159,14 +159,15 @@ async function interactive(opts: GlobalOptions): Promise<number> {
     process.stderr.write(`sb-client: ${describeError(err)}\n`);
     return 2;
   }
-  const rl = readline.createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY === true });
+  // Until the readline interface exists, lines print plainly.
+  let rl: readline.Interface | undefined;
   const print = (line: string, stream: NodeJS.WriteStream = process.stdout) => {
-    if (rl.terminal) {
+    if (rl?.terminal) {
       readline.clearLine(process.stdout, 0);
       readline.cursorTo(process.stdout, 0);
     }
     stream.write(`${line}\n`);
-    if (rl.terminal) rl.prompt(true);
+    if (rl?.terminal) rl.prompt(true);
   };
 
   client.on('message', (m) => print(formatMessage(m)));
@@ -185,7 +186,7 @@ async function interactive(opts: GlobalOptions): Promise<number> {
   client.on('closed', (e) => {
     if (e.error) {
       exitCode = 1;
-      rl.close();
+      rl?.close();
     }
   });
 
@@ -193,28 +194,31 @@ async function interactive(opts: GlobalOptions): Promise<number> {
     await client.connect();
   } catch (err) {
     process.stderr.write(`sb-client: ${describeError(err)}\n`);
-    rl.close();
     await client.close();
     return 1;
   }
 
-  rl.setPrompt('> ');
-  if (rl.terminal) print(HELP, process.stderr);
+  // Created only now, so no line (piped input arrives at once) is read before anyone listens.
+  rl = readline.createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY === true });
+  const input = rl;
+  const ended = new Promise<void>((resolve) => input.once('close', resolve));
+  input.setPrompt('> ');
+  if (input.terminal) print(HELP, process.stderr);
   // Commands run one after another, so piped scripts behave deterministically.
   let queue = Promise.resolve();
   let quitting = false;
-  rl.on('line', (line) => {
+  input.on('line', (line) => {
     queue = queue.then(async () => {
       if (quitting) return;
       const done = await runCommand(client, line, print);
       if (done) {
         quitting = true;
-        rl.close();
+        input.close();
       }
     });
   });
-  if (rl.terminal) rl.prompt();
-  await new Promise<void>((resolve) => rl.once('close', resolve));
+  if (input.terminal) input.prompt();
+  await ended;
   await queue;
   await client.close();
   return exitCode;

@@ -55,7 +55,11 @@ export interface ClientLogger {
 }
 
 export interface ReconnectOptions {
-  /** Reconnect automatically after a connection that had been welcomed is lost (default true). */
+  /**
+   * Reconnect automatically after a connection that had been welcomed is
+   * lost (default true). When false, a server `reconnect` request is only
+   * reported ('reconnect-requested'); the server closes at its deadline.
+   */
   enabled?: boolean;
   baseDelayMs?: number;
   maxDelayMs?: number;
@@ -333,7 +337,7 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
     } catch (err) {
       return Promise.reject(new InvalidArgumentError(`cannot encode ${kind.$case}`, { cause: err }));
     }
-    const size = typeof data === 'string' ? Buffer.byteLength(data, 'utf8') : data.byteLength;
+    const size = typeof data === 'string' ? utf8Length(data) : data.byteLength;
     const max = conn.welcome.maxFrameBytes;
     if (max > 0 && size > max) {
       return Promise.reject(new FrameTooLargeError(`${kind.$case} frame is ${size} bytes, the limit is ${max}`, { field: 'frame' }));
@@ -830,6 +834,21 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
     clearTimer(this.drainTimer);
     this.reconnectTimer = this.drainTimer = undefined;
   }
+}
+
+/** UTF-8 byte length of a string, without allocating (and without Node's Buffer, for browser builds). */
+function utf8Length(text: string): number {
+  let bytes = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x80) bytes += 1;
+    else if (c < 0x800) bytes += 2;
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < text.length && (text.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+      bytes += 4;
+      i++;
+    } else bytes += 3;
+  }
+  return bytes;
 }
 
 function clearTimer(timer: Timer | undefined): void {

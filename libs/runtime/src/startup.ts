@@ -35,6 +35,8 @@ export function runMain(main: () => Promise<unknown>, logger?: Logger): void {
     if (logger) logger.fatal({ err }, `failed to start: ${message}`);
     process.stderr.write(`failed to start: ${message}\n`);
     logger?.flush?.();
+    process.exitCode = 1;
+    // Clients opened before the failure must not keep a half-started process alive.
     setTimeout(() => process.exit(1), 100).unref();
   });
 }

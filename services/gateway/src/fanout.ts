@@ -145,7 +145,10 @@ export class Fanout {
     if (!change.member) {
       connection.conversations.delete(change.conversationId);
       this.remove(subjects.conversation(connection.tenantId, change.conversationId), connection);
-      connection.send({ requestId: '', kind: { $case: 'conversation', value: { conversation: undefined, member: false } } });
+      connection.send({
+        requestId: '',
+        kind: { $case: 'conversation', value: { conversation: messagingV1.Conversation.fromPartial({ tenantId: connection.tenantId, conversationId: change.conversationId, kind: change.kind }), member: false } },
+      });
       return;
     }
     if (connection.conversations.has(change.conversationId)) return;

@@ -16,6 +16,10 @@ import {
 export const SECRET = 'test-secret';
 
 export interface FakeGatewayOptions {
+  /** Port to listen on (default: any free one). */
+  port?: number;
+  /** HS256 secret tokens must verify with (default SECRET). */
+  secret?: string;
   /** Subprotocols it speaks (default: both v1 encodings). */
   protocols?: string[];
   heartbeatIntervalMs?: number;
@@ -81,14 +85,14 @@ export class FakeGateway {
     const speaks = options.protocols ?? ['switchboard.v1.json', 'switchboard.v1.proto'];
     const wss = new WebSocketServer({
       host: '127.0.0.1',
-      port: 0,
+      port: options.port ?? 0,
       path: '/ws',
       verifyClient: (info, done) => {
         const offered = offeredProtocols(info.req).filter((p) => !p.startsWith(BEARER_SUBPROTOCOL_PREFIX));
         if (offered.length > 0 && !offered.some((p) => speaks.includes(p))) return done(false, 400, 'unsupported protocol version');
         const found = tokenOf(info.req);
         if (!found) return done(false, 401, 'missing token');
-        jwtVerify(found.token, new TextEncoder().encode(SECRET), { algorithms: ['HS256'] }).then(
+        jwtVerify(found.token, new TextEncoder().encode(options.secret ?? SECRET), { algorithms: ['HS256'] }).then(
           ({ payload }) => {
             (info.req as IncomingMessage & { auth?: unknown }).auth = { claims: payload, via: found.via };
             done(true);

@@ -1,0 +1,224 @@
+import { createServer, Socket, type Server } from 'node:net';
+import { Kafka, logLevel } from 'kafkajs';
+import { freePort, infraEnv, launchService, type ServiceProcess } from '@switchboard/devenv';
+import { ErrorCode, SwitchboardError } from '@switchboard/errors';
+import { createClient, type PromiseClient } from '@switchboard/grpc';
+import { newId } from '@switchboard/ids';
+import { connectNats, decodeEnvelope, subjects, type NatsConnection } from '@switchboard/nats';
+import { createPool, withTenantTransaction } from '@switchboard/postgres';
+import { eventsV1, messagingV1 } from '@switchboard/proto';
+
+type Messaging = PromiseClient<messagingV1.MessagingServiceClient>;
+
+const env = infraEnv();
+const tenant = `t${newId().slice(0, 12)}`;
+const otherTenant = `t${newId().slice(0, 12)}`;
+const as = (userId: string, tenantId = tenant) => ({ context: { tenantId, userId, deviceId: '', internal: false } });
+
+function send(client: Messaging, from: string, target: { conversationId: string } | { recipientUserId: string }, text: string, clientMessageId = newId(), tenantId = tenant) {
+  return client.sendMessage(
+    {
+      context: undefined,
+      target: 'conversationId' in target ? { $case: 'conversationId', value: target.conversationId } : { $case: 'recipientUserId', value: target.recipientUserId },
+      clientMessageId,
+      kind: messagingV1.MessageKind.MESSAGE_KIND_TEXT,
+      text,
+      attachments: [],
+      mentions: [],
+      metadata: {},
+    },
+    as(from, tenantId),
+  );
+}
+
+async function errorOf(promise: Promise<unknown>): Promise<SwitchboardError> {
+  try {
+    await promise;
+  } catch (err) {
+    return err as SwitchboardError;
+  }
+  throw new Error('expected the call to fail');
+}
+
+describe('messaging service (real PostgreSQL, NATS, Kafka)', () => {
+  let service: ServiceProcess;
+  let client: Messaging;
+  let nats: NatsConnection;
+
+  beforeAll(async () => {
+    const grpcPort = await freePort();
+    service = await launchService({ service: 'messaging', env: { ...env, GRPC_PORT: String(grpcPort), OUTBOX_POLL_MS: '200' }, opsPort: await freePort() });
+    client = createClient(messagingV1.MessagingServiceClient, `127.0.0.1:${grpcPort}`);
+    nats = await connectNats({ servers: env.NATS_URL!, name: 'messaging-test' });
+  });
+
+  afterAll(async () => {
+    client?.close();
+    await nats?.close();
+    expect(await service?.stop()).toBe(0);
+  });
+
+  it('commits a direct message with the conversation sequence and acknowledges it', async () => {
+    const { ack } = await send(client, 'alice', { recipientUserId: 'bob' }, 'hello bob');
+    expect(ack).toMatchObject({ seq: 1, duplicate: false });
+    expect(ack!.messageId).toMatch(/^[a-f0-9]{32}$/);
+    const second = await send(client, 'bob', { recipientUserId: 'alice' }, 'hi alice');
+    // One conversation per pair, whoever starts it.
+    expect(second.ack).toMatchObject({ conversationId: ack!.conversationId, seq: 2 });
+    const history = await client.getHistory(
+      { context: undefined, conversationId: ack!.conversationId, fromSeq: 0, direction: messagingV1.Direction.DIRECTION_FORWARD, limit: 10 },
+      as('bob'),
+    );
+    expect(history.messages.map((m) => [m.seq, m.senderId, m.text])).toEqual([
+      [1, 'alice', 'hello bob'],
+      [2, 'bob', 'hi alice'],
+    ]);
+  });
+
+  it('returns the original acknowledgement for a retried send and stores one copy', async () => {
+    const clientMessageId = newId();
+    const first = await send(client, 'carol', { recipientUserId: 'dave' }, 'once', clientMessageId);
+    const retries = await Promise.all([1, 2, 3].map(() => send(client, 'carol', { recipientUserId: 'dave' }, 'once', clientMessageId)));
+    for (const retry of retries) expect(retry.ack).toMatchObject({ messageId: first.ack!.messageId, seq: first.ack!.seq, duplicate: true });
+    const history = await client.getHistory(
+      { context: undefined, conversationId: first.ack!.conversationId, fromSeq: 0, direction: messagingV1.Direction.DIRECTION_FORWARD, limit: 10 },
+      as('dave'),
+    );
+    expect(history.messages).toHaveLength(1);
+  });
+
+  it('keeps the sequence gap-free under concurrent senders, and publishes every message on NATS in order', async () => {
+    const { ack } = await send(client, 'erin', { recipientUserId: 'frank' }, 'start');
+    const conversationId = ack!.conversationId;
+    const seen: number[] = [];
+    const subscription = nats.subscribe(subjects.conversation(tenant, conversationId), {
+      callback: (_err, msg) => {
+        const event = decodeEnvelope(msg).envelope.event;
+        if (event?.$case === 'messageCreated') seen.push(event.value.message!.seq);
+      },
+    });
+    await nats.flush();
+    const acks = await Promise.all(Array.from({ length: 40 }, (_, i) => send(client, i % 2 ? 'erin' : 'frank', { conversationId }, `m${i}`)));
+    const seqs = acks.map((a) => a.ack!.seq).sort((a, b) => a - b);
+    expect(seqs).toEqual(Array.from({ length: 40 }, (_, i) => i + 2));
+    const deadline = Date.now() + 10_000;
+    while (seen.length < 40 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    subscription.unsubscribe();
+    expect(seen).toEqual(seqs);
+  });
+
+  it('writes committed messages to Kafka sb.messages keyed by conversation', async () => {
+    const { ack } = await send(client, 'gina', { recipientUserId: 'hank' }, 'durable');
+    const kafka = new Kafka({ clientId: 'messaging-test', brokers: env.KAFKA_BROKERS!.split(','), logLevel: logLevel.NOTHING });
+    const consumer = kafka.consumer({ groupId: `test-${newId()}` });
+    await consumer.connect();
+    await consumer.subscribe({ topic: 'sb.messages', fromBeginning: true });
+    const found = await new Promise<eventsV1.Envelope | undefined>((resolve) => {
+      const timer = setTimeout(() => resolve(undefined), 30_000);
+      void consumer.run({
+        eachMessage: async ({ message }) => {
+          if (message.key?.toString() !== ack!.conversationId) return;
+          const envelope = eventsV1.Envelope.decode(message.value!);
+          if (envelope.event?.$case === 'messageCreated' && envelope.event.value.message?.messageId === ack!.messageId) {
+            clearTimeout(timer);
+            resolve(envelope);
+          }
+        },
+      });
+    });
+    await consumer.disconnect();
+    expect(found?.tenantId).toBe(tenant);
+    expect(found?.event?.$case === 'messageCreated' && found.event.value.memberIds).toEqual(['gina', 'hank']);
+  });
+
+  it('refuses non-members, other tenants and bad input with specific errors', async () => {
+    const { ack } = await send(client, 'ivan', { recipientUserId: 'judy' }, 'private');
+    const conversationId = ack!.conversationId;
+    expect((await errorOf(send(client, 'mallory', { conversationId }, 'let me in'))).code).toBe(ErrorCode.ERROR_CODE_PERMISSION_DENIED);
+    // Another tenant cannot even see that the conversation exists.
+    const crossTenant = await errorOf(send(client, 'ivan', { conversationId }, 'hi', newId(), otherTenant));
+    expect(crossTenant.code).toBe(ErrorCode.ERROR_CODE_NOT_FOUND);
+    expect((await errorOf(send(client, 'ivan', { recipientUserId: 'ivan' }, 'me'))).code).toBe(ErrorCode.ERROR_CODE_INVALID_ARGUMENT);
+    const badId = await errorOf(send(client, 'ivan', { conversationId: 'x.>' }, 'hi'));
+    expect([badId.code, badId.field]).toEqual([ErrorCode.ERROR_CODE_INVALID_ARGUMENT, 'conversation_id']);
+    expect((await errorOf(send(client, 'ivan', { conversationId }, ''))).field).toBe('text');
+    expect((await errorOf(send(client, 'ivan', { conversationId }, 'x'.repeat(20_000)))).field).toBe('text');
+    const noTenant = await errorOf(client.getConversation({ context: undefined, conversationId }, { context: { tenantId: '', userId: 'ivan', deviceId: '', internal: false } }));
+    expect(noTenant.code).toBe(ErrorCode.ERROR_CODE_UNAUTHENTICATED);
+  });
+
+  it('row-level security hides other tenants rows even from a query that forgets the tenant', async () => {
+    await send(client, 'kim', { recipientUserId: 'lee' }, 'tenant A secret');
+    const pool = createPool({ connectionString: env.DATABASE_URL!, applicationName: 'rls-test', schema: 'messaging' });
+    try {
+      const leaked = await withTenantTransaction(pool, otherTenant, (db) => db.query(`SELECT * FROM messages WHERE body = 'tenant A secret'`));
+      expect(leaked.rows).toHaveLength(0);
+      const own = await withTenantTransaction(pool, tenant, (db) => db.query(`SELECT * FROM messages WHERE body = 'tenant A secret'`));
+      expect(own.rows).toHaveLength(1);
+      const noTenantSet = await pool.query(`SELECT count(*)::int AS n FROM messages`);
+      expect(noTenantSet.rows[0].n).toBe(0);
+    } finally {
+      await pool.end();
+    }
+  });
+});
+
+describe('messaging and its database', () => {
+  it('says it cannot reach PostgreSQL and exits non-zero when the database is down at start', async () => {
+    const closedPort = await freePort();
+    await expect(
+      launchService({
+        service: 'messaging',
+        env: { ...env, DATABASE_URL: `postgres://switchboard:switchboard@127.0.0.1:${closedPort}/switchboard`, GRPC_PORT: String(await freePort()) },
+        opsPort: await freePort(),
+      }),
+    ).rejects.toThrow(/exited with 1 before it was ready[\s\S]*cannot reach PostgreSQL/);
+  });
+
+  it('reports not-ready while the database is unreachable and recovers when it returns', async () => {
+    // A TCP proxy in front of PostgreSQL lets the test cut the database away for real.
+    const pg = new URL(env.DATABASE_URL!);
+    const target = { host: pg.hostname, port: Number(pg.port) };
+    const proxyPort = await freePort();
+    const sockets = new Set<Socket>();
+    let proxy: Server | undefined;
+    const openProxy = () =>
+      new Promise<void>((resolve) => {
+        proxy = createServer((inbound) => {
+          const outbound = new Socket().connect(target.port, target.host);
+          sockets.add(inbound).add(outbound);
+          inbound.pipe(outbound).pipe(inbound);
+          const drop = () => (inbound.destroy(), outbound.destroy());
+          inbound.on('error', drop).on('close', drop);
+          outbound.on('error', drop).on('close', drop);
+        }).listen(proxyPort, '127.0.0.1', resolve);
+      });
+    const cutProxy = () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        sockets.clear();
+        proxy!.close(() => resolve());
+      });
+    await openProxy();
+    pg.port = String(proxyPort);
+    const opsPort = await freePort();
+    const service = await launchService({ service: 'messaging', env: { ...env, DATABASE_URL: pg.toString(), GRPC_PORT: String(await freePort()) }, opsPort });
+    const readyz = async () => (await fetch(`http://127.0.0.1:${opsPort}/readyz`)).status;
+    const waitFor = async (status: number) => {
+      const deadline = Date.now() + 15_000;
+      while ((await readyz()) !== status && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+      return readyz();
+    };
+    try {
+      expect(await readyz()).toBe(200);
+      await cutProxy();
+      expect(await waitFor(503)).toBe(503);
+      expect((await fetch(`http://127.0.0.1:${opsPort}/healthz`)).status).toBe(200);
+      await openProxy();
+      expect(await waitFor(200)).toBe(200);
+    } finally {
+      await service.stop();
+      await cutProxy();
+    }
+  });
+});

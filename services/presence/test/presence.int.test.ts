@@ -1,0 +1,223 @@
+// Presence against real Redis and NATS: the built service runs as its own
+// process and is called over gRPC like the gateway calls it.
+import { freePort, infraEnv, launchService, type ServiceProcess } from '@switchboard/devenv';
+import { ErrorCode, SwitchboardError } from '@switchboard/errors';
+import { createClient, type PromiseClient } from '@switchboard/grpc';
+import { newId } from '@switchboard/ids';
+import { connectNats, decodeEnvelope, subjects, type NatsConnection } from '@switchboard/nats';
+import { eventsV1, presenceV1 } from '@switchboard/proto';
+
+const { PresenceStatus } = eventsV1;
+type Client = PromiseClient<presenceV1.PresenceServiceClient>;
+
+async function startPresence(env: Record<string, string> = {}): Promise<{ service: ServiceProcess; client: Client }> {
+  const grpcPort = await freePort();
+  const service = await launchService({
+    service: 'presence',
+    env: { ...infraEnv(), LOG_LEVEL: 'warn', GRPC_PORT: String(grpcPort), ...env },
+    opsPort: await freePort(),
+  });
+  return { service, client: createClient(presenceV1.PresenceServiceClient, `127.0.0.1:${grpcPort}`) };
+}
+
+async function errorOf(call: Promise<unknown>): Promise<SwitchboardError> {
+  try {
+    await call;
+  } catch (err) {
+    return err as SwitchboardError;
+  }
+  throw new Error('expected the call to fail');
+}
+
+async function eventually<T>(read: () => T | undefined, timeoutMs = 3000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = read();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function device(deviceId: string): presenceV1.DeviceInfo {
+  return { deviceId, platform: presenceV1.DevicePlatform.DEVICE_PLATFORM_WEB, label: 'Test browser', appVersion: '1.0.0', userAgent: 'jest' };
+}
+
+describe('presence service', () => {
+  const tenantId = newId();
+  const gatewayId = 'gw-test';
+  let service: ServiceProcess;
+  let client: Client;
+  let nats: NatsConnection;
+  const as = (userId: string, internal = false) => ({ context: { tenantId, userId, deviceId: '', internal } });
+  const internal = { context: { tenantId, userId: '', deviceId: '', internal: true } };
+
+  /** Every PresenceChanged published for a user from now on. */
+  async function watch(userId: string): Promise<eventsV1.PresenceChanged[]> {
+    const seen: eventsV1.PresenceChanged[] = [];
+    nats.subscribe(subjects.presence(tenantId, userId), {
+      callback: (err, msg) => {
+        if (err) return;
+        const { envelope } = decodeEnvelope(msg);
+        if (envelope.tenantId === tenantId && envelope.event?.$case === 'presenceChanged') seen.push(envelope.event.value);
+      },
+    });
+    await nats.flush();
+    return seen;
+  }
+
+  beforeAll(async () => {
+    ({ service, client } = await startPresence());
+    nats = await connectNats({ servers: infraEnv().NATS_URL!, name: 'presence-test' });
+  });
+
+  afterAll(async () => {
+    client?.close();
+    await nats?.close();
+    expect(await service?.stop()).toBe(0);
+  });
+
+  it('merges devices: online while any device is connected, offline with last seen after the last one leaves', async () => {
+    const alice = newId();
+    const events = await watch(alice);
+
+    const first = await client.connectDevice({ context: undefined, gatewayId, connectionId: 'c1', device: device('laptop') }, as(alice));
+    expect(first.presence).toMatchObject({ userId: alice, status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 1 });
+    expect(first.leaseTtlMs).toBeGreaterThan(0);
+    expect(first.refreshIntervalMs).toBeLessThan(first.leaseTtlMs);
+    const second = await client.connectDevice({ context: undefined, gatewayId, connectionId: 'c2', device: device('phone') }, as(alice));
+    expect(second.presence).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 2 });
+
+    const seenByBob = await client.getPresence({ context: undefined, userIds: [alice], includeDevices: true }, as(newId()));
+    expect(seenByBob.presences[0]).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 2, devices: [] });
+    const seenBySelf = await client.getPresence({ context: undefined, userIds: [alice], includeDevices: true }, as(alice));
+    expect(seenBySelf.presences[0]!.devices.map((d) => d.device?.deviceId).sort()).toEqual(['laptop', 'phone']);
+
+    const afterOne = await client.disconnectDevice({ context: undefined, gatewayId, connectionId: 'c1', deviceId: 'laptop', reason: 1 }, as(alice));
+    expect(afterOne.status).toBe(PresenceStatus.PRESENCE_STATUS_AVAILABLE);
+    const stillOnline = await client.getPresence({ context: undefined, userIds: [alice], includeDevices: false }, as(newId()));
+    expect(stillOnline.presences[0]).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 1 });
+
+    const before = Date.now();
+    const afterBoth = await client.disconnectDevice({ context: undefined, gatewayId, connectionId: 'c2', deviceId: 'phone', reason: 1 }, as(alice));
+    expect(afterBoth.status).toBe(PresenceStatus.PRESENCE_STATUS_OFFLINE);
+    const offline = (await client.getPresence({ context: undefined, userIds: [alice], includeDevices: false }, as(newId()))).presences[0]!;
+    expect(offline).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_OFFLINE, deviceCount: 0 });
+    expect(offline.lastSeen!.getTime()).toBeGreaterThanOrEqual(before - 1000);
+    expect(offline.lastSeen!.getTime()).toBeLessThanOrEqual(Date.now() + 1000);
+
+    // Exactly two changes: online, then offline (the second device and the first disconnect changed nothing watchers see).
+    await eventually(() => (events.length >= 2 ? true : undefined));
+    await new Promise((r) => setTimeout(r, 200));
+    expect(events.map((e) => e.status)).toEqual([PresenceStatus.PRESENCE_STATUS_AVAILABLE, PresenceStatus.PRESENCE_STATUS_OFFLINE]);
+    expect(events[1]!.lastSeen).toBeInstanceOf(Date);
+    expect(events[1]!.userId).toBe(alice);
+  });
+
+  it('answers many users at once, in request order, unknown users offline without last seen', async () => {
+    const online = newId();
+    const unknown = newId();
+    await client.connectDevice({ context: undefined, gatewayId, connectionId: 'c1', device: device('d1') }, as(online));
+    const { presences } = await client.getPresence({ context: undefined, userIds: [unknown, online, unknown], includeDevices: false }, internal);
+    expect(presences.map((p) => [p.userId, p.status])).toEqual([
+      [unknown, PresenceStatus.PRESENCE_STATUS_OFFLINE],
+      [online, PresenceStatus.PRESENCE_STATUS_AVAILABLE],
+      [unknown, PresenceStatus.PRESENCE_STATUS_OFFLINE],
+    ]);
+    expect(presences[0]!.lastSeen).toBeUndefined();
+  });
+
+  it('keeps an explicit status over activity and announces it', async () => {
+    const carol = newId();
+    const events = await watch(carol);
+    await client.connectDevice({ context: undefined, gatewayId, connectionId: 'c1', device: device('d1') }, as(carol));
+    const set = await client.setStatus(
+      { context: undefined, userId: '', status: PresenceStatus.PRESENCE_STATUS_BUSY, statusExpiresAt: undefined, customMessage: 'In surgery', customMessageExpiresAt: undefined },
+      as(carol),
+    );
+    expect(set.presence).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_BUSY, manualStatus: PresenceStatus.PRESENCE_STATUS_BUSY, customMessage: 'In surgery' });
+    const seen = (await client.getPresence({ context: undefined, userIds: [carol], includeDevices: false }, as(newId()))).presences[0]!;
+    expect(seen).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_BUSY, customMessage: 'In surgery', manualStatus: PresenceStatus.PRESENCE_STATUS_UNSPECIFIED });
+    await eventually(() => events.find((e) => e.status === PresenceStatus.PRESENCE_STATUS_BUSY));
+
+    // Back to following activity.
+    const cleared = await client.setStatus(
+      { context: undefined, userId: '', status: PresenceStatus.PRESENCE_STATUS_UNSPECIFIED, statusExpiresAt: undefined, customMessage: '', customMessageExpiresAt: undefined },
+      as(carol),
+    );
+    expect(cleared.presence).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, customMessage: '' });
+    await eventually(() => (events.at(-1)?.status === PresenceStatus.PRESENCE_STATUS_AVAILABLE && events.length === 3 ? true : undefined));
+  });
+
+  it('shows a user who appears offline as offline to others only', async () => {
+    const dave = newId();
+    await client.connectDevice({ context: undefined, gatewayId, connectionId: 'c1', device: device('d1') }, as(dave));
+    await client.setStatus(
+      { context: undefined, userId: '', status: PresenceStatus.PRESENCE_STATUS_OFFLINE, statusExpiresAt: undefined, customMessage: '', customMessageExpiresAt: undefined },
+      as(dave),
+    );
+    const toOthers = (await client.getPresence({ context: undefined, userIds: [dave], includeDevices: true }, as(newId()))).presences[0]!;
+    expect(toOthers).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_OFFLINE, deviceCount: 0, devices: [] });
+    const toSelf = (await client.getPresence({ context: undefined, userIds: [dave], includeDevices: false }, as(dave))).presences[0]!;
+    expect(toSelf).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, manualStatus: PresenceStatus.PRESENCE_STATUS_OFFLINE, deviceCount: 1 });
+  });
+
+  it('lets only internal callers set another user’s status', async () => {
+    const target = newId();
+    const request = { context: undefined, userId: target, status: PresenceStatus.PRESENCE_STATUS_AWAY, statusExpiresAt: undefined, customMessage: '', customMessageExpiresAt: undefined };
+    expect((await errorOf(client.setStatus(request, as(newId())))).code).toBe(ErrorCode.ERROR_CODE_PERMISSION_DENIED);
+    const set = await client.setStatus(request, internal);
+    expect(set.presence).toMatchObject({ userId: target, manualStatus: PresenceStatus.PRESENCE_STATUS_AWAY, status: PresenceStatus.PRESENCE_STATUS_OFFLINE });
+    const past = { ...request, statusExpiresAt: new Date(Date.now() - 1000) };
+    expect((await errorOf(client.setStatus(past, internal))).code).toBe(ErrorCode.ERROR_CODE_INVALID_ARGUMENT);
+  });
+
+  it('keeps tenants apart', async () => {
+    const erin = newId();
+    await client.connectDevice({ context: undefined, gatewayId, connectionId: 'c1', device: device('d1') }, as(erin));
+    const otherTenant = { context: { tenantId: newId(), userId: newId(), deviceId: '', internal: false } };
+    const seen = (await client.getPresence({ context: undefined, userIds: [erin], includeDevices: false }, otherTenant)).presences[0]!;
+    expect(seen.status).toBe(PresenceStatus.PRESENCE_STATUS_OFFLINE);
+    // A body naming another tenant than the metadata is refused.
+    const mismatched = client.getPresence({ context: { tenantId: newId(), userId: '', deviceId: '', internal: false }, userIds: [erin], includeDevices: false }, as(erin));
+    expect((await errorOf(mismatched)).code).toBe(ErrorCode.ERROR_CODE_PERMISSION_DENIED);
+  });
+
+  it('refuses unsafe ids, calls without a user, and answers UNIMPLEMENTED for later RPCs', async () => {
+    const unsafe = client.connectDevice({ context: undefined, gatewayId, connectionId: 'c.1>', device: device('d1') }, as(newId()));
+    expect((await errorOf(unsafe)).code).toBe(ErrorCode.ERROR_CODE_INVALID_ARGUMENT);
+    const unsafeUser = client.getPresence({ context: undefined, userIds: ['a*'], includeDevices: false }, internal);
+    expect((await errorOf(unsafeUser)).code).toBe(ErrorCode.ERROR_CODE_INVALID_ARGUMENT);
+    const noUser = client.connectDevice({ context: undefined, gatewayId, connectionId: 'c1', device: device('d1') }, internal);
+    expect((await errorOf(noUser)).code).toBe(ErrorCode.ERROR_CODE_PERMISSION_DENIED);
+    const later = client.refreshLeases({ context: undefined, gatewayId, tenants: [] }, internal);
+    expect((await errorOf(later)).code).toBe(ErrorCode.ERROR_CODE_UNSUPPORTED);
+  });
+
+  it('counts a connection whose lease lapsed as gone', async () => {
+    const shortLease = await startPresence({ LEASE_TTL_MS: '300' });
+    try {
+      const frank = newId();
+      await shortLease.client.connectDevice({ context: undefined, gatewayId, connectionId: 'c1', device: device('d1') }, as(frank));
+      await new Promise((r) => setTimeout(r, 500));
+      const seen = (await shortLease.client.getPresence({ context: undefined, userIds: [frank], includeDevices: false }, internal)).presences[0]!;
+      expect(seen).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_OFFLINE, deviceCount: 0 });
+      expect(seen.lastSeen).toBeInstanceOf(Date);
+    } finally {
+      shortLease.client.close();
+      await shortLease.service.stop();
+    }
+  });
+
+  it.each([
+    ['Redis', { REDIS_URL: 'redis://127.0.0.1:1' }],
+    ['NATS', { NATS_URL: 'nats://127.0.0.1:1' }],
+  ])('exits non-zero when %s cannot be reached at start', async (dependency, env) => {
+    const failed = await startPresence(env).then(
+      () => undefined,
+      (err: Error) => err,
+    );
+    expect(failed?.message).toMatch(/exited with 1/);
+    expect(failed?.message).toContain(`cannot reach ${dependency}`);
+  });
+});
