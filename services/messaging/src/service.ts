@@ -19,6 +19,26 @@ function viewer(ctx: CallContext): string | undefined {
   return ctx.tenant.internal && !ctx.tenant.userId ? undefined : actingUser(ctx);
 }
 
+/** A resume token is the positions themselves, opaque to clients (base64url JSON). */
+function encodeResumeToken(positions: Map<string, number>): string {
+  return Buffer.from(JSON.stringify(Object.fromEntries(positions))).toString('base64url');
+}
+
+function decodeResumeToken(token: string): Map<string, number> {
+  try {
+    const parsed: unknown = JSON.parse(Buffer.from(token, 'base64url').toString('utf8'));
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('not an object');
+    const positions = new Map<string, number>();
+    for (const [conversationId, seq] of Object.entries(parsed)) {
+      if (!Number.isSafeInteger(seq) || (seq as number) < 0) throw new Error('bad sequence');
+      positions.set(assertSafeId(conversationId, 'resume_token'), seq as number);
+    }
+    return positions;
+  } catch (err) {
+    throw new InvalidArgumentError('resume_token is not one this service issued', { field: 'resume_token', cause: err });
+  }
+}
+
 function pageSize(requested: number, config: MessagingConfig, fallback = 50): number {
   return Math.min(requested || fallback, config.MAX_PAGE_SIZE);
 }
@@ -60,6 +80,19 @@ export function messagingService(store: MessageStore, config: MessagingConfig, l
       const conversationId = assertSafeId(req.conversationId, 'conversation_id');
       const backward = req.direction === Direction.DIRECTION_BACKWARD;
       return store.history(ctx.tenant.tenantId, conversationId, viewer(ctx), req.fromSeq, backward, pageSize(req.limit, config));
+    }),
+
+    sync: unary('Sync', logger, async (req: messagingV1.SyncRequest, ctx) => {
+      const userId = actingUser(ctx);
+      const positions = req.resumeToken ? decodeResumeToken(req.resumeToken) : new Map<string, number>();
+      for (const position of req.positions) positions.set(assertSafeId(position.conversationId, 'positions.conversation_id'), position.lastSeq);
+      const result = await store.sync(ctx.tenant.tenantId, userId, positions, pageSize(req.limit, config, 100));
+      return {
+        messages: result.messages,
+        hasMore: result.hasMore,
+        resumeToken: encodeResumeToken(result.positions),
+        positions: [...result.positions].map(([conversationId, lastSeq]) => ({ conversationId, lastSeq })),
+      };
     }),
 
     getConversation: unary('GetConversation', logger, async (req: messagingV1.GetConversationRequest, ctx) => {

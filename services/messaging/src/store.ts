@@ -227,6 +227,30 @@ export class MessageStore {
     });
   }
 
+  /**
+   * Everything a device missed since its positions, across the user's
+   * conversations, in (conversation, seq) order and paginated: a device that
+   * was offline for a week pages through it instead of getting one giant frame.
+   */
+  async sync(tenantId: string, userId: string, positions: Map<string, number>, limit: number) {
+    return withTenantTransaction(this.pool, tenantId, async (db) => {
+      const { rows } = await db.query<MessageRow>(
+        `SELECT m.* FROM messages m
+         JOIN conversation_members me ON me.tenant_id = m.tenant_id AND me.conversation_id = m.conversation_id AND me.user_id = $2
+         LEFT JOIN unnest($3::text[], $4::bigint[]) AS p(conversation_id, last_seq) ON p.conversation_id = m.conversation_id
+         WHERE m.tenant_id = $1 AND m.seq > COALESCE(p.last_seq, 0)
+         ORDER BY m.conversation_id, m.seq
+         LIMIT $5`,
+        [tenantId, userId, [...positions.keys()], [...positions.values()], limit + 1],
+      );
+      const hasMore = rows.length > limit;
+      const messages = rows.slice(0, limit).map(toMessage);
+      const next = new Map(positions);
+      for (const message of messages) next.set(message.conversationId, Math.max(next.get(message.conversationId) ?? 0, message.seq));
+      return { messages, hasMore, positions: next };
+    });
+  }
+
   /** Moves a member's delivered or read watermark forward (never back) and tells the user's devices and the other members. */
   async markReceipt(tenantId: string, conversationId: string, userId: string, seq: number, which: 'delivered' | 'read') {
     return withTenantTransaction(this.pool, tenantId, async (db) => {

@@ -28,8 +28,9 @@ export class MessageNotifier {
 
   async start(): Promise<void> {
     const { consumer, logger } = this.options;
-    consumer.on(consumer.events.GROUP_JOIN, () => {
+    consumer.on(consumer.events.GROUP_JOIN, (event) => {
       this.joined = true;
+      logger.info({ groupId: event.payload.groupId, assignment: event.payload.memberAssignment }, `consuming ${TOPICS.messages}`);
     });
     consumer.on(consumer.events.CRASH, (event) => {
       this.joined = false;
@@ -40,7 +41,7 @@ export class MessageNotifier {
     await consumer.run({ eachMessage: ({ message }) => this.handle(message) });
   }
 
-  /** For readiness: in the group with partitions, and not crashed since. */
+  /** For readiness: joined its group, and not crashed since. */
   check(): void {
     if (!this.joined) throw new Error('not consuming: the consumer has not joined its group');
   }

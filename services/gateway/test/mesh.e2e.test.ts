@@ -1,0 +1,288 @@
+import { SignJWT, base64url } from 'jose';
+import WebSocket from 'ws';
+import { DEV_JWT_SECRET, SwitchboardClient, mintDevToken, type Encoding } from '@switchboard/client';
+import { freePort, infraEnv, launchService, startMesh, type Mesh } from '@switchboard/devenv';
+import { ErrorCode } from '@switchboard/errors';
+import { newId } from '@switchboard/ids';
+import type { framesV1, messagingV1 } from '@switchboard/proto';
+
+const HEARTBEAT_MS = 400;
+const MAX_FRAME_BYTES = 4096;
+const tenant = `t${newId().slice(0, 12)}`;
+const user = (name: string) => `${name}-${newId().slice(0, 8)}`;
+
+let mesh: Mesh;
+const clients: SwitchboardClient[] = [];
+const sockets: WebSocket[] = [];
+
+async function connect(gateway: number, userId: string, encoding: Encoding = 'json', tenantId = tenant): Promise<SwitchboardClient> {
+  const client = new SwitchboardClient({
+    url: mesh.gateways[gateway]!.url,
+    token: () => mintDevToken({ secret: DEV_JWT_SECRET, tenantId, userId }),
+    encoding,
+  });
+  clients.push(client);
+  await client.connect();
+  return client;
+}
+
+/** Resolves with the next `count` messages pushed to a client. */
+function nextMessages(client: SwitchboardClient, count = 1, timeoutMs = 10_000): Promise<messagingV1.Message[]> {
+  return new Promise((resolve, reject) => {
+    const received: messagingV1.Message[] = [];
+    const timer = setTimeout(() => reject(new Error(`got ${received.length} of ${count} messages`)), timeoutMs);
+    const onMessage = (message: messagingV1.Message) => {
+      received.push(message);
+      if (received.length === count) {
+        clearTimeout(timer);
+        client.off('message', onMessage);
+        resolve(received);
+      }
+    };
+    client.on('message', onMessage);
+  });
+}
+
+type Raw = { ws: WebSocket; frames: framesV1.ServerFrame[]; closed: Promise<{ code: number; reason: string }> };
+
+/** A bare socket for what the client library would never send. */
+async function rawSocket(gateway: number, options: { token?: string; protocols?: string[]; autoPong?: boolean } = {}): Promise<Raw> {
+  const token = options.token ?? (await mintDevToken({ secret: DEV_JWT_SECRET, tenantId: tenant, userId: user('raw') }));
+  const ws = new WebSocket(mesh.gateways[gateway]!.url, options.protocols ?? ['switchboard.v1.json'], {
+    headers: { authorization: `Bearer ${token}` },
+    autoPong: options.autoPong ?? true,
+  });
+  sockets.push(ws);
+  const frames: framesV1.ServerFrame[] = [];
+  ws.on('message', (data, isBinary) => {
+    if (!isBinary) frames.push(JSON.parse(data.toString()));
+  });
+  const closed = new Promise<{ code: number; reason: string }>((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })));
+  await new Promise<void>((resolve, reject) => {
+    ws.once('open', () => resolve());
+    ws.once('error', reject);
+  });
+  await waitFor(() => frames.some((f) => 'welcome' in f));
+  return { ws, frames, closed };
+}
+
+/** What the server answers to an upgrade it refuses: status and body, and whether a socket ever opened. */
+function handshake(gateway: number, headers: Record<string, string>, protocols: string[] = ['switchboard.v1.json'], path = '/ws') {
+  return new Promise<{ status: number; body: string; opened: boolean }>((resolve) => {
+    const url = mesh.gateways[gateway]!.url.replace(/\/ws$/, path);
+    const ws = new WebSocket(url, protocols, { headers });
+    ws.on('open', () => {
+      ws.close();
+      resolve({ status: 101, body: '', opened: true });
+    });
+    ws.on('unexpected-response', (_req, res) => {
+      let body = '';
+      res.on('data', (chunk: Buffer) => (body += chunk.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body, opened: false }));
+    });
+    ws.on('error', () => undefined);
+  });
+}
+
+async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+beforeAll(async () => {
+  mesh = await startMesh({
+    gateways: 2,
+    ports: 'free',
+    gatewayEnv: { HEARTBEAT_INTERVAL_MS: String(HEARTBEAT_MS), MAX_FRAME_BYTES: String(MAX_FRAME_BYTES) },
+  });
+}, 120_000);
+
+afterAll(async () => {
+  for (const client of clients) client.close();
+  for (const ws of sockets) ws.terminate();
+  await mesh?.stop();
+});
+
+describe('the first path: a direct message across two gateway processes', () => {
+  it('is committed, acknowledged to the sender and delivered to the recipient on the other gateway', async () => {
+    const [alice, bob] = [user('alice'), user('bob')];
+    const aliceClient = await connect(0, alice);
+    const bobClient = await connect(1, bob, 'proto');
+    expect(aliceClient.welcome?.gatewayId).toBe('gateway-1');
+    expect(bobClient.welcome?.gatewayId).toBe('gateway-2');
+
+    const arriving = nextMessages(bobClient);
+    const ack = await aliceClient.sendMessage({ recipientUserId: bob, text: 'Your lab results are ready' });
+    expect(ack.seq).toBe(1);
+    expect(ack.duplicate).toBe(false);
+    const [message] = await arriving;
+    expect(message).toMatchObject({ messageId: ack.messageId, conversationId: ack.conversationId, seq: 1, senderId: alice, text: 'Your lab results are ready', tenantId: tenant });
+
+    // And back, over the binary encoding.
+    const reply = nextMessages(aliceClient, 2);
+    const replyAck = await bobClient.sendMessage({ conversationId: ack.conversationId, text: 'Thank you' });
+    expect(replyAck.seq).toBe(2);
+    const seen = await reply;
+    // The sender's own devices see the conversation too, in sequence order.
+    expect(seen.map((m) => [m.seq, m.text])).toEqual([
+      [1, 'Your lab results are ready'],
+      [2, 'Thank you'],
+    ]);
+  });
+
+  it('delivers to every device of the recipient, and a retried send is stored and delivered once', async () => {
+    const [carol, dave] = [user('carol'), user('dave')];
+    const carolClient = await connect(0, carol);
+    const davePhone = await connect(1, dave);
+    const daveLaptop = await connect(0, dave);
+    const phone: messagingV1.Message[] = [];
+    davePhone.on('message', (m) => phone.push(m));
+    const laptop = nextMessages(daveLaptop);
+    const clientMessageId = newId();
+    const first = await carolClient.sendMessage({ recipientUserId: dave, text: 'once', clientMessageId });
+    const retry = await carolClient.sendMessage({ recipientUserId: dave, text: 'once', clientMessageId });
+    expect(retry).toMatchObject({ messageId: first.messageId, seq: first.seq, duplicate: true });
+    expect((await laptop)[0]!.messageId).toBe(first.messageId);
+    await waitFor(() => phone.length > 0);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(phone.map((m) => m.messageId)).toEqual([first.messageId]);
+  });
+
+  it('keeps tenants apart: the same user id in another tenant receives nothing', async () => {
+    const [erin, frank] = [user('erin'), user('frank')];
+    const erinClient = await connect(0, erin);
+    const frankHere = await connect(1, frank);
+    const frankElsewhere = await connect(1, frank, 'json', `t${newId().slice(0, 12)}`);
+    const leaked: messagingV1.Message[] = [];
+    frankElsewhere.on('message', (m) => leaked.push(m));
+    const arriving = nextMessages(frankHere);
+    await erinClient.sendMessage({ recipientUserId: frank, text: 'for tenant A only' });
+    await arriving;
+    await new Promise((r) => setTimeout(r, 300));
+    expect(leaked).toEqual([]);
+  });
+});
+
+describe('handshake refusals: no socket without a valid token and a known protocol version', () => {
+  const key = new TextEncoder().encode(DEV_JWT_SECRET);
+  const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
+
+  it.each([
+    ['no token', async () => ({})],
+    ['a wrongly signed token', async () => bearer(await mintDevToken({ secret: 'not-the-secret', tenantId: tenant, userId: 'x' }))],
+    ['an expired token', async () => bearer(await mintDevToken({ secret: DEV_JWT_SECRET, tenantId: tenant, userId: 'x', nowSeconds: Math.floor(Date.now() / 1000) - 7200, ttlSeconds: 60 }))],
+    ['a token without tenant', async () => bearer(await new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setSubject('x').setExpirationTime('5m').sign(key))],
+    [
+      'an alg:none token',
+      async () =>
+        bearer(
+          `${base64url.encode(JSON.stringify({ alg: 'none', typ: 'JWT' }))}.${base64url.encode(JSON.stringify({ sub: 'x', tid: tenant, exp: Math.floor(Date.now() / 1000) + 300 }))}.`,
+        ),
+    ],
+  ])('refuses %s with 401', async (_name, headers) => {
+    const result = await handshake(0, await headers());
+    expect(result).toMatchObject({ status: 401, opened: false });
+  });
+
+  it('refuses a protocol version it does not speak with 400, naming the ones it does', async () => {
+    const token = await mintDevToken({ secret: DEV_JWT_SECRET, tenantId: tenant, userId: 'x' });
+    const result = await handshake(0, { authorization: `Bearer ${token}` }, ['switchboard.v9.json']);
+    expect(result.status).toBe(400);
+    expect(result.body).toContain('switchboard.v1.json, switchboard.v1.proto');
+  });
+
+  it('accepts the token as a bearer subprotocol entry (browsers) and never echoes it', async () => {
+    const token = await mintDevToken({ secret: DEV_JWT_SECRET, tenantId: tenant, userId: user('browser') });
+    const ws = new WebSocket(mesh.gateways[0]!.url, ['switchboard.v1.json', `bearer.${token}`]);
+    sockets.push(ws);
+    await new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject));
+    expect(ws.protocol).toBe('switchboard.v1.json');
+  });
+
+  it('answers 404 off the WebSocket path', async () => {
+    const token = await mintDevToken({ secret: DEV_JWT_SECRET, tenantId: tenant, userId: 'x' });
+    expect((await handshake(0, { authorization: `Bearer ${token}` }, ['switchboard.v1.json'], '/other')).status).toBe(404);
+  });
+});
+
+describe('bad frames: a specific error or close code, and everyone else carries on', () => {
+  it('answers malformed JSON, unknown kinds and binary frames with error frames and keeps the connection', async () => {
+    const raw = await rawSocket(0);
+    raw.ws.send('{not json');
+    raw.ws.send(JSON.stringify({ requestId: 'r1', launchMissiles: {} }));
+    raw.ws.send(Buffer.from([1, 2, 3]), { binary: true });
+    raw.ws.send(JSON.stringify({ requestId: 'r2', sendMessage: { recipientUserId: 'a.b', clientMessageId: 'c1', text: 'x' } }));
+    raw.ws.send(JSON.stringify({ requestId: 'r3', ping: { clientTimeMs: 7 } }));
+    await waitFor(() => raw.frames.some((f) => f.requestId === 'r3'));
+    const errors = raw.frames.filter((f) => 'error' in f).map((f) => (f as unknown as { requestId?: string; error: { code: string; field?: string } }));
+    expect(errors.map((e) => e.error.code)).toEqual([
+      'ERROR_CODE_INVALID_ARGUMENT',
+      'ERROR_CODE_UNSUPPORTED',
+      'ERROR_CODE_UNSUPPORTED',
+      'ERROR_CODE_INVALID_ARGUMENT',
+    ]);
+    expect(errors[3]).toMatchObject({ requestId: 'r2', error: { field: 'recipient_user_id' } });
+    expect(raw.frames.find((f) => f.requestId === 'r3')).toMatchObject({ pong: { clientTimeMs: 7 } });
+  });
+
+  it('closes a frame over the size limit with 1009 and invalid UTF-8 with 1007, and the gateway serves on', async () => {
+    const bystander = await connect(0, user('bystander'));
+    const big = await rawSocket(0);
+    big.ws.send('x'.repeat(MAX_FRAME_BYTES + 1));
+    expect((await big.closed).code).toBe(1009);
+    const invalid = await rawSocket(0);
+    invalid.ws.send(Buffer.from([0x7b, 0xc3, 0x28, 0x7d]), { binary: false });
+    expect((await invalid.closed).code).toBe(1007);
+    const pong = await bystander.ping();
+    expect(pong.serverTimeMs).toBeGreaterThan(0);
+  });
+});
+
+describe('liveness and token lifetime', () => {
+  it('terminates a peer that stops answering pings, and keeps one that answers', async () => {
+    const silent = await rawSocket(0, { autoPong: false });
+    const healthy = await rawSocket(0);
+    const started = Date.now();
+    const { code } = await silent.closed;
+    expect(code).toBe(1006);
+    expect(Date.now() - started).toBeLessThan(HEARTBEAT_MS * 6);
+    expect(healthy.ws.readyState).toBe(WebSocket.OPEN);
+  });
+
+  it('ends a connection whose token expires with 4001', async () => {
+    const token = await mintDevToken({ secret: DEV_JWT_SECRET, tenantId: tenant, userId: user('short'), ttlSeconds: 2 });
+    const raw = await rawSocket(1, { token });
+    expect(await raw.closed).toEqual({ code: 4001, reason: 'token expired' });
+  });
+});
+
+describe('graceful shutdown of a gateway', () => {
+  it('tells clients to reconnect with jitter, closes the rest with 1012 at the deadline and exits 0', async () => {
+    const env = infraEnv();
+    const port = await freePort();
+    const gateway = await launchService({
+      service: 'gateway',
+      name: 'gateway-draining',
+      env: { ...env, PORT: String(port), GRPC_PORT: String(await freePort()), GATEWAY_ID: 'gateway-draining', MESSAGING_ADDR: mesh.addresses.messaging, SHUTDOWN_DEADLINE_MS: '3000', RECONNECT_JITTER_MS: '1000' },
+      opsPort: await freePort(),
+    });
+    const token = await mintDevToken({ secret: DEV_JWT_SECRET, tenantId: tenant, userId: user('stubborn') });
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, ['switchboard.v1.json'], { headers: { authorization: `Bearer ${token}` } });
+    sockets.push(ws);
+    const frames: Record<string, unknown>[] = [];
+    ws.on('message', (data) => frames.push(JSON.parse(data.toString())));
+    const closed = new Promise<number>((resolve) => ws.on('close', (code) => resolve(code)));
+    await waitFor(() => frames.some((f) => 'welcome' in f));
+
+    const exit = gateway.stop(10_000);
+    await waitFor(() => frames.some((f) => 'reconnect' in f));
+    const reconnect = frames.find((f) => 'reconnect' in f) as { reconnect: { reconnectWithinMs: number; reason: string } };
+    expect(reconnect.reconnect).toEqual({ reason: 'gateway draining', reconnectWithinMs: 1000 });
+    // This client ignores the request, so the gateway closes it at its deadline.
+    expect(await closed).toBe(1012);
+    expect(await exit).toBe(0);
+  });
+});
