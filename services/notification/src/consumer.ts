@@ -71,7 +71,7 @@ export class MessageNotifier {
     if (Date.now() - (envelope.occurredAt?.getTime() ?? Date.now()) > maxEventAgeMs) return;
     const event = envelope.event.value;
     await withSpan('notify message created', { kind: SpanKind.CONSUMER, parent: trace, attributes: { 'messaging.system': 'kafka' } }, async () => {
-      const created = await store.createFromEvent(envelope.tenantId, envelope.eventId, notificationsForMessage(event));
+      const created = await store.createFromEvent(envelope.tenantId, envelope.eventId, envelope.occurredAt ?? new Date(), notificationsForMessage(event));
       events.created(envelope.tenantId, created);
     });
   }

@@ -82,12 +82,12 @@ export class NotificationStore {
    * inserts nothing (unique on tenant, event and user): only the rows created
    * now are returned, so only they are announced.
    */
-  async createFromEvent(tenantId: string, eventId: string, notifications: NewNotification[]): Promise<notificationV1.Notification[]> {
+  async createFromEvent(tenantId: string, eventId: string, occurredAt: Date, notifications: NewNotification[]): Promise<notificationV1.Notification[]> {
     if (notifications.length === 0) return [];
     return withTenantTransaction(this.pool, tenantId, async (db) => {
       const { rows } = await db.query<NotificationRow>(
-        `INSERT INTO notifications (tenant_id, notification_id, user_id, kind, priority, title, body, data, source_event_id)
-         SELECT $1, n.notification_id, n.user_id, n.kind, n.priority, n.title, n.body, n.data, $2
+        `INSERT INTO notifications (tenant_id, notification_id, user_id, kind, priority, title, body, data, source_event_id, created_at)
+         SELECT $1, n.notification_id, n.user_id, n.kind, n.priority, n.title, n.body, n.data, $2, $10
          FROM unnest($3::text[], $4::text[], $5::text[], $6::smallint[], $7::text[], $8::text[], $9::jsonb[])
            AS n(notification_id, user_id, kind, priority, title, body, data)
          ON CONFLICT (tenant_id, source_event_id, user_id) WHERE source_event_id IS NOT NULL DO NOTHING
@@ -102,6 +102,9 @@ export class NotificationStore {
           notifications.map((n) => n.title),
           notifications.map((n) => n.body),
           notifications.map((n) => JSON.stringify(n.data)),
+          // When the event happened, not when it was consumed: records of different
+          // partitions arrive in any order, the history must not.
+          occurredAt,
         ],
       );
       return rows.map(toNotification);

@@ -183,7 +183,11 @@ describe('notification service', () => {
   it('pages through the history newest first', async () => {
     const sender = newId();
     const user = newId();
-    for (const text of ['first', 'second', 'third']) await produce(messageCreated(sender, [sender, user], { text }));
+    for (const text of ['first', 'second', 'third']) {
+      await produce(messageCreated(sender, [sender, user], { text }));
+      // Distinct event times: the history orders by when things happened.
+      await new Promise((r) => setTimeout(r, 5));
+    }
     await eventually(async () => ((await list(user)).notifications.length === 3 ? true : undefined));
     const first = await list(user, { page: { pageSize: 2, pageToken: '' } });
     expect(first.notifications.map((n) => n.body)).toEqual(['third', 'second']);
