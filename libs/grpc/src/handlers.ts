@@ -1,9 +1,9 @@
-import { type handleUnaryCall, type Metadata, type ServerUnaryCall } from '@grpc/grpc-js';
+import { status, type handleUnaryCall, type Metadata, type ServerUnaryCall } from '@grpc/grpc-js';
 import { asSwitchboardError, ErrorCode, PermissionDeniedError } from '@switchboard/errors';
 import type { Logger } from '@switchboard/logging';
 import type { commonV1 } from '@switchboard/proto';
-import { extractTraceContext, SpanKind, withSpan } from '@switchboard/telemetry';
-import { toServiceError } from './errors';
+import { extractTraceContext, LATENCY_BUCKETS_SECONDS, metrics, SpanKind, withSpan, type Histogram } from '@switchboard/telemetry';
+import { grpcStatusFor, toServiceError } from './errors';
 import { tenantFromMetadata } from './tenant';
 
 export interface CallContext {
@@ -16,6 +16,17 @@ export interface CallContext {
 }
 
 export type UnaryHandler<Req, Res> = (request: Req, ctx: CallContext) => Promise<Res>;
+
+let duration: Histogram | undefined;
+
+/** Created on first use, after the service's telemetry installed the meter provider. */
+function rpcDuration(): Histogram {
+  duration ??= metrics.getMeter('switchboard-grpc').createHistogram('rpc_server_duration_seconds', {
+    description: 'gRPC server call latency by method and status code',
+    advice: { explicitBucketBoundaries: LATENCY_BUCKETS_SECONDS },
+  });
+  return duration;
+}
 
 function metadataCarrier(metadata: Metadata): Record<string, string> {
   const carrier: Record<string, string> = {};
@@ -34,6 +45,8 @@ function metadataCarrier(metadata: Metadata): Record<string, string> {
 export function unary<Req, Res>(method: string, logger: Logger, handler: UnaryHandler<Req, Res>): handleUnaryCall<Req, Res> {
   return (call: ServerUnaryCall<Req, Res>, callback) => {
     const parent = extractTraceContext(metadataCarrier(call.metadata));
+    const started = performance.now();
+    const observe = (code: status) => rpcDuration().record((performance.now() - started) / 1000, { method, code: status[code] ?? String(code) });
     void withSpan(method, { kind: SpanKind.SERVER, parent, attributes: { 'rpc.system': 'grpc', 'rpc.method': method } }, async () => {
       try {
         const tenant = tenantFromMetadata(call.metadata);
@@ -48,10 +61,13 @@ export function unary<Req, Res>(method: string, logger: Logger, handler: UnaryHa
           deadlineMs: () => (deadline instanceof Date ? deadline.getTime() - Date.now() : deadline === Infinity ? Infinity : Number(deadline) - Date.now()),
           logger: logger.child({ method, tenant: tenant.tenantId }),
         };
-        callback(null, await handler(call.request, ctx));
+        const response = await handler(call.request, ctx);
+        observe(status.OK);
+        callback(null, response);
       } catch (thrown) {
         const err = asSwitchboardError(thrown);
         if (err.code === ErrorCode.ERROR_CODE_INTERNAL) logger.error({ err: thrown, method }, 'request failed');
+        observe(grpcStatusFor(err.code));
         callback(toServiceError(err));
       }
     });

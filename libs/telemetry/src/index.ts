@@ -8,6 +8,7 @@ import {
   trace,
   type Context,
   type Counter,
+  type Histogram,
   type Meter,
   type Span,
   type Tracer,
@@ -22,7 +23,10 @@ import { BatchSpanProcessor, type SpanProcessor } from '@opentelemetry/sdk-trace
 import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
 import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from '@opentelemetry/semantic-conventions';
 
-export { SpanKind, SpanStatusCode, context, trace, type Context, type Counter, type Meter, type Span, type Tracer };
+export { SpanKind, SpanStatusCode, context, metrics, trace, type Context, type Counter, type Histogram, type Meter, type Span, type Tracer };
+
+/** Latency buckets in seconds, from 1 ms to 10 s: fine where the budgets are (50 ms p99 end to end). */
+export const LATENCY_BUCKETS_SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 export interface TelemetryOptions {
   serviceName: string;

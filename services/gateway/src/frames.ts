@@ -2,6 +2,7 @@ import { asSwitchboardError, ErrorCode, UnsupportedError } from '@switchboard/er
 import type { PromiseClient } from '@switchboard/grpc';
 import type { Logger } from '@switchboard/logging';
 import type { framesV1, messagingV1 } from '@switchboard/proto';
+import { LATENCY_BUCKETS_SECONDS, type Histogram, type Meter } from '@switchboard/telemetry';
 import type { Connection } from './connection';
 
 type Messaging = PromiseClient<messagingV1.MessagingServiceClient>;
@@ -14,20 +15,32 @@ type ServerKind = NonNullable<framesV1.ServerFrame['kind']>;
  * the connection.
  */
 export class FrameHandler {
+  private readonly duration: Histogram;
+
   constructor(
     private readonly messaging: Messaging,
     private readonly logger: Logger,
     private readonly backendDeadlineMs: number,
-  ) {}
+    meter: Meter,
+  ) {
+    this.duration = meter.createHistogram('gateway_frame_duration_seconds', {
+      description: 'Time from a client frame to its reply, by frame kind and outcome',
+      advice: { explicitBucketBoundaries: LATENCY_BUCKETS_SECONDS },
+    });
+  }
 
   async handle(connection: Connection, frame: framesV1.ClientFrame): Promise<void> {
+    const started = performance.now();
+    const kind = frame.kind!.$case;
     try {
       const reply = await this.reply(connection, frame.kind!);
       connection.send({ requestId: frame.requestId, kind: reply });
+      this.duration.record((performance.now() - started) / 1000, { kind, outcome: 'ok' });
     } catch (thrown) {
       const err = asSwitchboardError(thrown);
-      if (err.code === ErrorCode.ERROR_CODE_INTERNAL) this.logger.error({ err: thrown, kind: frame.kind?.$case }, 'frame failed');
+      if (err.code === ErrorCode.ERROR_CODE_INTERNAL) this.logger.error({ err: thrown, kind }, 'frame failed');
       connection.send({ requestId: frame.requestId, kind: { $case: 'error', value: err.toProto() } });
+      this.duration.record((performance.now() - started) / 1000, { kind, outcome: ErrorCode[err.code] ?? 'error' });
     }
   }
 

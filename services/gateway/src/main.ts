@@ -34,7 +34,7 @@ async function main(): Promise<void> {
 
   // 4. Background runners: the heartbeat that tells the mesh this gateway lives.
   const fanout = new Fanout(nats, messaging, logger, telemetry.meter.createCounter('gateway_messages_delivered_total', { description: 'Messages written to sockets' }), config.BACKEND_DEADLINE_MS);
-  const server = new GatewayServer(config, new TokenVerifier(config), fanout, new FrameHandler(messaging, logger, config.BACKEND_DEADLINE_MS), logger, telemetry.meter);
+  const server = new GatewayServer(config, new TokenVerifier(config), fanout, new FrameHandler(messaging, logger, config.BACKEND_DEADLINE_MS, telemetry.meter), logger, telemetry.meter);
   const beat = () =>
     publishEnvelope(
       nats,
