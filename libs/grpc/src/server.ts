@@ -29,8 +29,6 @@ export class GrpcServer {
       'grpc.keepalive_timeout_ms': 10_000,
     });
     this.health.addToServer(this.server);
-    const descriptors = loadFileDescriptorSetFromBuffer(readFileSync(descriptorSetPath));
-    new ReflectionService(descriptors).addToServer(this.server);
   }
 
   addService<I extends UntypedServiceImplementation>(name: string, definition: ServiceDefinition<I>, implementation: Partial<I>): this {
@@ -42,6 +40,10 @@ export class GrpcServer {
 
   /** Binds and starts; returns the bound port (useful with port 0). */
   async listen(host: string, port: number): Promise<number> {
+    // Reflection describes exactly the services this process serves, so
+    // `grpcurl list` against it does not advertise other services' APIs.
+    const descriptors = loadFileDescriptorSetFromBuffer(readFileSync(descriptorSetPath));
+    new ReflectionService(descriptors, { services: this.serviceNames }).addToServer(this.server);
     return new Promise((resolve, reject) => {
       this.server.bindAsync(`${host}:${port}`, ServerCredentials.createInsecure(), (err, boundPort) => {
         if (err) reject(new Error(`gRPC cannot listen on ${host}:${port}: ${err.message}`, { cause: err }));

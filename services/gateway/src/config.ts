@@ -19,6 +19,8 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       JWT_SECRET: env.string(DEV_JWT_SECRET),
       /** RS256/ES256 keys from a JWKS endpoint (rotated keys are picked up on their own). */
       JWT_JWKS_URL: env.optionalString(),
+      /** Least time between two JWKS fetches triggered by unknown key ids (a rotated-in key waits at most this long). */
+      JWT_JWKS_COOLDOWN_MS: env.positiveInt(30_000),
       JWT_ISSUER: env.optionalString(),
       JWT_AUDIENCE: env.optionalString(),
       JWT_CLOCK_TOLERANCE_S: env.positiveInt(30),

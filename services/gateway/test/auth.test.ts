@@ -48,3 +48,58 @@ describe('TokenVerifier', () => {
     await expect(verifier.verify('not-a-jwt')).rejects.toThrow('invalid token (ERR_JWS_INVALID)');
   });
 });
+
+describe('TokenVerifier with a JWKS endpoint (RS256 / ES256)', () => {
+  const { createServer } = require('node:http') as typeof import('node:http');
+  const { exportJWK, generateKeyPair } = require('jose') as typeof import('jose');
+  let server: import('node:http').Server;
+  let jwks: { keys: Record<string, unknown>[] } = { keys: [] };
+  let fetches = 0;
+  let url = '';
+
+  beforeAll(async () => {
+    server = createServer((_req, res) => {
+      fetches += 1;
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(jwks));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    url = `http://127.0.0.1:${(server.address() as import('node:net').AddressInfo).port}/.well-known/jwks.json`;
+  });
+  afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
+
+  async function keyPair(alg: 'RS256' | 'ES256', kid: string) {
+    const { privateKey, publicKey } = await generateKeyPair(alg);
+    return { privateKey, jwk: { ...(await exportJWK(publicKey)), kid, alg, use: 'sig' } };
+  }
+
+  const sign = (alg: string, kid: string, privateKey: CryptoKey | Uint8Array) =>
+    new SignJWT({ tid: 'acme' }).setProtectedHeader({ alg, kid }).setSubject('alice').setExpirationTime('5m').sign(privateKey);
+
+  it('accepts RS256 and ES256 tokens signed by a published key, and picks up a new key without restart', async () => {
+    const rsa = await keyPair('RS256', 'rsa-1');
+    const ec = await keyPair('ES256', 'ec-1');
+    jwks = { keys: [rsa.jwk, ec.jwk] };
+    const jwksVerifier = new TokenVerifier(readConfig({ JWT_JWKS_URL: url, JWT_JWKS_COOLDOWN_MS: '1' }));
+    expect((await jwksVerifier.verify(await sign('RS256', 'rsa-1', rsa.privateKey))).userId).toBe('alice');
+    expect((await jwksVerifier.verify(await sign('ES256', 'ec-1', ec.privateKey))).tenantId).toBe('acme');
+
+    // Key rotation: a token with a kid the cached set does not have makes jose refetch the set.
+    const rotated = await keyPair('ES256', 'ec-2');
+    await new Promise((r) => setTimeout(r, 5));
+    jwks = { keys: [rsa.jwk, ec.jwk, rotated.jwk] };
+    const before = fetches;
+    expect((await jwksVerifier.verify(await sign('ES256', 'ec-2', rotated.privateKey))).userId).toBe('alice');
+    expect(fetches).toBeGreaterThan(before);
+  });
+
+  it('refuses a token signed by a key the set does not publish, and an HS256 token in JWKS mode', async () => {
+    const rsa = await keyPair('RS256', 'rsa-1');
+    jwks = { keys: [rsa.jwk] };
+    const jwksVerifier = new TokenVerifier(readConfig({ JWT_JWKS_URL: url }));
+    const stranger = await keyPair('RS256', 'rsa-1');
+    await expect(jwksVerifier.verify(await sign('RS256', 'rsa-1', stranger.privateKey))).rejects.toThrow(UnauthenticatedError);
+    // An attacker who knows a JWK must not get it used as an HMAC secret.
+    const hs = await new SignJWT({ tid: 'acme' }).setProtectedHeader({ alg: 'HS256', kid: 'rsa-1' }).setSubject('alice').setExpirationTime('5m').sign(new TextEncoder().encode(JSON.stringify(rsa.jwk)));
+    await expect(jwksVerifier.verify(hs)).rejects.toThrow(UnauthenticatedError);
+  });
+});

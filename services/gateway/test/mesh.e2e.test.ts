@@ -1,3 +1,7 @@
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { service as healthService } from 'grpc-health-check';
 import { SignJWT, base64url } from 'jose';
 import WebSocket from 'ws';
 import { DEV_JWT_SECRET, SwitchboardClient, mintDevToken, type Encoding } from '@switchboard/client';
@@ -115,6 +119,8 @@ describe('the first path: a direct message across two gateway processes', () => 
     expect(bobClient.welcome?.gatewayId).toBe('gateway-2');
 
     const arriving = nextMessages(bobClient);
+    // The sender's own devices see the conversation too, in sequence order.
+    const aliceSees = nextMessages(aliceClient, 2);
     const ack = await aliceClient.sendMessage({ recipientUserId: bob, text: 'Your lab results are ready' });
     expect(ack.seq).toBe(1);
     expect(ack.duplicate).toBe(false);
@@ -122,11 +128,9 @@ describe('the first path: a direct message across two gateway processes', () => 
     expect(message).toMatchObject({ messageId: ack.messageId, conversationId: ack.conversationId, seq: 1, senderId: alice, text: 'Your lab results are ready', tenantId: tenant });
 
     // And back, over the binary encoding.
-    const reply = nextMessages(aliceClient, 2);
     const replyAck = await bobClient.sendMessage({ conversationId: ack.conversationId, text: 'Thank you' });
     expect(replyAck.seq).toBe(2);
-    const seen = await reply;
-    // The sender's own devices see the conversation too, in sequence order.
+    const seen = await aliceSees;
     expect(seen.map((m) => [m.seq, m.text])).toEqual([
       [1, 'Your lab results are ready'],
       [2, 'Thank you'],
@@ -284,5 +288,65 @@ describe('graceful shutdown of a gateway', () => {
     // This client ignores the request, so the gateway closes it at its deadline.
     expect(await closed).toBe(1012);
     expect(await exit).toBe(0);
+  });
+});
+
+describe('operations: every service answers health, reflection and metrics', () => {
+  const Health = grpc.makeGenericClientConstructor(healthService, 'Health');
+  const reflectionProto = path.join(path.dirname(require.resolve('@grpc/reflection/package.json')), 'build', 'proto', 'grpc', 'reflection', 'v1', 'reflection.proto');
+  const reflection = grpc.loadPackageDefinition(protoLoader.loadSync(reflectionProto, { keepCase: true })) as unknown as {
+    grpc: { reflection: { v1: { ServerReflection: new (address: string, creds: grpc.ChannelCredentials) => grpc.Client & { ServerReflectionInfo(): grpc.ClientDuplexStream<unknown, { list_services_response?: { service: { name: string }[] } }> } } } };
+  };
+
+  function healthOf(address: string, service: string): Promise<string> {
+    const client = new Health(address, grpc.credentials.createInsecure()) as grpc.Client & Record<string, Function>;
+    return new Promise((resolve, reject) =>
+      client.check({ service }, (err: Error | null, res: { status: string }) => {
+        client.close();
+        if (err) reject(err);
+        else resolve(res.status);
+      }),
+    );
+  }
+
+  function servicesOf(address: string): Promise<string[]> {
+    const client = new reflection.grpc.reflection.v1.ServerReflection(address, grpc.credentials.createInsecure());
+    return new Promise((resolve, reject) => {
+      const call = client.ServerReflectionInfo();
+      call.on('data', (res) => {
+        resolve((res.list_services_response?.service ?? []).map((s) => s.name).sort());
+        call.end();
+        client.close();
+      });
+      call.on('error', reject);
+      call.write({ list_services: '' });
+    });
+  }
+
+  it.each([
+    ['messaging', 'switchboard.messaging.v1.MessagingService'],
+    ['presence', 'switchboard.presence.v1.PresenceService'],
+    ['room', 'switchboard.room.v1.RoomService'],
+    ['notification', 'switchboard.notification.v1.NotificationService'],
+    ['gateway', 'switchboard.gateway.v1.GatewayAdminService'],
+  ] as const)('%s serves gRPC health (SERVING) and reflection of %s', async (name, serviceName) => {
+    const address = name === 'gateway' ? mesh.gateways[0]!.grpcAddress : mesh.addresses[name];
+    expect(await healthOf(address, '')).toBe('SERVING');
+    expect(await healthOf(address, serviceName)).toBe('SERVING');
+    // Reflection describes this service's API, and only it.
+    expect(await servicesOf(address)).toEqual([serviceName]);
+  });
+
+  it('serves Prometheus metrics that count what just happened', async () => {
+    const client = await connect(0, user('metrics'));
+    await client.ping();
+    const text = await (await fetch(`http://127.0.0.1:${mesh.gateways[0]!.process.opsPort}/metrics`)).text();
+    expect(text).toMatch(/^gateway_connections(\{[^}]*\})? [1-9]/m);
+    expect(text).toMatch(/^gateway_frames_received_total\{[^}]*kind="ping"[^}]*\} [1-9]/m);
+    expect(text).toMatch(/^gateway_frame_duration_seconds_count\{[^}]*kind="ping"[^}]*\} [1-9]/m);
+    expect(text).toMatch(/^gateway_handshakes_rejected_total\{[^}]*reason="unauthenticated"[^}]*\} [1-9]/m);
+    const messaging = mesh.services.find((s) => s.name === 'messaging')!;
+    const messagingMetrics = await (await fetch(`http://127.0.0.1:${messaging.opsPort}/metrics`)).text();
+    expect(messagingMetrics).toMatch(/^rpc_server_duration_seconds_count\{[^}]*method="SendMessage"[^}]*code="OK"[^}]*\} [1-9]/m);
   });
 });
