@@ -71,6 +71,10 @@ export async function launchService(options: LaunchOptions): Promise<ServiceProc
   const child = spawn(process.execPath, [entry], {
     env: { ...process.env, ...options.env, OPS_PORT: String(options.opsPort) },
     stdio: ['ignore', 'pipe', 'pipe'],
+    // Its own process group: Ctrl-C in a terminal reaches only the launcher,
+    // which stops the services in order with one SIGTERM each (a second
+    // signal would make a service skip its graceful drain).
+    detached: true,
   });
   const output: string[] = [];
   const collect = (chunk: Buffer) => {

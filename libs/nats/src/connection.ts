@@ -26,7 +26,11 @@ export async function connectNats(options: NatsOptions): Promise<NatsConnection>
   if (options.onStatus) {
     const onStatus = options.onStatus;
     void (async () => {
-      for await (const status of nc.status()) onStatus(status.type, 'data' in status ? status.data : undefined);
+      for await (const status of nc.status()) {
+        // Pings are routine; only state changes (disconnect, reconnect, errors) are worth a log line.
+        if (status.type === 'ping') continue;
+        onStatus(status.type, 'data' in status ? status.data : undefined);
+      }
     })();
   }
   return nc;
