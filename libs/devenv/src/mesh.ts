@@ -16,7 +16,19 @@ function print(name: string, line: string): void {
 
 async function main(): Promise<void> {
   const gateways = Number(process.env.SB_GATEWAYS ?? '2');
+  // Signals during start-up are remembered and honoured once everything that
+  // started can be stopped in order (the services run in their own process group).
+  let stopRequested = false;
+  let stop = async () => {
+    stopRequested = true;
+  };
+  process.on('SIGINT', () => void stop());
+  process.on('SIGTERM', () => void stop());
   const mesh = await startMesh({ gateways, ports: 'default', onLine: print });
+  // Whatever ends the launcher, no service is left behind.
+  process.on('exit', () => {
+    for (const service of mesh.services) if (service.child.exitCode === null) service.child.kill('SIGTERM');
+  });
   const lines = [
     '',
     'Switchboard is up.',
@@ -33,15 +45,14 @@ async function main(): Promise<void> {
   ];
   process.stdout.write(lines.join('\n'));
   let stopping = false;
-  const stop = async () => {
+  stop = async () => {
     if (stopping) return;
     stopping = true;
     process.stdout.write('\nstopping the mesh…\n');
     await mesh.stop();
     process.exit(0);
   };
-  process.on('SIGINT', () => void stop());
-  process.on('SIGTERM', () => void stop());
+  if (stopRequested) return stop();
   for (const service of mesh.services) {
     void service.exited.then((code) => {
       if (!stopping) {
