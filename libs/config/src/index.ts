@@ -67,3 +67,26 @@ export const env = {
       .transform((value) => (value === undefined ? fallback : value === 'true' || value === '1')),
   logLevel: () => z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 };
+
+/**
+ * What every service reads: where it listens and how it logs, traces and
+ * stops. Spread it into a service's shape with that service's ports.
+ */
+export function serviceSettings(defaults: { grpcPort: number; opsPort: number; shutdownDeadlineMs?: number }) {
+  return {
+    HOST: env.string('127.0.0.1'),
+    GRPC_PORT: env.port(defaults.grpcPort),
+    OPS_PORT: env.port(defaults.opsPort),
+    LOG_LEVEL: env.logLevel(),
+    OTEL_EXPORTER_OTLP_ENDPOINT: env.optionalString(),
+    SHUTDOWN_DEADLINE_MS: env.positiveInt(defaults.shutdownDeadlineMs ?? 10_000),
+  };
+}
+
+/** Where the infrastructure is; the defaults are the local processes of `infra.sh`. */
+export const infraSettings = {
+  postgres: () => ({ DATABASE_URL: env.url('postgres://switchboard:switchboard@127.0.0.1:54329/switchboard', ['postgres', 'postgresql']) }),
+  redis: () => ({ REDIS_URL: env.url('redis://127.0.0.1:63799', ['redis', 'rediss']) }),
+  nats: () => ({ NATS_URL: env.url('nats://127.0.0.1:42229', ['nats', 'tls']) }),
+  kafka: () => ({ KAFKA_BROKERS: env.string('127.0.0.1:19092') }),
+};

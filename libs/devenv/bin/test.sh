@@ -14,5 +14,8 @@ echo "[test] buf lint"
 echo "[test] buf breaking"
 node proto/scripts/breaking.js
 
+echo "[test] type-check the tests (ts-jest only transpiles them)"
+node_modules/.bin/tsc -p tsconfig.test.json --noEmit
+
 echo "[test] jest"
 SB_SKIP_INFRA=1 exec node_modules/.bin/jest --ci "$@"

@@ -59,6 +59,16 @@ export class GrpcServer {
     for (const name of this.serviceNames) this.health.setStatus(name, status);
   }
 
+  /** This server as one of a ServiceHost's servers: listens on start, SERVING when the host is up, graceful stop. */
+  servable(host: string, port: number, shutdownDeadlineMs: number) {
+    return {
+      name: 'grpc',
+      start: async () => ({ grpcPort: await this.listen(host, port) }),
+      ready: () => this.setServing(true),
+      stop: () => this.shutdown(shutdownDeadlineMs),
+    };
+  }
+
   async shutdown(deadlineMs: number): Promise<void> {
     this.setServing(false);
     await new Promise<void>((resolve) => {

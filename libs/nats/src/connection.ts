@@ -35,3 +35,9 @@ export async function connectNats(options: NatsOptions): Promise<NatsConnection>
   }
   return nc;
 }
+
+/** Readiness of a connection: closed, or no round trip to the server, is not ready. */
+export async function natsReady(nc: NatsConnection): Promise<void> {
+  if (nc.isClosed()) throw new Error('connection closed');
+  await nc.flush();
+}

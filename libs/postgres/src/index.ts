@@ -74,3 +74,19 @@ export async function migrate(options: MigrateOptions): Promise<void> {
     verbose: false,
   });
 }
+
+export interface OpenDatabaseOptions extends Omit<PoolOptions, 'schema'> {
+  /** The owning service's schema: migrated first, then first on the pool's search path. */
+  schema: string;
+  migrationsDir: string;
+  log?: (message: string) => void;
+}
+
+/** Migrates the service's schema, then opens its pool: what every PostgreSQL-backed service does at start. */
+export async function openDatabase(options: OpenDatabaseOptions): Promise<pg.Pool> {
+  await migrate({ databaseUrl: options.connectionString, schema: options.schema, dir: options.migrationsDir, ...(options.log ? { log: options.log } : {}) });
+  const pool = createPool(options);
+  // Fail the start here, not on the first request, if the service's own role cannot connect.
+  await pool.query('SELECT 1');
+  return pool;
+}

@@ -1,3 +1,4 @@
 export { OpsServer, type OpsServerOptions, type ReadinessCheck } from './ops-server';
 export { Lifecycle, type LifecycleOptions } from './lifecycle';
 export { StartupError, startupStep, runMain } from './startup';
+export { ServiceHost, type Dependency, type HostSettings, type Servable } from './service-host';

@@ -42,7 +42,7 @@ describe('OpsServer', () => {
     ops.setDraining();
     const res = await fetch(`http://127.0.0.1:${port}/readyz`);
     expect(res.status).toBe(503);
-    expect((await res.json()).checks.draining).toBe('service is shutting down');
+    expect(((await res.json()) as { checks: Record<string, string> }).checks.draining).toBe('service is shutting down');
   });
 });
 

@@ -1,18 +1,16 @@
 import { hostname } from 'node:os';
-import { env, loadConfig, z } from '@switchboard/config';
+import { env, infraSettings, loadConfig, serviceSettings, z } from '@switchboard/config';
 
 export const DEV_JWT_SECRET = 'switchboard-dev-secret-change-me';
 
 export function readConfig(source: NodeJS.ProcessEnv = process.env) {
   return loadConfig(
     {
-      HOST: env.string('127.0.0.1'),
+      ...serviceSettings({ grpcPort: 50051, opsPort: 9101, shutdownDeadlineMs: 30_000 }),
+      ...infraSettings.nats(),
       /** WebSocket port (path /ws). */
       PORT: env.port(8080),
-      GRPC_PORT: env.port(50051),
-      OPS_PORT: env.port(9101),
       GATEWAY_ID: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'expected 1-64 characters of A-Z, a-z, 0-9, _ or -').default(`${hostname().replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 40)}-${process.pid}`),
-      NATS_URL: env.url('nats://127.0.0.1:42229', ['nats', 'tls']),
       MESSAGING_ADDR: env.string('127.0.0.1:50052'),
       PRESENCE_ADDR: env.string('127.0.0.1:50053'),
       /** HS256 shared secret; used when JWT_JWKS_URL is not set. */
@@ -33,12 +31,8 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       GATEWAY_HEARTBEAT_MS: env.positiveInt(1000),
       /** Clients are told to reconnect within this window, spread at random. */
       RECONNECT_JITTER_MS: env.positiveInt(5000),
-      /** Whole shutdown; the drain of connections gets most of it. */
-      SHUTDOWN_DEADLINE_MS: env.positiveInt(30_000),
       /** Deadline for the gRPC calls a frame makes. */
       BACKEND_DEADLINE_MS: env.positiveInt(5000),
-      LOG_LEVEL: env.logLevel(),
-      OTEL_EXPORTER_OTLP_ENDPOINT: env.optionalString(),
     },
     source,
   );

@@ -186,8 +186,9 @@ export class GatewayServer {
    * jitter window (they spread over the other gateways), and closes what is
    * left with 1012 at the deadline.
    */
-  async drain(deadlineMs: number): Promise<void> {
+  async drain(deadlineMs: number, announce: () => void = () => undefined): Promise<void> {
     this.draining = true;
+    announce();
     const window = Math.min(this.config.RECONNECT_JITTER_MS, Math.floor(deadlineMs / 2));
     for (const connection of this.connections) {
       connection.send({ requestId: '', kind: { $case: 'reconnect', value: { reason: 'gateway draining', reconnectWithinMs: window } } });

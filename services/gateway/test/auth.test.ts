@@ -72,7 +72,7 @@ describe('TokenVerifier with a JWKS endpoint (RS256 / ES256)', () => {
     return { privateKey, jwk: { ...(await exportJWK(publicKey)), kid, alg, use: 'sig' } };
   }
 
-  const sign = (alg: string, kid: string, privateKey: CryptoKey | Uint8Array) =>
+  const sign = (alg: string, kid: string, privateKey: Parameters<SignJWT['sign']>[0]) =>
     new SignJWT({ tid: 'acme' }).setProtectedHeader({ alg, kid }).setSubject('alice').setExpirationTime('5m').sign(privateKey);
 
   it('accepts RS256 and ES256 tokens signed by a published key, and picks up a new key without restart', async () => {

@@ -314,7 +314,7 @@ describe('operations: every service answers health, reflection and metrics', () 
     return new Promise((resolve, reject) => {
       const call = client.ServerReflectionInfo();
       call.on('data', (res) => {
-        resolve((res.list_services_response?.service ?? []).map((s) => s.name).sort());
+        resolve((res.list_services_response?.service ?? []).map((s: { name: string }) => s.name).sort());
         call.end();
         client.close();
       });

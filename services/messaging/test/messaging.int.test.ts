@@ -1,8 +1,8 @@
 import { createServer, Socket, type Server } from 'node:net';
 import { Kafka, logLevel } from 'kafkajs';
-import { freePort, infraEnv, launchService, type ServiceProcess } from '@switchboard/devenv';
-import { ErrorCode, SwitchboardError } from '@switchboard/errors';
-import { createClient, type PromiseClient } from '@switchboard/grpc';
+import { errorOf, freePort, infraEnv, launchService, launchWithClient, type ServiceProcess } from '@switchboard/devenv';
+import { ErrorCode } from '@switchboard/errors';
+import type { PromiseClient } from '@switchboard/grpc';
 import { newId } from '@switchboard/ids';
 import { connectNats, decodeEnvelope, subjects, type NatsConnection } from '@switchboard/nats';
 import { createPool, withTenantTransaction } from '@switchboard/postgres';
@@ -31,14 +31,6 @@ function send(client: Messaging, from: string, target: { conversationId: string 
   );
 }
 
-async function errorOf(promise: Promise<unknown>): Promise<SwitchboardError> {
-  try {
-    await promise;
-  } catch (err) {
-    return err as SwitchboardError;
-  }
-  throw new Error('expected the call to fail');
-}
 
 describe('messaging service (real PostgreSQL, NATS, Kafka)', () => {
   let service: ServiceProcess;
@@ -46,9 +38,7 @@ describe('messaging service (real PostgreSQL, NATS, Kafka)', () => {
   let nats: NatsConnection;
 
   beforeAll(async () => {
-    const grpcPort = await freePort();
-    service = await launchService({ service: 'messaging', env: { ...env, GRPC_PORT: String(grpcPort), OUTBOX_POLL_MS: '200' }, opsPort: await freePort() });
-    client = createClient(messagingV1.MessagingServiceClient, `127.0.0.1:${grpcPort}`);
+    ({ service, client } = await launchWithClient('messaging', messagingV1.MessagingServiceClient, { OUTBOX_POLL_MS: '200' }));
     nats = await connectNats({ servers: env.NATS_URL!, name: 'messaging-test' });
   });
 

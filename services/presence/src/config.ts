@@ -1,16 +1,11 @@
-import { env, loadConfig } from '@switchboard/config';
+import { env, infraSettings, loadConfig, serviceSettings } from '@switchboard/config';
 
 export function readConfig(source: NodeJS.ProcessEnv = process.env) {
   return loadConfig(
     {
-      HOST: env.string('127.0.0.1'),
-      GRPC_PORT: env.port(50053),
-      OPS_PORT: env.port(9103),
-      REDIS_URL: env.url('redis://127.0.0.1:63799', ['redis', 'rediss']),
-      NATS_URL: env.url('nats://127.0.0.1:42229', ['nats', 'tls']),
-      LOG_LEVEL: env.logLevel(),
-      OTEL_EXPORTER_OTLP_ENDPOINT: env.optionalString(),
-      SHUTDOWN_DEADLINE_MS: env.positiveInt(10_000),
+      ...serviceSettings({ grpcPort: 50053, opsPort: 9103 }),
+      ...infraSettings.redis(),
+      ...infraSettings.nats(),
       /** A connection counts as online this long after it was registered or last renewed. */
       LEASE_TTL_MS: env.positiveInt(30_000),
       /** Most users one GetPresence call may ask about (the contract promises at least 500). */

@@ -1,8 +1,8 @@
 // Presence against real Redis and NATS: the built service runs as its own
 // process and is called over gRPC like the gateway calls it.
-import { freePort, infraEnv, launchService, type ServiceProcess } from '@switchboard/devenv';
-import { ErrorCode, SwitchboardError } from '@switchboard/errors';
-import { createClient, type PromiseClient } from '@switchboard/grpc';
+import { errorOf, eventually, infraEnv, launchWithClient, type ServiceProcess } from '@switchboard/devenv';
+import { ErrorCode } from '@switchboard/errors';
+import type { PromiseClient } from '@switchboard/grpc';
 import { newId } from '@switchboard/ids';
 import { connectNats, decodeEnvelope, subjects, type NatsConnection } from '@switchboard/nats';
 import { eventsV1, presenceV1 } from '@switchboard/proto';
@@ -11,33 +11,10 @@ const { PresenceStatus } = eventsV1;
 type Client = PromiseClient<presenceV1.PresenceServiceClient>;
 
 async function startPresence(env: Record<string, string> = {}): Promise<{ service: ServiceProcess; client: Client }> {
-  const grpcPort = await freePort();
-  const service = await launchService({
-    service: 'presence',
-    env: { ...infraEnv(), LOG_LEVEL: 'warn', GRPC_PORT: String(grpcPort), ...env },
-    opsPort: await freePort(),
-  });
-  return { service, client: createClient(presenceV1.PresenceServiceClient, `127.0.0.1:${grpcPort}`) };
+  return launchWithClient('presence', presenceV1.PresenceServiceClient, env);
 }
 
-async function errorOf(call: Promise<unknown>): Promise<SwitchboardError> {
-  try {
-    await call;
-  } catch (err) {
-    return err as SwitchboardError;
-  }
-  throw new Error('expected the call to fail');
-}
 
-async function eventually<T>(read: () => T | undefined, timeoutMs = 3000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = read();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 function device(deviceId: string): presenceV1.DeviceInfo {
   return { deviceId, platform: presenceV1.DevicePlatform.DEVICE_PLATFORM_WEB, label: 'Test browser', appVersion: '1.0.0', userAgent: 'jest' };

@@ -1,70 +1,49 @@
-import { path } from './paths';
 import { GrpcServer } from '@switchboard/grpc';
-import { createLogger } from '@switchboard/logging';
-import { connectNats } from '@switchboard/nats';
-import { createPool, migrate } from '@switchboard/postgres';
+import { connectNats, natsReady } from '@switchboard/nats';
+import { openDatabase } from '@switchboard/postgres';
 import { roomV1 } from '@switchboard/proto';
-import { Lifecycle, OpsServer, runMain, startupStep } from '@switchboard/runtime';
-import { startTelemetry } from '@switchboard/telemetry';
+import { runMain, ServiceHost } from '@switchboard/runtime';
 import { readConfig } from './config';
 import { MembershipEvents } from './events';
+import { path } from './paths';
 import { roomService } from './service';
 import { RoomStore } from './store';
 
 const SERVICE = 'room';
 
 async function main(): Promise<void> {
-  // 1. Configuration, validated before anything starts.
+  // 1. Configuration, validated before anything starts; then logs, signals, telemetry.
   const config = readConfig();
-  const logger = createLogger({ service: SERVICE, level: config.LOG_LEVEL });
-  const lifecycle = new Lifecycle({ logger, shutdownDeadlineMs: config.SHUTDOWN_DEADLINE_MS });
-  lifecycle.handleSignals();
+  const host = ServiceHost.start(SERVICE, config);
+  const { logger } = host;
 
-  // 2. Telemetry.
-  const telemetry = startTelemetry({ serviceName: SERVICE, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
-  lifecycle.onShutdown('telemetry', () => telemetry.shutdown());
-
-  // 3. Clients: PostgreSQL (schema migrated first), NATS.
-  await startupStep(logger, 'PostgreSQL', () =>
-    migrate({ databaseUrl: config.DATABASE_URL, schema: SERVICE, dir: path.migrations, log: (line) => logger.debug(line) }),
+  // 2. Clients: PostgreSQL (schema migrated first), NATS.
+  const pool = await host.dependency(
+    'PostgreSQL',
+    () =>
+      openDatabase({
+        connectionString: config.DATABASE_URL,
+        applicationName: SERVICE,
+        schema: SERVICE,
+        migrationsDir: path.migrations,
+        log: (line) => logger.debug(line),
+        onError: (err) => logger.warn({ err }, 'idle PostgreSQL connection failed'),
+      }),
+    { close: (p) => p.end(), ready: (p) => p.query('SELECT 1') },
   );
-  const pool = createPool({
-    connectionString: config.DATABASE_URL,
-    applicationName: SERVICE,
-    schema: SERVICE,
-    onError: (err) => logger.warn({ err }, 'idle PostgreSQL connection failed'),
-  });
-  lifecycle.onShutdown('postgres', () => pool.end());
-  const nats = await startupStep(logger, 'NATS', () =>
-    connectNats({ servers: config.NATS_URL, name: SERVICE, onStatus: (event) => logger.info({ event }, 'nats connection') }),
+  const nats = await host.dependency(
+    'NATS',
+    () => connectNats({ servers: config.NATS_URL, name: SERVICE, onStatus: (event) => logger.info({ event }, 'nats connection') }),
+    { close: (nc) => nc.drain(), ready: natsReady },
   );
-  lifecycle.onShutdown('nats', () => nats.drain());
 
-  // 4. Background runners: none yet.
+  // 3. Background runners: none yet.
 
-  // 5. Servers: gRPC for the mesh, ops HTTP for probes and metrics.
+  // 4. Servers.
   const grpc = new GrpcServer({ logger });
   const store = new RoomStore(pool, config.MAX_ROOM_MEMBERS);
   grpc.addService('switchboard.room.v1.RoomService', roomV1.RoomServiceService, roomService(store, new MembershipEvents(nats, logger), config, logger));
-  const grpcPort = await grpc.listen(config.HOST, config.GRPC_PORT);
-  lifecycle.onShutdown('grpc', () => grpc.shutdown(config.SHUTDOWN_DEADLINE_MS / 2));
-  const ops = new OpsServer({
-    host: config.HOST,
-    port: config.OPS_PORT,
-    logger,
-    metricsHandler: telemetry.metricsHandler,
-    checks: [
-      { name: 'postgres', check: () => pool.query('SELECT 1') },
-      { name: 'nats', check: () => (nats.isClosed() ? Promise.reject(new Error('closed')) : nats.flush()) },
-    ],
-  });
-  const opsPort = await ops.start();
-  lifecycle.onShutdown('ops', async () => {
-    ops.setDraining();
-    await ops.stop();
-  });
-  grpc.setServing(true);
-  logger.info({ grpcPort, opsPort }, 'room is serving');
+  await host.serve(grpc.servable(config.HOST, config.GRPC_PORT, config.SHUTDOWN_DEADLINE_MS / 2));
 }
 
 runMain(main);

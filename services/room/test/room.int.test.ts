@@ -1,8 +1,8 @@
 // Room against real PostgreSQL and NATS: the built service runs as its own
 // process, migrates its schema and is called over gRPC.
-import { freePort, infraEnv, launchService, type ServiceProcess } from '@switchboard/devenv';
-import { ErrorCode, SwitchboardError } from '@switchboard/errors';
-import { createClient, type PromiseClient } from '@switchboard/grpc';
+import { errorOf, eventually, infraEnv, launchWithClient, type ServiceProcess } from '@switchboard/devenv';
+import { ErrorCode } from '@switchboard/errors';
+import type { PromiseClient } from '@switchboard/grpc';
 import { newId } from '@switchboard/ids';
 import { connectNats, decodeEnvelope, subjects, type NatsConnection } from '@switchboard/nats';
 import { createPool, withTenantTransaction } from '@switchboard/postgres';
@@ -13,33 +13,10 @@ const { RoomRole, MembershipChange } = eventsV1;
 type Client = PromiseClient<roomV1.RoomServiceClient>;
 
 async function startRoom(env: Record<string, string> = {}): Promise<{ service: ServiceProcess; client: Client }> {
-  const grpcPort = await freePort();
-  const service = await launchService({
-    service: 'room',
-    env: { ...infraEnv(), LOG_LEVEL: 'warn', GRPC_PORT: String(grpcPort), ...env },
-    opsPort: await freePort(),
-  });
-  return { service, client: createClient(roomV1.RoomServiceClient, `127.0.0.1:${grpcPort}`) };
+  return launchWithClient('room', roomV1.RoomServiceClient, env);
 }
 
-async function errorOf(call: Promise<unknown>): Promise<SwitchboardError> {
-  try {
-    await call;
-  } catch (err) {
-    return err as SwitchboardError;
-  }
-  throw new Error('expected the call to fail');
-}
 
-async function eventually<T>(read: () => T | undefined, timeoutMs = 3000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = read();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 function createRequest(fields: Partial<roomV1.CreateRoomRequest>): roomV1.CreateRoomRequest {
   return {

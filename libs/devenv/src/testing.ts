@@ -1,0 +1,45 @@
+import type { SwitchboardError } from '@switchboard/errors';
+import { createClient, type PromiseClient } from '@switchboard/grpc';
+import type { Client } from '@grpc/grpc-js';
+import { infraEnv } from './infra';
+import { freePort, launchService, type ServiceName, type ServiceProcess } from './process';
+
+/**
+ * Starts one built service as its own process on free ports, against the
+ * local infrastructure, and returns it with a typed gRPC client.
+ */
+export async function launchWithClient<C extends Client>(
+  service: Exclude<ServiceName, 'gateway'>,
+  Ctor: Parameters<typeof createClient<C>>[0],
+  env: Record<string, string> = {},
+): Promise<{ service: ServiceProcess; client: PromiseClient<C>; address: string }> {
+  const grpcPort = await freePort();
+  const processHandle = await launchService({
+    service,
+    env: { ...infraEnv(), LOG_LEVEL: 'warn', GRPC_PORT: String(grpcPort), ...env },
+    opsPort: await freePort(),
+  });
+  const address = `127.0.0.1:${grpcPort}`;
+  return { service: processHandle, client: createClient(Ctor, address), address };
+}
+
+/** The typed error a call failed with; fails the test when the call succeeds. */
+export async function errorOf(call: Promise<unknown>): Promise<SwitchboardError> {
+  try {
+    await call;
+  } catch (err) {
+    return err as SwitchboardError;
+  }
+  throw new Error('expected the call to fail');
+}
+
+/** Polls until `read` returns a value (not undefined), or fails after the timeout. */
+export async function eventually<T>(read: () => T | undefined | Promise<T | undefined>, timeoutMs = 5000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await read();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
