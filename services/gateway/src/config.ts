@@ -31,6 +31,8 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       GATEWAY_HEARTBEAT_MS: env.positiveInt(1000),
       /** Clients are told to reconnect within this window, spread at random. */
       RECONNECT_JITTER_MS: env.positiveInt(5000),
+      /** Receipt updates to one connection within this window go out as one frame. */
+      RECEIPT_COALESCE_MS: env.positiveInt(100),
       /** Deadline for the gRPC calls a frame makes. */
       BACKEND_DEADLINE_MS: env.positiveInt(5000),
     },

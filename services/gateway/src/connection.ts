@@ -1,5 +1,5 @@
 import type WebSocket from 'ws';
-import type { framesV1 } from '@switchboard/proto';
+import type { eventsV1, framesV1 } from '@switchboard/proto';
 import type { Identity } from './auth';
 import { encodeServerFrame, type Encoding } from './codec';
 
@@ -25,6 +25,8 @@ export class Connection {
   /** Deliveries per conversation run one after another, so gap fills keep order. */
   readonly deliveryChains = new Map<string, Promise<void>>();
   readonly conversations = new Set<string>();
+  /** Receipt updates waiting for the coalescing window, latest per (conversation, user). */
+  pendingReceipts: Map<string, eventsV1.ReceiptUpdated> | undefined;
   private expiryTimer: NodeJS.Timeout | undefined;
 
   constructor(

@@ -28,6 +28,7 @@ export class Fanout {
     private readonly logger: Logger,
     private readonly delivered: Counter,
     private readonly backendDeadlineMs: number,
+    private readonly receiptWindowMs: number,
   ) {}
 
   get subjectCount(): number {
@@ -115,7 +116,7 @@ export class Fanout {
         return;
       }
       case 'receiptUpdated': {
-        this.broadcast(targets, { requestId: '', kind: { $case: 'receipt', value: { receipts: [event.value] } } });
+        for (const connection of targets) this.queueReceipt(connection, event.value);
         return;
       }
       case 'notificationCreated': {
@@ -125,6 +126,30 @@ export class Fanout {
       default:
         return;
     }
+  }
+
+  /**
+   * Receipts are coalesced per connection: within the window only the latest
+   * watermark per (conversation, user) is kept and all go out as one frame, so
+   * a sender whose message was delivered to fifty devices gets one frame, not fifty.
+   */
+  private queueReceipt(connection: Connection, receipt: eventsV1.ReceiptUpdated): void {
+    const key = `${receipt.conversationId}:${receipt.userId}`;
+    if (connection.pendingReceipts) {
+      const previous = connection.pendingReceipts.get(key);
+      connection.pendingReceipts.set(key, {
+        ...receipt,
+        deliveredSeq: Math.max(receipt.deliveredSeq, previous?.deliveredSeq ?? 0),
+        readSeq: Math.max(receipt.readSeq, previous?.readSeq ?? 0),
+      });
+      return;
+    }
+    connection.pendingReceipts = new Map([[key, receipt]]);
+    setTimeout(() => {
+      const receipts = [...(connection.pendingReceipts?.values() ?? [])];
+      connection.pendingReceipts = undefined;
+      if (receipts.length > 0) connection.send({ requestId: '', kind: { $case: 'receipt', value: { receipts } } });
+    }, this.receiptWindowMs).unref();
   }
 
   /** Sends one frame to many connections, encoding it once per encoding. */

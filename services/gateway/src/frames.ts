@@ -66,12 +66,12 @@ export class FrameHandler {
         return { $case: 'syncPage', value: { messages: page.messages, resumeToken: page.resumeToken, hasMore: page.hasMore } };
       }
       case 'markDelivered': {
-        const { deliveredSeq } = await this.messaging.markDelivered({ context: undefined, ...kind.value }, options);
-        return { $case: 'receiptState', value: { conversationId: kind.value.conversationId, deliveredSeq, readSeq: 0 } };
+        const { deliveredSeq, readSeq } = await this.messaging.markDelivered({ context: undefined, ...kind.value }, options);
+        return { $case: 'receiptState', value: { conversationId: kind.value.conversationId, deliveredSeq, readSeq } };
       }
       case 'markRead': {
-        const { readSeq } = await this.messaging.markRead({ context: undefined, ...kind.value }, options);
-        return { $case: 'receiptState', value: { conversationId: kind.value.conversationId, deliveredSeq: readSeq, readSeq } };
+        const { deliveredSeq, readSeq } = await this.messaging.markRead({ context: undefined, ...kind.value }, options);
+        return { $case: 'receiptState', value: { conversationId: kind.value.conversationId, deliveredSeq, readSeq } };
       }
       case 'listConversations': {
         const result = await this.messaging.listConversations({ context: undefined, page: kind.value.page }, options);

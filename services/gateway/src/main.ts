@@ -27,7 +27,7 @@ async function main(): Promise<void> {
   host.lifecycle.onShutdown('messaging client', () => messaging.close());
 
   // 3. Background runners: the heartbeat that tells the mesh this gateway lives.
-  const fanout = new Fanout(nats, messaging, logger, telemetry.meter.createCounter('gateway_messages_delivered_total', { description: 'Messages written to sockets' }), config.BACKEND_DEADLINE_MS);
+  const fanout = new Fanout(nats, messaging, logger, telemetry.meter.createCounter('gateway_messages_delivered_total', { description: 'Messages written to sockets' }), config.BACKEND_DEADLINE_MS, config.RECEIPT_COALESCE_MS);
   const frames = new FrameHandler(messaging, logger, config.BACKEND_DEADLINE_MS, telemetry.meter);
   const server = new GatewayServer(config, new TokenVerifier(config), fanout, frames, logger, telemetry.meter);
   const beat = () =>

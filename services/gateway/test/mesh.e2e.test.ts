@@ -170,6 +170,42 @@ describe('the first path: a direct message across two gateway processes', () => 
   });
 });
 
+describe('receipts', () => {
+  it('reach the sender coalesced and the reader\'s other devices, and clear unread counts everywhere', async () => {
+    const [sender, reader] = [user('sender'), user('reader')];
+    const senderClient = await connect(0, sender);
+    const phone = await connect(1, reader);
+    const laptop = await connect(0, reader);
+    const arriving = nextMessages(phone, 3);
+    const first = await senderClient.sendMessage({ recipientUserId: reader, text: 'one' });
+    await senderClient.sendMessage({ conversationId: first.conversationId, text: 'two' });
+    await senderClient.sendMessage({ conversationId: first.conversationId, text: 'three' });
+    await arriving;
+
+    const receiptFrames = (client: SwitchboardClient) => {
+      const frames: framesV1.ReceiptEvent[] = [];
+      client.on('frame', (frame) => {
+        if (frame.kind?.$case === 'receipt') frames.push(frame.kind.value);
+      });
+      return frames;
+    };
+    const toSender = receiptFrames(senderClient);
+    const toLaptop = receiptFrames(laptop);
+    const readerState = (frames: framesV1.ReceiptEvent[]) => frames.flatMap((f) => f.receipts).filter((r) => r.userId === reader).at(-1);
+
+    for (const seq of [1, 2, 3]) await phone.markDelivered(first.conversationId, seq);
+    expect(await phone.markRead(first.conversationId, 3)).toEqual({ conversationId: first.conversationId, deliveredSeq: 3, readSeq: 3 });
+
+    await waitFor(() => readerState(toSender)?.readSeq === 3);
+    await waitFor(() => readerState(toLaptop)?.readSeq === 3);
+    // Four watermark moves, fewer frames: updates within the window travel together.
+    expect(toSender.length).toBeLessThan(4);
+    expect(readerState(toSender)).toMatchObject({ conversationId: first.conversationId, deliveredSeq: 3, readSeq: 3 });
+    const list = await laptop.listConversations();
+    expect(list.conversations.find((c) => c.conversationId === first.conversationId)).toMatchObject({ unreadCount: 0, readSeq: 3, lastMessage: { text: 'three' } });
+  });
+});
+
 describe('handshake refusals: no socket without a valid token and a known protocol version', () => {
   const key = new TextEncoder().encode(DEV_JWT_SECRET);
   const bearer = (token: string) => ({ authorization: `Bearer ${token}` });

@@ -123,14 +123,23 @@ export function messagingService(store: MessageStore, config: MessagingConfig, l
 
     markDelivered: unary('MarkDelivered', logger, async (req: messagingV1.MarkDeliveredRequest, ctx) => {
       const conversationId = assertSafeId(req.conversationId, 'conversation_id');
-      const receipt = await store.markReceipt(ctx.tenant.tenantId, conversationId, actingUser(ctx), req.seq, 'delivered');
-      return { deliveredSeq: receipt.deliveredSeq };
+      const receipt = await store.markReceipt(ctx.tenant.tenantId, conversationId, actingUser(ctx), ctx.tenant.deviceId, req.seq, 'delivered');
+      return receipt;
     }),
 
     markRead: unary('MarkRead', logger, async (req: messagingV1.MarkReadRequest, ctx) => {
       const conversationId = assertSafeId(req.conversationId, 'conversation_id');
-      const receipt = await store.markReceipt(ctx.tenant.tenantId, conversationId, actingUser(ctx), req.seq, 'read');
-      return { readSeq: receipt.readSeq };
+      const receipt = await store.markReceipt(ctx.tenant.tenantId, conversationId, actingUser(ctx), ctx.tenant.deviceId, req.seq, 'read');
+      return receipt;
+    }),
+
+    getReceipts: unary('GetReceipts', logger, async (req: messagingV1.GetReceiptsRequest, ctx) => {
+      const conversationId = assertSafeId(req.conversationId, 'conversation_id');
+      return { receipts: await store.receipts(ctx.tenant.tenantId, conversationId, viewer(ctx)) };
+    }),
+
+    getUnreadCounts: unary('GetUnreadCounts', logger, async (_req: messagingV1.GetUnreadCountsRequest, ctx) => {
+      return { counts: await store.unreadCounts(ctx.tenant.tenantId, actingUser(ctx)) };
     }),
   };
 }

@@ -43,6 +43,10 @@ interface ConversationRow {
   created_at: Date;
   last_message_at: Date | null;
   member_ids: string[];
+  /** Present when a viewer is known: the newest message (as JSON) and the viewer's watermarks. */
+  last_message?: (Omit<MessageRow, 'created_at' | 'edited_at'> & { created_at: string; edited_at: string | null }) | null;
+  read_seq?: string | null;
+  delivered_seq?: string | null;
 }
 
 export function toMessage(row: MessageRow): messagingV1.Message {
@@ -65,14 +69,21 @@ export function toMessage(row: MessageRow): messagingV1.Message {
 }
 
 function toConversation(row: ConversationRow): messagingV1.Conversation {
+  const lastSeq = Number(row.last_seq);
+  const readSeq = Number(row.read_seq ?? 0);
+  const last = row.last_message;
   return {
     tenantId: row.tenant_id,
     conversationId: row.conversation_id,
     kind: row.kind,
     memberIds: row.member_ids,
-    lastSeq: Number(row.last_seq),
+    lastSeq,
     createdAt: row.created_at,
     lastMessageAt: row.last_message_at ?? undefined,
+    lastMessage: last ? toMessage({ ...last, created_at: new Date(last.created_at), edited_at: last.edited_at ? new Date(last.edited_at) : null }) : undefined,
+    readSeq,
+    deliveredSeq: Number(row.delivered_seq ?? 0),
+    unreadCount: row.read_seq === undefined || row.read_seq === null ? 0 : Math.max(0, lastSeq - readSeq),
   };
 }
 
@@ -90,6 +101,11 @@ function ackOf(message: messagingV1.Message, duplicate: boolean): messagingV1.Me
 const CONVERSATION_COLUMNS = `c.tenant_id, c.conversation_id, c.kind, c.last_seq, c.created_at, c.last_message_at,
   ARRAY(SELECT m.user_id FROM conversation_members m
         WHERE m.tenant_id = c.tenant_id AND m.conversation_id = c.conversation_id ORDER BY m.user_id) AS member_ids`;
+
+/** A conversation as one member sees it: with the newest message and the member's own watermarks (`me`). */
+const VIEWER_COLUMNS = `${CONVERSATION_COLUMNS}, me.read_seq, me.delivered_seq,
+  (SELECT to_jsonb(lm) FROM messages lm
+   WHERE lm.tenant_id = c.tenant_id AND lm.conversation_id = c.conversation_id AND lm.seq = c.last_seq) AS last_message`;
 
 /**
  * Everything messaging keeps in PostgreSQL. Each method runs in a
@@ -150,6 +166,12 @@ export class MessageStore {
           ],
         );
         const stored = toMessage(inserted.rows[0]!);
+        // What a user sent counts as read and delivered for them: it never shows as unread on their other devices.
+        await db.query(
+          `UPDATE conversation_members SET read_seq = $4, delivered_seq = $4, receipts_updated_at = now()
+           WHERE tenant_id = $1 AND conversation_id = $2 AND user_id = $3`,
+          [tenantId, conversationId, message.senderId, seq],
+        );
         await this.enqueue(db, tenantId, subjects.conversation(tenantId, conversationId), TOPICS.messages, conversationId, {
           $case: 'messageCreated',
           value: { message: stored, memberIds },
@@ -177,10 +199,17 @@ export class MessageStore {
   async getConversation(tenantId: string, conversationId: string, viewerId: string | undefined): Promise<messagingV1.Conversation> {
     return withTenantTransaction(this.pool, tenantId, async (db) => {
       if (viewerId) await this.requireMember(db, tenantId, conversationId, viewerId);
-      const { rows } = await db.query<ConversationRow>(
-        `SELECT ${CONVERSATION_COLUMNS} FROM conversations c WHERE c.tenant_id = $1 AND c.conversation_id = $2`,
-        [tenantId, conversationId],
-      );
+      const { rows } = viewerId
+        ? await db.query<ConversationRow>(
+            `SELECT ${VIEWER_COLUMNS} FROM conversations c
+             JOIN conversation_members me ON me.tenant_id = c.tenant_id AND me.conversation_id = c.conversation_id AND me.user_id = $3
+             WHERE c.tenant_id = $1 AND c.conversation_id = $2`,
+            [tenantId, conversationId, viewerId],
+          )
+        : await db.query<ConversationRow>(`SELECT ${CONVERSATION_COLUMNS} FROM conversations c WHERE c.tenant_id = $1 AND c.conversation_id = $2`, [
+            tenantId,
+            conversationId,
+          ]);
       if (!rows[0]) throw new NotFoundError(`conversation ${conversationId} not found`, { field: 'conversation_id' });
       return toConversation(rows[0]);
     });
@@ -191,7 +220,7 @@ export class MessageStore {
     const offset = pageToken ? Number.parseInt(Buffer.from(pageToken, 'base64url').toString(), 10) || 0 : 0;
     return withTenantTransaction(this.pool, tenantId, async (db) => {
       const { rows } = await db.query<ConversationRow>(
-        `SELECT ${CONVERSATION_COLUMNS} FROM conversations c
+        `SELECT ${VIEWER_COLUMNS} FROM conversations c
          JOIN conversation_members me ON me.tenant_id = c.tenant_id AND me.conversation_id = c.conversation_id AND me.user_id = $2
          WHERE c.tenant_id = $1
          ORDER BY c.last_message_at DESC NULLS LAST, c.conversation_id
@@ -251,30 +280,90 @@ export class MessageStore {
     });
   }
 
-  /** Moves a member's delivered or read watermark forward (never back) and tells the user's devices and the other members. */
-  async markReceipt(tenantId: string, conversationId: string, userId: string, seq: number, which: 'delivered' | 'read') {
+  /**
+   * Moves a member's watermark forward (never back, never past the last
+   * message): delivery per device (the member's delivered_seq is the highest
+   * of their devices), reading per user (reading implies delivery). When a
+   * watermark moved, one event on the conversation subject tells the senders
+   * and the reader's other devices.
+   */
+  async markReceipt(tenantId: string, conversationId: string, userId: string, deviceId: string, seq: number, which: 'delivered' | 'read') {
     return withTenantTransaction(this.pool, tenantId, async (db) => {
-      const memberIds = await this.requireMember(db, tenantId, conversationId, userId);
-      // Reading implies delivery.
-      const { rows } = await db.query<{ delivered_seq: string; read_seq: string }>(
-        `UPDATE conversation_members m SET
-           delivered_seq = GREATEST(m.delivered_seq, LEAST($4::bigint, c.last_seq)),
-           read_seq = CASE WHEN $5 THEN GREATEST(m.read_seq, LEAST($4::bigint, c.last_seq)) ELSE m.read_seq END,
-           receipts_updated_at = now()
-         FROM conversations c
-         WHERE m.tenant_id = $1 AND m.conversation_id = $2 AND m.user_id = $3
-           AND c.tenant_id = m.tenant_id AND c.conversation_id = m.conversation_id
-         RETURNING m.delivered_seq, m.read_seq`,
-        [tenantId, conversationId, userId, seq, which === 'read'],
+      await this.requireMember(db, tenantId, conversationId, userId);
+      const before = await db.query<{ delivered_seq: string; read_seq: string; last_seq: string }>(
+        `SELECT m.delivered_seq, m.read_seq, c.last_seq FROM conversation_members m
+         JOIN conversations c ON c.tenant_id = m.tenant_id AND c.conversation_id = m.conversation_id
+         WHERE m.tenant_id = $1 AND m.conversation_id = $2 AND m.user_id = $3 FOR UPDATE OF m`,
+        [tenantId, conversationId, userId],
       );
-      const receipt = { deliveredSeq: Number(rows[0]!.delivered_seq), readSeq: Number(rows[0]!.read_seq) };
-      for (const memberId of memberIds) {
-        await this.enqueue(db, tenantId, subjects.user(tenantId, memberId), TOPICS.messages, conversationId, {
+      const old = before.rows[0]!;
+      const upTo = Math.min(seq, Number(old.last_seq));
+      if (which === 'delivered' && deviceId) {
+        await db.query(
+          `INSERT INTO device_receipts (tenant_id, conversation_id, user_id, device_id, delivered_seq) VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (tenant_id, conversation_id, user_id, device_id)
+           DO UPDATE SET delivered_seq = GREATEST(device_receipts.delivered_seq, EXCLUDED.delivered_seq), updated_at = now()`,
+          [tenantId, conversationId, userId, deviceId, upTo],
+        );
+      }
+      const receipt = {
+        deliveredSeq: Math.max(Number(old.delivered_seq), upTo),
+        readSeq: which === 'read' ? Math.max(Number(old.read_seq), upTo) : Number(old.read_seq),
+      };
+      const moved = receipt.deliveredSeq !== Number(old.delivered_seq) || receipt.readSeq !== Number(old.read_seq);
+      if (moved) {
+        await db.query(
+          `UPDATE conversation_members SET delivered_seq = $4, read_seq = $5, receipts_updated_at = now()
+           WHERE tenant_id = $1 AND conversation_id = $2 AND user_id = $3`,
+          [tenantId, conversationId, userId, receipt.deliveredSeq, receipt.readSeq],
+        );
+        await this.enqueue(db, tenantId, subjects.conversation(tenantId, conversationId), TOPICS.messages, conversationId, {
           $case: 'receiptUpdated',
-          value: { conversationId, userId, ...receipt },
+          value: { conversationId, userId, ...receipt, deviceId: which === 'delivered' ? deviceId : '' },
         });
       }
       return receipt;
+    });
+  }
+
+  /** Every member's watermarks, with each device's delivery. */
+  async receipts(tenantId: string, conversationId: string, viewerId: string | undefined): Promise<messagingV1.Receipt[]> {
+    return withTenantTransaction(this.pool, tenantId, async (db) => {
+      if (viewerId) await this.requireMember(db, tenantId, conversationId, viewerId);
+      const { rows } = await db.query<{ user_id: string; delivered_seq: string; read_seq: string; receipts_updated_at: Date | null; devices: { device_id: string; delivered_seq: number }[] }>(
+        `SELECT m.user_id, m.delivered_seq, m.read_seq, m.receipts_updated_at,
+           COALESCE((SELECT jsonb_agg(jsonb_build_object('device_id', d.device_id, 'delivered_seq', d.delivered_seq) ORDER BY d.device_id)
+                     FROM device_receipts d
+                     WHERE d.tenant_id = m.tenant_id AND d.conversation_id = m.conversation_id AND d.user_id = m.user_id), '[]') AS devices
+         FROM conversation_members m WHERE m.tenant_id = $1 AND m.conversation_id = $2 ORDER BY m.user_id`,
+        [tenantId, conversationId],
+      );
+      return rows.map((row) => ({
+        userId: row.user_id,
+        deliveredSeq: Number(row.delivered_seq),
+        readSeq: Number(row.read_seq),
+        updatedAt: row.receipts_updated_at ?? undefined,
+        devices: row.devices.map((d) => ({ deviceId: d.device_id, deliveredSeq: Number(d.delivered_seq) })),
+      }));
+    });
+  }
+
+  /** Unread messages per conversation of a user (after their read watermark), only where there are some. */
+  async unreadCounts(tenantId: string, userId: string): Promise<messagingV1.UnreadCount[]> {
+    return withTenantTransaction(this.pool, tenantId, async (db) => {
+      const { rows } = await db.query<{ conversation_id: string; last_seq: string; read_seq: string }>(
+        `SELECT c.conversation_id, c.last_seq, me.read_seq FROM conversation_members me
+         JOIN conversations c ON c.tenant_id = me.tenant_id AND c.conversation_id = me.conversation_id
+         WHERE me.tenant_id = $1 AND me.user_id = $2 AND c.last_seq > me.read_seq
+         ORDER BY c.conversation_id`,
+        [tenantId, userId],
+      );
+      return rows.map((row) => ({
+        conversationId: row.conversation_id,
+        unread: Number(row.last_seq) - Number(row.read_seq),
+        lastSeq: Number(row.last_seq),
+        readSeq: Number(row.read_seq),
+      }));
     });
   }
 

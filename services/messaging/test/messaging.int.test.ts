@@ -1,6 +1,6 @@
 import { createServer, Socket, type Server } from 'node:net';
 import { Kafka, logLevel } from 'kafkajs';
-import { errorOf, freePort, infraEnv, launchService, launchWithClient, type ServiceProcess } from '@switchboard/devenv';
+import { errorOf, eventually, freePort, infraEnv, launchService, launchWithClient, type ServiceProcess } from '@switchboard/devenv';
 import { ErrorCode } from '@switchboard/errors';
 import type { PromiseClient } from '@switchboard/grpc';
 import { newId } from '@switchboard/ids';
@@ -152,6 +152,53 @@ describe('messaging service (real PostgreSQL, NATS, Kafka)', () => {
     );
     const bad = await errorOf(client.sync({ context: undefined, positions: [], resumeToken: 'bm90IGpzb24', limit: 2 }, as(me)));
     expect([bad.code, bad.field]).toEqual([ErrorCode.ERROR_CODE_INVALID_ARGUMENT, 'resume_token']);
+  });
+
+  it('keeps receipts as watermarks per user and per device, and lists conversations with unread counts', async () => {
+    const [sender, reader] = ['rcpt-sender', 'rcpt-reader'];
+    const first = await send(client, sender, { recipientUserId: reader }, 'one');
+    const conversationId = first.ack!.conversationId;
+    await send(client, sender, { conversationId }, 'two');
+    await send(client, sender, { conversationId }, 'three');
+    const device = (deviceId: string) => ({ context: { tenantId: tenant, userId: reader, deviceId, internal: false } });
+    const events: eventsV1.ReceiptUpdated[] = [];
+    const subscription = nats.subscribe(subjects.conversation(tenant, conversationId), {
+      callback: (_err, msg) => {
+        const event = decodeEnvelope(msg).envelope.event;
+        if (event?.$case === 'receiptUpdated') events.push(event.value);
+      },
+    });
+    await nats.flush();
+
+    expect(await client.markDelivered({ context: undefined, conversationId, seq: 2 }, device('phone'))).toEqual({ deliveredSeq: 2, readSeq: 0 });
+    // Beyond the last message is clamped; going back changes nothing.
+    expect(await client.markDelivered({ context: undefined, conversationId, seq: 99 }, device('laptop'))).toEqual({ deliveredSeq: 3, readSeq: 0 });
+    expect(await client.markDelivered({ context: undefined, conversationId, seq: 1 }, device('phone'))).toEqual({ deliveredSeq: 3, readSeq: 0 });
+    expect(await client.markRead({ context: undefined, conversationId, seq: 2 }, device('laptop'))).toEqual({ deliveredSeq: 3, readSeq: 2 });
+
+    const { receipts } = await client.getReceipts({ context: undefined, conversationId }, as(sender));
+    expect(receipts.map(({ updatedAt: _updatedAt, ...r }) => r)).toEqual([
+      { userId: reader, deliveredSeq: 3, readSeq: 2, devices: [{ deviceId: 'laptop', deliveredSeq: 3 }, { deviceId: 'phone', deliveredSeq: 2 }] },
+      // What a user sent is read and delivered for them.
+      { userId: sender, deliveredSeq: 3, readSeq: 3, devices: [] },
+    ]);
+
+    const list = await client.listConversations({ context: undefined, page: undefined }, as(reader));
+    const listed = list.conversations.find((c) => c.conversationId === conversationId)!;
+    expect(listed).toMatchObject({ lastSeq: 3, readSeq: 2, deliveredSeq: 3, unreadCount: 1 });
+    expect(listed.lastMessage).toMatchObject({ seq: 3, text: 'three', senderId: sender });
+    expect((await client.getUnreadCounts({ context: undefined }, as(reader))).counts).toContainEqual({ conversationId, unread: 1, lastSeq: 3, readSeq: 2 });
+    expect((await client.getUnreadCounts({ context: undefined }, as(sender))).counts.map((c) => c.conversationId)).not.toContain(conversationId);
+
+    // One event per watermark that moved, none for the mark that changed nothing.
+    await eventually(() => (events.length >= 3 ? true : undefined));
+    await new Promise((r) => setTimeout(r, 300));
+    subscription.unsubscribe();
+    expect(events.map((e) => [e.userId, e.deliveredSeq, e.readSeq, e.deviceId])).toEqual([
+      [reader, 2, 0, 'phone'],
+      [reader, 3, 0, 'laptop'],
+      [reader, 3, 2, ''],
+    ]);
   });
 
   it('refuses non-members, other tenants and bad input with specific errors', async () => {
