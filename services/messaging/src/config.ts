@@ -11,6 +11,10 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       MAX_TEXT_LENGTH: env.positiveInt(16_384),
       /** Largest page a history or sync call returns. */
       MAX_PAGE_SIZE: env.positiveInt(200),
+      /** Send transactions running at once; sends beyond them wait and then commit together. */
+      SEND_CONCURRENCY: env.positiveInt(8),
+      /** Most sends committed in one transaction. */
+      SEND_BATCH_MAX: env.positiveInt(64),
       /** How often the outbox relay looks for work when no notification arrives. */
       OUTBOX_POLL_MS: env.positiveInt(500),
     },

@@ -51,7 +51,7 @@ async function main(): Promise<void> {
 
   // 4. Servers.
   const grpc = new GrpcServer({ logger });
-  grpc.addService('switchboard.messaging.v1.MessagingService', messagingV1.MessagingServiceService, messagingService(new MessageStore(pool), config, logger));
+  grpc.addService('switchboard.messaging.v1.MessagingService', messagingV1.MessagingServiceService, messagingService(new MessageStore(pool, { maxConcurrent: config.SEND_CONCURRENCY, maxBatch: config.SEND_BATCH_MAX, meter: host.telemetry.meter }), config, logger));
   await host.serve(grpc.servable(config.HOST, config.GRPC_PORT, config.SHUTDOWN_DEADLINE_MS / 2));
 }
 

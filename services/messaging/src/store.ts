@@ -1,12 +1,21 @@
 import { newId } from '@switchboard/ids';
-import { NotFoundError, PermissionDeniedError } from '@switchboard/errors';
+import { ConflictError, NotFoundError, PermissionDeniedError } from '@switchboard/errors';
 import { withTenantTransaction, type Pool, type PoolClient } from '@switchboard/postgres';
 import { eventsV1, messagingV1 } from '@switchboard/proto';
-import { injectTraceContext } from '@switchboard/telemetry';
+import { injectTraceContext, type Meter } from '@switchboard/telemetry';
 import { subjects } from '@switchboard/nats';
 import { TOPICS } from '@switchboard/kafka';
+import { SendBatcher } from './send-batcher';
 
 const { ConversationKind } = messagingV1;
+
+export type SendTarget = { conversationId: string } | { recipientUserId: string };
+
+export interface SendRequest {
+  tenantId: string;
+  target: SendTarget;
+  message: NewMessage;
+}
 
 export interface NewMessage {
   senderId: string;
@@ -112,84 +121,100 @@ const VIEWER_COLUMNS = `${CONVERSATION_COLUMNS}, me.read_seq, me.delivered_seq,
  * transaction scoped to one tenant (row-level security does the rest).
  */
 export class MessageStore {
-  constructor(private readonly pool: Pool) {}
+  private readonly batcher: SendBatcher;
+
+  constructor(
+    private readonly pool: Pool,
+    batching: { maxConcurrent: number; maxBatch: number; meter?: Meter },
+  ) {
+    const batchSize = batching.meter?.createHistogram('messaging_send_batch_size', {
+      description: 'Sends committed per transaction (group commit under load)',
+      advice: { explicitBucketBoundaries: [1, 2, 4, 8, 16, 32, 64, 128] },
+    });
+    this.batcher = new SendBatcher(pool, batching, (db, request) => this.sendIn(db, request), (request) => this.originalOf(request), batchSize);
+  }
 
   /**
    * Commits a message with the conversation's next sequence and its outbox
-   * events in one transaction. A retry with the same client id returns the
-   * original acknowledgement.
+   * events. A retry with the same client id returns the original
+   * acknowledgement; the same client id with a different body is refused.
+   * Sends go through the batcher: alone they commit at once, under load
+   * several share one transaction (one commit, one fsync).
    */
-  async send(
-    tenantId: string,
-    target: { conversationId: string } | { recipientUserId: string },
-    message: NewMessage,
-  ): Promise<messagingV1.MessageAck> {
-    try {
-      return await withTenantTransaction(this.pool, tenantId, async (db) => {
-        const existing = await this.findByClientId(db, tenantId, message.senderId, message.clientMessageId);
-        if (existing) return ackOf(existing, true);
+  send(tenantId: string, target: SendTarget, message: NewMessage): Promise<messagingV1.MessageAck> {
+    return this.batcher.submit({ tenantId, target, message });
+  }
 
-        let conversationId: string;
-        let memberIds: string[];
-        if ('recipientUserId' in target) {
-          const direct = await this.directConversation(db, tenantId, message.senderId, target.recipientUserId);
-          conversationId = direct.conversation.conversationId;
-          memberIds = direct.conversation.memberIds;
-        } else {
-          conversationId = target.conversationId;
-          memberIds = await this.requireMember(db, tenantId, conversationId, message.senderId);
-        }
+  /** One send inside a transaction whose `app.tenant_id` is the send's tenant. */
+  private async sendIn(db: PoolClient, { tenantId, target, message }: SendRequest): Promise<messagingV1.MessageAck> {
+    const existing = await this.findByClientId(db, tenantId, message.senderId, message.clientMessageId);
+    if (existing) return this.retried(existing, target, message);
 
-        // The row lock taken here serialises senders of one conversation until
-        // commit, which is what makes the sequence gap-free.
-        const { rows } = await db.query<{ last_seq: string }>(
-          `UPDATE conversations SET last_seq = last_seq + 1, last_message_at = now()
-           WHERE tenant_id = $1 AND conversation_id = $2 RETURNING last_seq`,
-          [tenantId, conversationId],
-        );
-        const seq = rows[0]!.last_seq;
-        const inserted = await db.query<MessageRow>(
-          `INSERT INTO messages (tenant_id, conversation_id, seq, message_id, sender_id, client_message_id, kind, body, attachments, mentions, metadata)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *`,
-          [
-            tenantId,
-            conversationId,
-            seq,
-            newId(),
-            message.senderId,
-            message.clientMessageId,
-            message.kind,
-            message.text,
-            JSON.stringify(message.attachments),
-            message.mentions,
-            JSON.stringify(message.metadata),
-          ],
-        );
-        const stored = toMessage(inserted.rows[0]!);
-        // What a user sent counts as read and delivered for them: it never shows as unread on their other devices.
-        await db.query(
-          `UPDATE conversation_members SET read_seq = $4, delivered_seq = $4, receipts_updated_at = now()
-           WHERE tenant_id = $1 AND conversation_id = $2 AND user_id = $3`,
-          [tenantId, conversationId, message.senderId, seq],
-        );
-        await this.enqueue(db, tenantId, subjects.conversation(tenantId, conversationId), TOPICS.messages, conversationId, {
-          $case: 'messageCreated',
-          value: { message: stored, memberIds },
-        });
-        return ackOf(stored, false);
-      });
-    } catch (err) {
-      // Two concurrent retries of one send: the second loses on the unique
-      // index and returns the first one's acknowledgement.
-      if ((err as { code?: string; constraint?: string }).constraint === 'messages_client_message_id') {
-        return withTenantTransaction(this.pool, tenantId, async (db) => {
-          const original = await this.findByClientId(db, tenantId, message.senderId, message.clientMessageId);
-          if (!original) throw err;
-          return ackOf(original, true);
-        });
-      }
-      throw err;
+    let conversationId: string;
+    let memberIds: string[];
+    if ('recipientUserId' in target) {
+      const direct = await this.directConversation(db, tenantId, message.senderId, target.recipientUserId);
+      conversationId = direct.conversation.conversationId;
+      memberIds = direct.conversation.memberIds;
+    } else {
+      conversationId = target.conversationId;
+      memberIds = await this.requireMember(db, tenantId, conversationId, message.senderId);
     }
+
+    // The row lock taken here serialises senders of one conversation until
+    // commit, which is what makes the sequence gap-free.
+    const { rows } = await db.query<{ last_seq: string }>(
+      `UPDATE conversations SET last_seq = last_seq + 1, last_message_at = now()
+       WHERE tenant_id = $1 AND conversation_id = $2 RETURNING last_seq`,
+      [tenantId, conversationId],
+    );
+    const seq = rows[0]!.last_seq;
+    const inserted = await db.query<MessageRow>(
+      `INSERT INTO messages (tenant_id, conversation_id, seq, message_id, sender_id, client_message_id, kind, body, attachments, mentions, metadata)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *`,
+      [
+        tenantId,
+        conversationId,
+        seq,
+        newId(),
+        message.senderId,
+        message.clientMessageId,
+        message.kind,
+        message.text,
+        JSON.stringify(message.attachments),
+        message.mentions,
+        JSON.stringify(message.metadata),
+      ],
+    );
+    const stored = toMessage(inserted.rows[0]!);
+    // What a user sent counts as read and delivered for them: it never shows as unread on their other devices.
+    await db.query(
+      `UPDATE conversation_members SET read_seq = $4, delivered_seq = $4, receipts_updated_at = now()
+       WHERE tenant_id = $1 AND conversation_id = $2 AND user_id = $3`,
+      [tenantId, conversationId, message.senderId, seq],
+    );
+    await this.enqueue(db, tenantId, subjects.conversation(tenantId, conversationId), TOPICS.messages, conversationId, {
+      $case: 'messageCreated',
+      value: { message: stored, memberIds },
+    });
+    return ackOf(stored, false);
+  }
+
+  /** After losing the race on the client id index: the winner's ack, looked up in a fresh transaction. */
+  async originalOf(request: SendRequest): Promise<messagingV1.MessageAck | undefined> {
+    return withTenantTransaction(this.pool, request.tenantId, async (db) => {
+      const original = await this.findByClientId(db, request.tenantId, request.message.senderId, request.message.clientMessageId);
+      return original ? this.retried(original, request.target, request.message) : undefined;
+    });
+  }
+
+  /** A retry must be the same message: same body, same conversation (or recipient). */
+  private retried(original: messagingV1.Message, target: SendTarget, message: NewMessage): messagingV1.MessageAck {
+    const sameTarget = 'conversationId' in target ? target.conversationId === original.conversationId : true;
+    if (!sameTarget || original.text !== message.text) {
+      throw new ConflictError('client_message_id was already used for a different message', { field: 'client_message_id' });
+    }
+    return ackOf(original, true);
   }
 
   async getOrCreateDirect(tenantId: string, userId: string, otherUserId: string) {

@@ -98,6 +98,25 @@ describe('messaging service (real PostgreSQL, NATS, Kafka)', () => {
     expect(seen).toEqual(seqs);
   });
 
+  it('commits sends together under load (group commit), each conversation still gap-free', async () => {
+    const conversations = await Promise.all(
+      Array.from({ length: 10 }, async (_, i) => (await send(client, `load-a${i}`, { recipientUserId: `load-b${i}` }, 'start')).ack!.conversationId),
+    );
+    const acks = await Promise.all(
+      Array.from({ length: 300 }, (_, i) => send(client, `load-a${i % 10}`, { conversationId: conversations[i % 10]! }, `m${i}`)),
+    );
+    for (const conversationId of conversations) {
+      const seqs = acks.filter((a) => a.ack!.conversationId === conversationId).map((a) => a.ack!.seq).sort((a, b) => a - b);
+      expect(seqs).toEqual(Array.from({ length: 30 }, (_, i) => i + 2));
+    }
+    const metrics = await (await fetch(`http://127.0.0.1:${service.opsPort}/metrics`)).text();
+    const count = Number(/^messaging_send_batch_size_count(?:\{[^}]*\})? (\d+)/m.exec(metrics)?.[1]);
+    const sum = Number(/^messaging_send_batch_size_sum(?:\{[^}]*\})? (\d+)/m.exec(metrics)?.[1]);
+    // Every send was committed, in fewer transactions than sends.
+    expect(sum).toBeGreaterThanOrEqual(310);
+    expect(count).toBeLessThan(sum);
+  });
+
   it('writes committed messages to Kafka sb.messages keyed by conversation', async () => {
     const { ack } = await send(client, 'gina', { recipientUserId: 'hank' }, 'durable');
     const kafka = new Kafka({ clientId: 'messaging-test', brokers: env.KAFKA_BROKERS!.split(','), logLevel: logLevel.NOTHING });
@@ -209,6 +228,13 @@ describe('messaging service (real PostgreSQL, NATS, Kafka)', () => {
     const crossTenant = await errorOf(send(client, 'ivan', { conversationId }, 'hi', newId(), otherTenant));
     expect(crossTenant.code).toBe(ErrorCode.ERROR_CODE_NOT_FOUND);
     expect((await errorOf(send(client, 'ivan', { recipientUserId: 'ivan' }, 'me'))).code).toBe(ErrorCode.ERROR_CODE_INVALID_ARGUMENT);
+    // A client id names one message: reusing it for another body is refused, and the original stays.
+    const reused = newId();
+    await send(client, 'ivan', { conversationId }, 'original', reused);
+    const conflict = await errorOf(send(client, 'ivan', { conversationId }, 'something else', reused));
+    expect([conflict.code, conflict.field]).toEqual([ErrorCode.ERROR_CODE_CONFLICT, 'client_message_id']);
+    const latest = await client.getHistory({ context: undefined, conversationId, fromSeq: 0, direction: messagingV1.Direction.DIRECTION_BACKWARD, limit: 1 }, as('ivan'));
+    expect(latest.messages.map((m) => m.text)).toEqual(['original']);
     const badId = await errorOf(send(client, 'ivan', { conversationId: 'x.>' }, 'hi'));
     expect([badId.code, badId.field]).toEqual([ErrorCode.ERROR_CODE_INVALID_ARGUMENT, 'conversation_id']);
     expect((await errorOf(send(client, 'ivan', { conversationId }, ''))).field).toBe('text');
