@@ -1,3 +1,4 @@
+import { UnavailableError } from '@switchboard/errors';
 import { runner } from 'node-pg-migrate';
 import pg from 'pg';
 
@@ -33,7 +34,7 @@ export function createPool(options: PoolOptions): pg.Pool {
  * against it, so a query that forgets the tenant sees nothing of another's.
  */
 export async function withTenantTransaction<T>(pool: pg.Pool, tenantId: string, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-  const client = await pool.connect();
+  const client = await connectOrUnavailable(pool);
   try {
     await client.query('BEGIN');
     await client.query(`SELECT set_config('app.tenant_id', $1, true)`, [tenantId]);
@@ -45,6 +46,19 @@ export async function withTenantTransaction<T>(pool: pg.Pool, tenantId: string, 
     throw err;
   } finally {
     client.release();
+  }
+}
+
+/**
+ * A pooled connection, or UNAVAILABLE (retryable, with a hint when to retry)
+ * when the database cannot be reached or every connection stayed busy past
+ * the pool's wait: the caller learns to come back, not that something broke.
+ */
+export async function connectOrUnavailable(pool: pg.Pool): Promise<pg.PoolClient> {
+  try {
+    return await pool.connect();
+  } catch (err) {
+    throw new UnavailableError('the database is busy or unreachable; try again', { cause: err, retryAfterMs: 200 });
   }
 }
 

@@ -24,6 +24,16 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       JWT_CLOCK_TOLERANCE_S: env.positiveInt(30),
       /** Origins allowed at the handshake (browser clients); empty allows any. */
       ALLOWED_ORIGINS: env.list([]),
+      /**
+       * Offer permessage-deflate (clients choose). Off by default: measured at
+       * ~95 MB per 1,000 connections once used, even bounded as below
+       * (docs/benchmarks.md); turn on where bandwidth costs more than memory.
+       */
+      WS_COMPRESSION: env.boolean(false),
+      /** Frames smaller than this are sent uncompressed. */
+      WS_COMPRESSION_THRESHOLD_BYTES: env.positiveInt(1024),
+      /** zlib window (2^bits bytes) kept per compressing connection: 9-15; smaller is less memory, less compression. */
+      WS_COMPRESSION_WINDOW_BITS: z.coerce.number().int().min(9).max(15).default(10),
       /** Largest frame accepted; larger ones close the connection with 1009. */
       MAX_FRAME_BYTES: env.positiveInt(64 * 1024),
       HEARTBEAT_INTERVAL_MS: env.positiveInt(25_000),

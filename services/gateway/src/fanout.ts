@@ -21,6 +21,7 @@ interface Interest {
  */
 export class Fanout {
   private readonly interests = new Map<string, Interest>();
+  private readonly inFlight = new Map<string, Promise<unknown>>();
 
   constructor(
     private readonly nats: NatsConnection,
@@ -183,9 +184,11 @@ export class Fanout {
     if (!connection.delivered.has(change.conversationId)) connection.delivered.set(change.conversationId, 0);
     try {
       await this.nats.flush();
-      const { conversation } = await this.messaging.getConversation(
-        { context: undefined, conversationId: change.conversationId },
-        { context: this.contextOf(connection), deadlineMs: this.backendDeadlineMs },
+      const { conversation } = await this.once(`conv/${connection.tenantId}/${connection.userId}/${change.conversationId}`, () =>
+        this.messaging.getConversation(
+          { context: undefined, conversationId: change.conversationId },
+          { context: this.contextOf(connection), deadlineMs: this.backendDeadlineMs },
+        ),
       );
       connection.send({ requestId: '', kind: { $case: 'conversation', value: { conversation, member: true } } });
       if (conversation && conversation.lastSeq > 0) {
@@ -209,15 +212,32 @@ export class Fanout {
   private async fillGap(connection: Connection, conversationId: string, beforeSeq: number): Promise<void> {
     let from = connection.delivered.get(conversationId) ?? 0;
     while (from + 1 < beforeSeq && connection.open) {
-      const page = await this.messaging.getHistory(
-        { context: undefined, conversationId, fromSeq: from, direction: messagingV1.Direction.DIRECTION_FORWARD, limit: Math.min(200, beforeSeq - from - 1) },
-        { context: this.contextOf(connection), deadlineMs: this.backendDeadlineMs },
+      const limit = Math.min(200, beforeSeq - from - 1);
+      const page = await this.once(`history/${connection.tenantId}/${connection.userId}/${conversationId}/${from}/${limit}`, () =>
+        this.messaging.getHistory(
+          { context: undefined, conversationId, fromSeq: from, direction: messagingV1.Direction.DIRECTION_FORWARD, limit },
+          { context: this.contextOf(connection), deadlineMs: this.backendDeadlineMs },
+        ),
       );
       for (const message of page.messages) if (message.seq < beforeSeq) this.sendMessage(connection, message);
       const next = connection.delivered.get(conversationId) ?? from;
       if (next === from || !page.hasMore) break;
       from = next;
     }
+  }
+
+  /**
+   * Single flight: concurrent identical reads share one call. When a user
+   * with many devices here joins a conversation, or their devices see the
+   * same gap, messaging answers once, not once per device. The key always
+   * includes the user, so membership is checked for whoever reads.
+   */
+  private once<T>(key: string, call: () => Promise<T>): Promise<T> {
+    const running = this.inFlight.get(key) as Promise<T> | undefined;
+    if (running) return running;
+    const started = call().finally(() => this.inFlight.delete(key));
+    this.inFlight.set(key, started);
+    return started;
   }
 
   private sendMessage(connection: Connection, message: messagingV1.Message): void {

@@ -14,6 +14,8 @@ import type { Fanout } from './fanout';
 import type { FrameHandler } from './frames';
 
 const WS_PATH = '/ws';
+/** Tenants reported by name in gateway_tenant_connections; the others add up under "(other)", never a valid tenant id. */
+const TENANT_METRIC_LIMIT = 20;
 
 /**
  * The WebSocket side of the gateway: refuses bad handshakes before a socket
@@ -46,13 +48,34 @@ export class GatewayServer {
       maxPayload: config.MAX_FRAME_BYTES,
       // The version was chosen (and checked) before the upgrade; ws only echoes it.
       handleProtocols: (protocols) => [...protocols].find((p) => p in SUBPROTOCOLS) ?? false,
-      perMessageDeflate: false,
+      perMessageDeflate: config.WS_COMPRESSION
+        ? {
+            threshold: config.WS_COMPRESSION_THRESHOLD_BYTES,
+            // No context takeover and a small window: compression memory per
+            // connection stays a few KB instead of the ~300 KB zlib defaults cost.
+            serverNoContextTakeover: true,
+            clientNoContextTakeover: true,
+            serverMaxWindowBits: config.WS_COMPRESSION_WINDOW_BITS,
+            zlibDeflateOptions: { level: 3, memLevel: 4 },
+            // Bounds the zlib work queued at once across all connections.
+            concurrencyLimit: 10,
+          }
+        : false,
     });
     this.http.on('upgrade', (req, socket, head) => void this.upgrade(req, socket, head));
     this.rejected = meter.createCounter('gateway_handshakes_rejected_total', { description: 'Refused WebSocket handshakes by reason' });
     this.frames = meter.createCounter('gateway_frames_received_total', { description: 'Client frames received by kind' });
     meter.createObservableGauge('gateway_connections', { description: 'Open WebSocket connections on this gateway' }).addCallback((result) => {
       result.observe(this.connections.size);
+    });
+    // For the per-tenant dashboard; the label stays bounded: the largest tenants by name, the rest as "(other)".
+    meter.createObservableGauge('gateway_tenant_connections', { description: `Open WebSocket connections on this gateway by tenant (the ${TENANT_METRIC_LIMIT} largest; the rest as "(other)")` }).addCallback((result) => {
+      const byTenant = new Map<string, number>();
+      for (const connection of this.connections) byTenant.set(connection.tenantId, (byTenant.get(connection.tenantId) ?? 0) + 1);
+      const ranked = [...byTenant].sort((a, b) => b[1] - a[1]);
+      for (const [tenant, count] of ranked.slice(0, TENANT_METRIC_LIMIT)) result.observe(count, { tenant });
+      const rest = ranked.slice(TENANT_METRIC_LIMIT).reduce((sum, [, count]) => sum + count, 0);
+      if (rest > 0) result.observe(rest, { tenant: '(other)' });
     });
   }
 

@@ -1,4 +1,4 @@
-import type { Pool, PoolClient } from '@switchboard/postgres';
+import { connectOrUnavailable, type Pool, type PoolClient } from '@switchboard/postgres';
 import type { messagingV1 } from '@switchboard/proto';
 import type { Histogram } from '@switchboard/telemetry';
 import type { SendRequest } from './store';
@@ -78,7 +78,7 @@ export class SendBatcher {
     const ordered = [...batch].sort((a, b) => (lockKey(a.request) < lockKey(b.request) ? -1 : lockKey(a.request) > lockKey(b.request) ? 1 : 0));
     let db: PoolClient;
     try {
-      db = await this.pool.connect();
+      db = await connectOrUnavailable(this.pool);
     } catch (err) {
       for (const pending of batch) pending.reject(err);
       return;
