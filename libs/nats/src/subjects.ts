@@ -23,4 +23,6 @@ export const subjects = {
 
 export const SYSTEM_SUBJECTS = {
   gatewayHeartbeat: 'sb.sys.gateway.heartbeat',
+  /** Empty pings after a commit wrote outbox rows, so the relay leader (any replica) publishes at once. */
+  messagingOutboxWake: 'sb.sys.messaging.outbox',
 } as const;

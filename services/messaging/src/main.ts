@@ -1,6 +1,6 @@
 import { GrpcServer } from '@switchboard/grpc';
 import { createIdempotentProducer, createKafka } from '@switchboard/kafka';
-import { connectNats, natsReady } from '@switchboard/nats';
+import { connectNats, natsReady, SYSTEM_SUBJECTS } from '@switchboard/nats';
 import { openDatabase } from '@switchboard/postgres';
 import { messagingV1 } from '@switchboard/proto';
 import { runMain, ServiceHost } from '@switchboard/runtime';
@@ -45,13 +45,27 @@ async function main(): Promise<void> {
     return p;
   }, { close: (p) => p.disconnect() });
 
-  // 3. Background runners: the outbox relay.
+  // 3. Background runners: the outbox relay, woken after commits here and,
+  // over NATS, after commits of other replicas (polling covers a lost wake-up).
   const relay = new OutboxRelay({ pool, databaseUrl: config.DATABASE_URL, nats, producer, logger, meter: host.telemetry.meter, pollMs: config.OUTBOX_POLL_MS });
   host.runner('outbox relay', () => relay.start(), () => relay.stop());
+  const wakeSubscription = nats.subscribe(SYSTEM_SUBJECTS.messagingOutboxWake, { callback: () => relay.wake() });
+  host.lifecycle.onShutdown('outbox wake-ups', () => wakeSubscription.unsubscribe());
+  let wakePending = false;
+  const outboxWritten = () => {
+    relay.wake();
+    // One wake-up per tick however many sends committed in it.
+    if (wakePending) return;
+    wakePending = true;
+    setImmediate(() => {
+      wakePending = false;
+      if (!nats.isClosed()) nats.publish(SYSTEM_SUBJECTS.messagingOutboxWake);
+    });
+  };
 
   // 4. Servers.
   const grpc = new GrpcServer({ logger });
-  grpc.addService('switchboard.messaging.v1.MessagingService', messagingV1.MessagingServiceService, messagingService(new MessageStore(pool, { maxConcurrent: config.SEND_CONCURRENCY, maxBatch: config.SEND_BATCH_MAX, meter: host.telemetry.meter }), config, logger));
+  grpc.addService('switchboard.messaging.v1.MessagingService', messagingV1.MessagingServiceService, messagingService(new MessageStore(pool, { maxConcurrent: config.SEND_CONCURRENCY, maxBatch: config.SEND_BATCH_MAX, meter: host.telemetry.meter }, outboxWritten), config, logger));
   await host.serve(grpc.servable(config.HOST, config.GRPC_PORT, config.SHUTDOWN_DEADLINE_MS / 2));
 }
 

@@ -42,6 +42,7 @@ export class OutboxRelay {
   private leaderLost = false;
   private lastCleanUp = 0;
   private readonly wakers = new Set<() => void>();
+  private readonly woken = { nats: false, kafka: false };
   private loops: Promise<void>[] = [];
   private readonly batchSize: number;
   private readonly pending = { nats: 0, kafka: 0 };
@@ -68,11 +69,19 @@ export class OutboxRelay {
     await this.leader?.end().catch(() => undefined);
   }
 
-  private wake(): void {
+  /** Work is waiting: run the sinks now rather than at the next poll (from this process or, over NATS, another replica). */
+  wake(): void {
+    // A sink busy publishing is not waiting; the flag makes it go round again instead of sleeping.
+    this.woken.nats = true;
+    this.woken.kafka = true;
     for (const waker of this.wakers) waker();
   }
 
-  private async idle(ms: number): Promise<void> {
+  private async idle(ms: number, sink?: 'nats' | 'kafka'): Promise<void> {
+    if (sink && this.woken[sink]) {
+      this.woken[sink] = false;
+      return;
+    }
     await new Promise<void>((resolve) => {
       const done = () => {
         clearTimeout(timer);
@@ -84,7 +93,7 @@ export class OutboxRelay {
     });
   }
 
-  /** Holds the leader lock on a dedicated connection (also used to LISTEN) and runs the sinks while it does. */
+  /** Holds the leader lock on a dedicated connection and runs the sinks while it does. */
   private async leadership(): Promise<void> {
     const { logger } = this.options;
     while (this.running) {
@@ -107,8 +116,6 @@ export class OutboxRelay {
           continue;
         }
         this.leader = client;
-        client.on('notification', () => this.wake());
-        await client.query('LISTEN messaging_outbox');
         logger.info('outbox relay is the leader');
         const sinks = [this.drain('nats', (rows) => this.publishNats(rows)), this.drain('kafka', (rows) => this.publishKafka(rows))];
         await Promise.race([connectionLost, Promise.all(sinks)]);
@@ -130,6 +137,7 @@ export class OutboxRelay {
     const column = sink === 'nats' ? 'nats_published_at' : 'kafka_published_at';
     let failures = 0;
     while (this.running && !this.leaderLost) {
+      this.woken[sink] = false;
       try {
         const { rows } = await this.options.pool.query<OutboxRow>(
           `SELECT id, event_id, nats_subject, kafka_topic, kafka_key, payload, headers FROM outbox
@@ -144,7 +152,7 @@ export class OutboxRelay {
           if (rows.length === this.batchSize) continue;
         }
         await this.cleanUp(sink);
-        await this.idle(this.options.pollMs);
+        await this.idle(this.options.pollMs, sink);
       } catch (err) {
         failures += 1;
         this.options.logger.warn({ err, sink, failures }, 'outbox relay could not publish; retrying');

@@ -25,6 +25,8 @@ type Outcome = { ok: true; ack: Ack } | { ok: false; error: unknown; lostRace: b
 export class SendBatcher {
   private readonly queue: Pending[] = [];
   private inFlight = 0;
+  /** Conversations (lock keys) with a batch running. */
+  private readonly busy = new Set<string>();
 
   constructor(
     private readonly pool: Pool,
@@ -41,11 +43,33 @@ export class SendBatcher {
     });
   }
 
+  /**
+   * Starts batches while slots are free. A conversation is in at most one
+   * running batch: its later sends wait for the next one instead of blocking
+   * on the conversation's row lock inside another transaction (which would
+   * turn concurrent batches into a convoy).
+   */
   private pump(): void {
     while (this.inFlight < this.limits.maxConcurrent && this.queue.length > 0) {
-      const batch = this.queue.splice(0, this.limits.maxBatch);
+      const batch: Pending[] = [];
+      const keys = new Set<string>();
+      const waiting: Pending[] = [];
+      for (const pending of this.queue) {
+        const key = lockKey(pending.request);
+        if (batch.length < this.limits.maxBatch && !this.busy.has(key)) {
+          batch.push(pending);
+          keys.add(key);
+        } else {
+          // Stays queued in order: later sends of a conversation never overtake earlier ones.
+          waiting.push(pending);
+        }
+      }
+      if (batch.length === 0) return;
+      this.queue.splice(0, this.queue.length, ...waiting);
+      for (const key of keys) this.busy.add(key);
       this.inFlight += 1;
       void this.run(batch).finally(() => {
+        for (const key of keys) this.busy.delete(key);
         this.inFlight -= 1;
         this.pump();
       });

@@ -123,9 +123,14 @@ const VIEWER_COLUMNS = `${CONVERSATION_COLUMNS}, me.read_seq, me.delivered_seq,
 export class MessageStore {
   private readonly batcher: SendBatcher;
 
+  /**
+   * `outboxWritten` runs after a commit that wrote outbox rows, so the relay
+   * publishes at once instead of at its next poll.
+   */
   constructor(
     private readonly pool: Pool,
     batching: { maxConcurrent: number; maxBatch: number; meter?: Meter },
+    private readonly outboxWritten: () => void = () => undefined,
   ) {
     const batchSize = batching.meter?.createHistogram('messaging_send_batch_size', {
       description: 'Sends committed per transaction (group commit under load)',
@@ -141,8 +146,10 @@ export class MessageStore {
    * Sends go through the batcher: alone they commit at once, under load
    * several share one transaction (one commit, one fsync).
    */
-  send(tenantId: string, target: SendTarget, message: NewMessage): Promise<messagingV1.MessageAck> {
-    return this.batcher.submit({ tenantId, target, message });
+  async send(tenantId: string, target: SendTarget, message: NewMessage): Promise<messagingV1.MessageAck> {
+    const ack = await this.batcher.submit({ tenantId, target, message });
+    if (!ack.duplicate) this.outboxWritten();
+    return ack;
   }
 
   /** One send inside a transaction whose `app.tenant_id` is the send's tenant. */
@@ -218,7 +225,9 @@ export class MessageStore {
   }
 
   async getOrCreateDirect(tenantId: string, userId: string, otherUserId: string) {
-    return withTenantTransaction(this.pool, tenantId, (db) => this.directConversation(db, tenantId, userId, otherUserId));
+    const result = await withTenantTransaction(this.pool, tenantId, (db) => this.directConversation(db, tenantId, userId, otherUserId));
+    if (result.created) this.outboxWritten();
+    return result;
   }
 
   async getConversation(tenantId: string, conversationId: string, viewerId: string | undefined): Promise<messagingV1.Conversation> {
@@ -313,7 +322,7 @@ export class MessageStore {
    * and the reader's other devices.
    */
   async markReceipt(tenantId: string, conversationId: string, userId: string, deviceId: string, seq: number, which: 'delivered' | 'read') {
-    return withTenantTransaction(this.pool, tenantId, async (db) => {
+    const receipt = await withTenantTransaction(this.pool, tenantId, async (db) => {
       await this.requireMember(db, tenantId, conversationId, userId);
       const before = await db.query<{ delivered_seq: string; read_seq: string; last_seq: string }>(
         `SELECT m.delivered_seq, m.read_seq, c.last_seq FROM conversation_members m
@@ -347,8 +356,10 @@ export class MessageStore {
           value: { conversationId, userId, ...receipt, deviceId: which === 'delivered' ? deviceId : '' },
         });
       }
-      return receipt;
+      return { ...receipt, moved };
     });
+    if (receipt.moved) this.outboxWritten();
+    return { deliveredSeq: receipt.deliveredSeq, readSeq: receipt.readSeq };
   }
 
   /** Every member's watermarks, with each device's delivery. */
@@ -443,7 +454,7 @@ export class MessageStore {
     return { conversation: toConversation(rows[0]!), created: isNew };
   }
 
-  /** Writes an event to the outbox in the caller's transaction and wakes the relay on commit. */
+  /** Writes an event to the outbox in the caller's transaction (the caller wakes the relay after commit). */
   private async enqueue(
     db: PoolClient,
     tenantId: string,
@@ -459,6 +470,5 @@ export class MessageStore {
        VALUES ($1, $2, $3, $4, $5, $6, $7)`,
       [tenantId, eventId, natsSubject, kafkaTopic, kafkaKey, Buffer.from(eventsV1.Envelope.encode(envelope).finish()), JSON.stringify(injectTraceContext({}))],
     );
-    await db.query(`SELECT pg_notify('messaging_outbox', '')`);
   }
 }
