@@ -100,6 +100,8 @@ function makeClient(opts: GlobalOptions, reconnect: boolean): SwitchboardClient 
     token: tokenSource(opts),
     encoding: opts.encoding,
     requestTimeoutMs: opts.timeout,
+    // A send may be retried (same client_message_id), but the whole of it stays within --timeout.
+    sendDeadlineMs: opts.timeout,
     reconnect: { enabled: reconnect },
     ...(logger ? { logger } : {}),
   });
@@ -179,6 +181,7 @@ async function interactive(opts: GlobalOptions): Promise<number> {
   client.on('welcome', (w) => print(`connected as ${w.userId}@${w.tenantId}${w.deviceId ? ` (device ${w.deviceId})` : ''} via ${w.gatewayId} [${client.encoding}]`, process.stderr));
   client.on('disconnected', (e) => print(`disconnected ${e.code}${e.reason ? ` ${e.reason}` : ''}${e.willReconnect ? ', reconnecting' : ''}`, process.stderr));
   client.on('reconnecting', (e) => print(`reconnecting in ${e.delayMs} ms (attempt ${e.attempt})`, process.stderr));
+  client.on('synced', (e) => print(`resumed: ${e.messages} message(s) from ${e.pages} sync page(s)`, process.stderr));
   client.on('reconnect-requested', (e) => print(`server asked to reconnect (${e.reason}) within ${e.reconnectWithinMs} ms`, process.stderr));
   client.on('error', (err) => print(`error: ${describeError(err)}`, process.stderr));
 

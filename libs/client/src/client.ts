@@ -8,7 +8,7 @@ import {
   UnauthenticatedError,
   UnavailableError,
 } from '@switchboard/errors';
-import { newId } from '@switchboard/ids';
+import { isSafeId, newId } from '@switchboard/ids';
 import { commonV1, framesV1, messagingV1 } from '@switchboard/proto';
 import { backoffDelay } from './backoff';
 import {
@@ -19,7 +19,9 @@ import {
   type Encoding,
   type FrameData,
 } from './codec';
-import { CloseCode, HandshakeError, errorForClose } from './errors';
+import { CloseCode, HandshakeError, errorForClose, isRetryableError } from './errors';
+import { Outbox, type PendingSend } from './outbox';
+import { Sequencer } from './sequencer';
 import { wsTransport, type Transport, type TransportFactory } from './transport';
 
 export type ClientKind = NonNullable<framesV1.ClientFrame['kind']>;
@@ -99,10 +101,56 @@ export interface SwitchboardClientOptions {
   logger?: ClientLogger;
   /** Jitter source in [0, 1) (default Math.random); tests pin it. */
   random?: () => number;
+  /**
+   * Where the app's view of each conversation stands: the highest `seq` it
+   * already has with nothing missing below (as {@link SwitchboardClient.positions}
+   * returned it before). Messages at or below are not delivered again, and
+   * the first connect already resumes (`sync`) from these positions.
+   * Without it, the first connect does not sync and a conversation starts
+   * at the first message the client sees of it.
+   */
+  initialPositions?: ReadonlyMap<string, number> | Readonly<Record<string, number>>;
+  /** Most unacknowledged sends kept (default 1000); beyond, sendMessage rejects with OutboxFullError. */
+  outboxLimit?: number;
+  /** Default of {@link SendOptions.maxAttempts} (default 10). */
+  sendMaxAttempts?: number;
+  /** Default of {@link SendOptions.deadlineMs} (default 300000). */
+  sendDeadlineMs?: number;
+  /** `limit` of each resume `sync` page (default 200, the service's cap). */
+  syncPageSize?: number;
 }
 
 export interface RequestOptions {
   timeoutMs?: number;
+}
+
+/** Options of one sendMessage. `timeoutMs` bounds each attempt. */
+export interface SendOptions extends RequestOptions {
+  /** Attempts (frames sent) before it rejects with SendNotAcknowledgedError('attempts') (default: sendMaxAttempts). */
+  maxAttempts?: number;
+  /** After this many ms from the call it rejects with SendNotAcknowledgedError('deadline') (default: sendDeadlineMs). */
+  deadlineMs?: number;
+}
+
+export interface SyncedEvent {
+  /** Sync pages fetched. */
+  pages: number;
+  /** Messages in those pages (those the app already had were dropped as duplicates). */
+  messages: number;
+}
+
+/** Counters of the in-order delivery, since the client was created. */
+export interface DeliveryStats {
+  /** Messages handed to the app ('message' events). */
+  delivered: number;
+  /** Messages dropped because the app already had them. */
+  duplicates: number;
+  /** Messages held right now behind a gap. */
+  held: number;
+  /** get_history requests made to fill gaps. */
+  historyFetches: number;
+  /** sync pages fetched to resume. */
+  syncPages: number;
 }
 
 export interface DisconnectedEvent {
@@ -131,9 +179,15 @@ export interface ClosedEvent {
 
 export interface ClientEvents {
   welcome: [welcome: framesV1.Welcome];
-  /** A pushed message (MessageEvent). */
+  /**
+   * A message of a conversation, handed over in `seq` order and exactly
+   * once: live pushes, gaps filled from history and what the resume sync
+   * fetched all come through here.
+   */
   message: [message: messagingV1.Message];
-  /** Every pushed ServerFrame (empty request id), including welcome and reconnect. */
+  /** The resume sync after a (re)connect delivered everything the server had missed for this device. */
+  synced: [event: SyncedEvent];
+  /** Every pushed ServerFrame (empty request id) as it arrived, unordered: including welcome, reconnect and raw message pushes. */
   frame: [frame: framesV1.ServerFrame];
   'reconnect-requested': [event: ReconnectRequestedEvent];
   disconnected: [event: DisconnectedEvent];
@@ -209,14 +263,25 @@ interface Connection {
   /** Set once the client let go of it (close(), a requested reconnect): its later events are ignored. */
   retired: boolean;
   closedWaiters: (() => void)[];
+  /** Pauses of the sync and gap-fill loops on this connection; they end (false) when it ends. */
+  delays: Set<{ timer: Timer; done: (elapsed: boolean) => void }>;
 }
 
 const RETIRE_TIMEOUT_MS = 2000;
+/** The service caps history and sync pages at 200 messages. */
+const MAX_PAGE = 200;
 
 /**
  * A Switchboard gateway connection: typed requests correlated by request id,
  * pushes as events, reconnection with exponential backoff and full jitter,
  * server-requested reconnects (drain), and dead-connection detection.
+ *
+ * On top of it the messaging guarantees (docs/protocol.md, "Ordering and
+ * delivery"): messages reach the app per conversation in `seq` order and
+ * once (gaps are fetched with get_history before later messages are handed
+ * over), every reconnect resumes with `sync` from the positions held, and
+ * sends wait in an outbox until acknowledged, retried with the same
+ * client_message_id across reconnects.
  */
 export class SwitchboardClient extends EventEmitter<ClientEvents> {
   readonly encoding: Encoding;
@@ -245,6 +310,19 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
    */
   private readonly pending = new Map<string, PendingRequest>();
 
+  /** Per-conversation positions and the messages held behind gaps. */
+  private readonly sequencer: Sequencer;
+  private readonly outbox: Outbox;
+  /** Whether a connect must resume with `sync`: after the first welcome, or from the start when initialPositions were given. */
+  private resumeOnConnect: boolean;
+  /** A resume sync is running on the current connection (gap fills wait for it). */
+  private syncing = false;
+  /** Sends may go out: connected and past the resume sync's first attempt. */
+  private outboxOpen = false;
+  /** Gap fills running, per conversation (the token tells a stale loop apart). */
+  private readonly fills = new Map<string, object>();
+  private readonly counters = { historyFetches: 0, syncPages: 0 };
+
   constructor(options: SwitchboardClientOptions) {
     super();
     this.options = options;
@@ -255,6 +333,18 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
     this.baseDelayMs = options.reconnect?.baseDelayMs ?? 250;
     this.maxDelayMs = options.reconnect?.maxDelayMs ?? 10_000;
     this.stableAfterMs = options.reconnect?.stableAfterMs ?? 10_000;
+    this.sequencer = new Sequencer((message) => this.deliver(message), validPositions(options.initialPositions));
+    this.resumeOnConnect = options.initialPositions !== undefined;
+    const outboxLimit = options.outboxLimit ?? 1000;
+    if (!Number.isSafeInteger(outboxLimit) || outboxLimit < 1) {
+      throw new InvalidArgumentError('outboxLimit must be a positive integer', { field: 'outboxLimit' });
+    }
+    this.outbox = new Outbox(outboxLimit, {
+      attempt: (request, timeoutMs, deadlineAt) => this.attemptSend(request, timeoutMs, deadlineAt),
+      canSend: () => this.outboxOpen && this.stateValue === 'open' && this.current?.welcome !== undefined,
+      retryDelay: (attempt, err) =>
+        Math.max(err.retryAfterMs ?? 0, backoffDelay(attempt - 1, this.baseDelayMs, this.maxDelayMs, this.random)),
+    });
   }
 
   get state(): ClientState {
@@ -268,6 +358,35 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
 
   get connected(): boolean {
     return this.stateValue === 'open';
+  }
+
+  /**
+   * Per conversation, the highest `seq` handed to the app with nothing
+   * missing below it (a copy). Persist it and give it back as
+   * `initialPositions` to resume where the app left off.
+   */
+  positions(): Map<string, number> {
+    return this.sequencer.positions();
+  }
+
+  /**
+   * The sends not acknowledged yet, oldest first. An app that persists them
+   * can, after a restart, call sendMessage again with the same
+   * `clientMessageId`: the server answers a message it already stored with
+   * its original acknowledgement.
+   */
+  pendingSends(): PendingSend[] {
+    return this.outbox.pending();
+  }
+
+  deliveryStats(): DeliveryStats {
+    return {
+      delivered: this.sequencer.counters.delivered,
+      duplicates: this.sequencer.counters.duplicates,
+      held: this.sequencer.heldCount,
+      historyFetches: this.counters.historyFetches,
+      syncPages: this.counters.syncPages,
+    };
   }
 
   /**
@@ -290,7 +409,11 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
       },
       (err: unknown) => {
         this.connecting = undefined;
-        if (!this.stopped) this.setState('idle');
+        if (!this.stopped) {
+          this.setState('idle');
+          // Sends made while this first attempt was under way have no connection to wait for.
+          this.outbox.failAll(err);
+        }
         throw err;
       },
     );
@@ -298,13 +421,19 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
     return attempt;
   }
 
-  /** Closes with 1000, rejects pending requests, stops every timer. Resolves once the socket is closed. */
+  /**
+   * Closes with 1000, rejects pending requests and unacknowledged sends
+   * (SendNotAcknowledgedError 'closed'), stops every timer. Resolves once the
+   * socket is closed. Positions (and messages held behind a gap) are kept: a
+   * later connect() resumes from them.
+   */
   async close(): Promise<void> {
     if (this.stopped && !this.current) return;
     this.stopped = true;
     this.clearClientTimers();
     const conn = this.current;
     this.current = undefined;
+    this.connectionLost();
     this.failPending(new UnavailableError('client closed'));
     let closing: Promise<void> = Promise.resolve();
     if (conn) {
@@ -363,31 +492,52 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
     });
   }
 
-  /** Sends a message; resolves with its acknowledgement once it is committed. */
-  async sendMessage(input: SendMessageInput, options?: RequestOptions): Promise<messagingV1.MessageAck> {
+  /**
+   * Sends a message; resolves with its acknowledgement once it is committed.
+   *
+   * The send gets its `clientMessageId` (generated when absent) before the
+   * first attempt and stays in the outbox until acknowledged: if the
+   * connection drops first, it is sent again with the same id after the
+   * next connection's resume sync, and the promise resolves with that ack
+   * (`duplicate: true` when the first attempt had been committed). Timeouts,
+   * rate limits and unavailable backends are retried on the live connection
+   * after a backoff. It rejects with the server's error when a retry cannot
+   * help (INVALID_ARGUMENT, PERMISSION_DENIED, NOT_FOUND, …), with
+   * SendNotAcknowledgedError when its deadline passes, its attempts run out
+   * or the client closes, with OutboxFullError when `outboxLimit` sends are
+   * pending, and with UnavailableError when the client is neither connected
+   * nor connecting. Sends go out in the order they were made; sends in
+   * flight together may be committed in any order (await each to order them).
+   * A second call with the `clientMessageId` of a pending send shares its promise.
+   */
+  async sendMessage(input: SendMessageInput, options: SendOptions = {}): Promise<messagingV1.MessageAck> {
     const hasConversation = !!input.conversationId;
     const hasRecipient = !!input.recipientUserId;
     if (hasConversation === hasRecipient) {
       throw new InvalidArgumentError('give exactly one of conversationId or recipientUserId', { field: 'target' });
     }
+    if (input.clientMessageId !== undefined && !isSafeId(input.clientMessageId)) {
+      throw new InvalidArgumentError('clientMessageId must be 1-128 characters of A-Z, a-z, 0-9, _ or -', { field: 'client_message_id' });
+    }
+    if (this.stateValue === 'idle' || this.stateValue === 'closed') throw new UnavailableError('not connected');
     const target: framesV1.SendMessage['target'] = hasConversation
       ? { $case: 'conversationId', value: input.conversationId! }
       : { $case: 'recipientUserId', value: input.recipientUserId! };
-    const reply = await this.request(
+    return this.outbox.add(
       {
-        $case: 'sendMessage',
-        value: {
-          target,
-          clientMessageId: input.clientMessageId ?? newId(),
-          text: input.text,
-          attachments: input.attachments ?? [],
-          mentions: input.mentions ?? [],
-          metadata: input.metadata ?? {},
-        },
+        target,
+        clientMessageId: input.clientMessageId ?? newId(),
+        text: input.text,
+        attachments: input.attachments ?? [],
+        mentions: input.mentions ?? [],
+        metadata: input.metadata ?? {},
       },
-      options,
+      {
+        timeoutMs: options.timeoutMs,
+        maxAttempts: options.maxAttempts ?? this.options.sendMaxAttempts ?? 10,
+        deadlineMs: options.deadlineMs ?? this.options.sendDeadlineMs ?? 300_000,
+      },
     );
-    return reply.value;
   }
 
   async getHistory(input: GetHistoryInput, options?: RequestOptions): Promise<framesV1.HistoryPage> {
@@ -445,6 +595,195 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
     return { ...reply.value, rttMs: Date.now() - sent };
   }
 
+  // --- in-order delivery, resume, outbox ---
+
+  /** One attempt of an outbox send on the current connection. */
+  private async attemptSend(request: framesV1.SendMessage, timeoutMs: number | undefined, deadlineAt: number): Promise<messagingV1.MessageAck> {
+    const perAttempt = timeoutMs ?? this.options.requestTimeoutMs ?? 10_000;
+    const reply = await this.request({ $case: 'sendMessage', value: request }, { timeoutMs: Math.max(1, Math.min(perAttempt, deadlineAt - Date.now())) });
+    return reply.value;
+  }
+
+  /** Every message from the server (push, history, sync) enters here; the sequencer decides when the app gets it. */
+  private ingest(message: messagingV1.Message): void {
+    if (!message.conversationId || !Number.isSafeInteger(message.seq) || message.seq < 1) {
+      this.options.logger?.warn({ conversationId: message.conversationId, seq: message.seq }, 'message without a conversation or sequence ignored');
+      return;
+    }
+    // While resuming, a conversation the client has no position for is being synced from its start.
+    const outcome = this.sequencer.accept(message, this.syncing ? 0 : undefined);
+    if (outcome === 'held') this.fillGap(message.conversationId);
+  }
+
+  /** Hands one message to the app; a throwing listener must not stall the conversation. */
+  private deliver(message: messagingV1.Message): void {
+    try {
+      this.emit('message', message);
+    } catch (err) {
+      this.report(err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+
+  private onMembership(event: framesV1.ConversationEvent): void {
+    const conversationId = event.conversation?.conversationId;
+    if (!conversationId) return;
+    if (event.member) {
+      // A join: the gateway follows with the conversation's messages from the start.
+      this.sequencer.startIfUnknown(conversationId, 0);
+    } else {
+      // Left: what is held there cannot be filled any more (the position stays for a re-join).
+      this.fills.delete(conversationId);
+      const dropped = this.sequencer.dropHeld(conversationId);
+      if (dropped > 0) this.options.logger?.info({ conversationId, dropped }, 'left a conversation with a gap: held messages dropped');
+    }
+  }
+
+  /** Starts filling a conversation's gap from history, unless a fill runs already or the resume sync will bring it. */
+  private fillGap(conversationId: string): void {
+    const conn = this.current;
+    if (!conn?.welcome || this.stateValue !== 'open' || this.syncing || this.fills.has(conversationId)) return;
+    if (!this.sequencer.gap(conversationId)) return;
+    const token = {};
+    this.fills.set(conversationId, token);
+    void this.runFill(conn, conversationId, token).finally(() => {
+      if (this.fills.get(conversationId) === token) this.fills.delete(conversationId);
+    });
+  }
+
+  /**
+   * Fetches FORWARD from the position, at most up to the first held message
+   * (pages of ≤ 200), until no gap is left; later gaps found meanwhile are
+   * filled by the same loop. Retryable failures pause and try again on this
+   * connection; a lost connection leaves it to the next resume sync.
+   */
+  private async runFill(conn: Connection, conversationId: string, token: object): Promise<void> {
+    let failures = 0;
+    for (;;) {
+      if (conn !== this.current || this.fills.get(conversationId) !== token) return;
+      const gap = this.sequencer.gap(conversationId);
+      if (!gap) return;
+      try {
+        const page = await this.getHistory({
+          conversationId,
+          fromSeq: gap.afterSeq,
+          direction: messagingV1.Direction.DIRECTION_FORWARD,
+          limit: Math.min(MAX_PAGE, gap.beforeSeq - gap.afterSeq - 1),
+        });
+        this.counters.historyFetches++;
+        if (this.fills.get(conversationId) !== token) return;
+        for (const message of [...page.messages].sort((a, b) => a.seq - b.seq)) {
+          if (message.conversationId === conversationId) this.ingest(message);
+        }
+        if ((this.sequencer.position(conversationId) ?? 0) <= gap.afterSeq) {
+          throw new UnavailableError(`history of ${conversationId} after seq ${gap.afterSeq} does not continue it yet`);
+        }
+        failures = 0;
+      } catch (err) {
+        if (conn !== this.current) return; // the next connection's resume sync takes over
+        if (!isRetryableError(err)) {
+          // Held messages stay held: the next push to the conversation or the next resume tries again.
+          this.report(err instanceof Error ? err : new Error(String(err)));
+          return;
+        }
+        this.options.logger?.warn({ err, conversationId, afterSeq: gap.afterSeq }, 'gap fill failed; retrying');
+        const pause = Math.max((err as SwitchboardError).retryAfterMs ?? 0, backoffDelay(failures++, this.baseDelayMs, this.maxDelayMs, this.random));
+        if (!(await this.delay(conn, pause))) return;
+      }
+    }
+  }
+
+  /**
+   * Resumes after a (re)connect: `sync` from the positions held, then from
+   * each page's resume token while `has_more`, every message through the
+   * sequencer (so a live push during the sync is neither lost nor doubled).
+   * Then the outbox goes out and any gap left is filled from history.
+   */
+  private async resume(conn: Connection): Promise<void> {
+    this.syncing = true;
+    const limit = Math.min(MAX_PAGE, Math.max(1, this.options.syncPageSize ?? MAX_PAGE));
+    let failures = 0;
+    let pages = 0;
+    let messages = 0;
+    for (;;) {
+      try {
+        let resumeToken = '';
+        for (;;) {
+          const page = await this.sync(resumeToken ? { resumeToken, limit } : { positions: this.positionList(), limit });
+          if (conn !== this.current) return;
+          this.counters.syncPages++;
+          pages++;
+          messages += page.messages.length;
+          for (const message of page.messages) this.ingest(message);
+          if (!page.hasMore) break;
+          if (!page.resumeToken) throw new InternalError('sync page has more but no resume token');
+          resumeToken = page.resumeToken;
+        }
+        this.endResume(conn);
+        this.emit('synced', { pages, messages });
+        this.afterResume(conn);
+        return;
+      } catch (err) {
+        if (conn !== this.current) return; // the next connection resumes again
+        // Sends need not wait for a sync that is failing.
+        this.openOutbox(conn);
+        if (conn !== this.current) return;
+        if (!isRetryableError(err)) {
+          this.report(err instanceof Error ? err : new Error(String(err)));
+          this.endResume(conn);
+          this.afterResume(conn);
+          return;
+        }
+        this.options.logger?.warn({ err }, 'resume sync failed; retrying');
+        const pause = Math.max((err as SwitchboardError).retryAfterMs ?? 0, backoffDelay(failures++, this.baseDelayMs, this.maxDelayMs, this.random));
+        if (!(await this.delay(conn, pause))) return;
+      }
+    }
+  }
+
+  private endResume(conn: Connection): void {
+    if (conn === this.current) this.syncing = false;
+  }
+
+  /** After the resume: unacknowledged sends go out again, and gaps the sync could not close are fetched. */
+  private afterResume(conn: Connection): void {
+    this.openOutbox(conn);
+    if (conn !== this.current) return;
+    for (const conversationId of this.sequencer.gappedConversations()) this.fillGap(conversationId);
+  }
+
+  private openOutbox(conn: Connection): void {
+    if (conn !== this.current || this.outboxOpen) return;
+    this.outboxOpen = true;
+    this.outbox.pump();
+  }
+
+  private positionList(): commonV1.ConversationPosition[] {
+    return [...this.sequencer.positions()].map(([conversationId, lastSeq]) => ({ conversationId, lastSeq }));
+  }
+
+  /** The current connection is gone (or let go): delivery work tied to it stops; the next one resumes. */
+  private connectionLost(): void {
+    this.syncing = false;
+    this.outboxOpen = false;
+    this.fills.clear();
+    this.outbox.connectionLost();
+  }
+
+  /** Waits on a connection's clock: true when the time passed, false when the connection ended first. */
+  private delay(conn: Connection, ms: number): Promise<boolean> {
+    if (conn !== this.current) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const entry = {
+        timer: setTimeout(() => {
+          conn.delays.delete(entry);
+          resolve(conn === this.current);
+        }, ms),
+        done: resolve,
+      };
+      conn.delays.add(entry);
+    });
+  }
+
   // --- connection lifecycle ---
 
   private async openConnection(): Promise<framesV1.Welcome> {
@@ -495,6 +834,7 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
         earlyError: undefined,
         retired: false,
         closedWaiters: [],
+        delays: new Set(),
         settleOpen: (err) => {
           if (settled) return;
           settled = true;
@@ -584,9 +924,16 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
       }, welcome.heartbeatIntervalMs);
     }
     this.options.logger?.debug({ connectionId: welcome.connectionId, gatewayId: welcome.gatewayId }, 'welcomed');
+    const resume = this.resumeOnConnect;
+    this.resumeOnConnect = true;
+    // Sends wait for the resume sync; with nothing to resume they may go at once.
+    this.outboxOpen = !resume;
     conn.settleOpen(undefined);
     this.emit('welcome', welcome);
     this.emit('frame', frame);
+    if (conn !== this.current) return; // a listener closed it
+    if (resume) void this.resume(conn);
+    else this.outbox.pump();
   }
 
   private onReply(frame: framesV1.ServerFrame): void {
@@ -618,7 +965,10 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
     this.emit('frame', frame);
     switch (kind?.$case) {
       case 'message':
-        if (kind.value.message) this.emit('message', kind.value.message);
+        if (kind.value.message) this.ingest(kind.value.message);
+        break;
+      case 'conversation':
+        this.onMembership(kind.value);
         break;
       case 'reconnect':
         this.onReconnectRequested(conn, kind.value);
@@ -647,6 +997,7 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
       // Our move: let go of this connection and open the next one now. Not a failure, so no backoff.
       this.current = undefined;
       this.clearConnectionTimers(conn);
+      this.connectionLost();
       void this.retire(conn, CloseCode.NORMAL, 'reconnect requested');
       this.failPending(new UnavailableError('connection closed to reconnect (server requested)'));
       this.emit('disconnected', { code: CloseCode.NORMAL, reason: 'reconnect requested', willReconnect: true });
@@ -668,6 +1019,7 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
     }
 
     const wordedReason = conn.endedBy === 'dead' ? 'no heartbeat from the server' : reason;
+    this.connectionLost();
     this.failPending(new UnavailableError(`connection closed (${code}${wordedReason ? `: ${wordedReason}` : ''}) before the answer`));
     const drainPending = this.drainTimer !== undefined;
     const willReconnect = !this.stopped && this.reconnectEnabled && code !== CloseCode.SESSION_REVOKED;
@@ -793,6 +1145,7 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
     this.clearClientTimers();
     this.attempts = 0;
     this.setState('closed');
+    this.outbox.failAll(error);
     if (error) this.report(error);
     this.emit('closed', error ? { error } : {});
   }
@@ -827,6 +1180,11 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
     clearTimer(conn.stableTimer);
     if (conn.keepalive) clearInterval(conn.keepalive);
     conn.connectTimer = conn.watchdog = conn.stableTimer = conn.keepalive = undefined;
+    for (const delay of [...conn.delays]) {
+      clearTimeout(delay.timer);
+      delay.done(false);
+    }
+    conn.delays.clear();
   }
 
   private clearClientTimers(): void {
@@ -853,4 +1211,21 @@ function utf8Length(text: string): number {
 
 function clearTimer(timer: Timer | undefined): void {
   if (timer !== undefined) clearTimeout(timer);
+}
+
+/** initialPositions as entries, checked: safe conversation ids, non-negative integer sequences. */
+function validPositions(
+  positions: ReadonlyMap<string, number> | Readonly<Record<string, number>> | undefined,
+): [string, number][] {
+  if (positions === undefined) return [];
+  const entries: [string, number][] = positions instanceof Map ? [...positions] : Object.entries(positions);
+  for (const [conversationId, seq] of entries) {
+    if (!isSafeId(conversationId)) {
+      throw new InvalidArgumentError(`initialPositions: ${JSON.stringify(conversationId)} is not a conversation id`, { field: 'initialPositions' });
+    }
+    if (!Number.isSafeInteger(seq) || seq < 0) {
+      throw new InvalidArgumentError(`initialPositions: the position of ${conversationId} must be a non-negative integer`, { field: 'initialPositions' });
+    }
+  }
+  return entries;
 }

@@ -96,3 +96,83 @@ export function errorForClose(code: number, reason: string): SwitchboardError {
       return new UnavailableError(message);
   }
 }
+
+/**
+ * A send was refused locally because the outbox already holds
+ * `outboxLimit` unacknowledged sends. Nothing was sent; try again once some
+ * are acknowledged.
+ */
+export class OutboxFullError extends SwitchboardError {
+  constructor(readonly limit: number) {
+    super(ErrorCode.ERROR_CODE_QUOTA_EXCEEDED, `the outbox already holds ${limit} unacknowledged sends`, { field: 'outbox' });
+  }
+}
+
+/** Why the client stopped trying to get a send acknowledged. */
+export type SendGiveUpReason = 'deadline' | 'attempts' | 'closed';
+
+/**
+ * The client gave up on a send before it was acknowledged: its deadline
+ * passed, it used its attempts, or the client closed (close(), a loss it
+ * will not reconnect after, or the first connect failing while it waited).
+ *
+ * When `attempts` > 0 a frame went out and the message **may have been
+ * committed**: sending again with the same `clientMessageId` is safe and
+ * answers with the original acknowledgement (`duplicate: true`) if it was.
+ * `cause` is the last attempt's error, when there was one; after the last
+ * attempt (`reason` 'attempts') the code and retry-after are that error's.
+ */
+export class SendNotAcknowledgedError extends SwitchboardError {
+  constructor(
+    readonly reason: SendGiveUpReason,
+    readonly clientMessageId: string,
+    readonly attempts: number,
+    cause?: unknown,
+  ) {
+    const last = reason === 'attempts' && cause instanceof SwitchboardError ? cause : undefined;
+    super(
+      reason === 'deadline' ? ErrorCode.ERROR_CODE_DEADLINE_EXCEEDED : (last?.code ?? ErrorCode.ERROR_CODE_UNAVAILABLE),
+      `message ${clientMessageId} not acknowledged: ${describeReason(reason)} after ${attempts} attempt(s)${last ? ` (last: ${last.message})` : ''}`,
+      { ...(cause === undefined ? {} : { cause }), ...(last?.retryAfterMs ? { retryAfterMs: last.retryAfterMs } : {}) },
+    );
+  }
+
+  /** True when at least one attempt went out, so the message may be stored. */
+  get mayHaveBeenCommitted(): boolean {
+    return this.attempts > 0;
+  }
+}
+
+function describeReason(reason: SendGiveUpReason): string {
+  switch (reason) {
+    case 'deadline':
+      return 'its deadline passed';
+    case 'attempts':
+      return 'no attempts left';
+    case 'closed':
+      return 'the client closed';
+  }
+}
+
+/**
+ * Whether a failed send may succeed if tried again with the same
+ * client_message_id: the connection or a backend was unavailable, the answer
+ * did not come in time, a rate limit, a concurrent modification, or a quota
+ * that says when it frees. Everything else (INVALID_ARGUMENT,
+ * PERMISSION_DENIED, NOT_FOUND, FRAME_TOO_LARGE, UNSUPPORTED, INTERNAL, …)
+ * would fail the same way again.
+ */
+export function isRetryableError(err: unknown): boolean {
+  if (!(err instanceof SwitchboardError) || err instanceof HandshakeError) return false;
+  switch (err.code) {
+    case ErrorCode.ERROR_CODE_UNAVAILABLE:
+    case ErrorCode.ERROR_CODE_DEADLINE_EXCEEDED:
+    case ErrorCode.ERROR_CODE_RATE_LIMITED:
+    case ErrorCode.ERROR_CODE_CONFLICT:
+      return true;
+    case ErrorCode.ERROR_CODE_QUOTA_EXCEEDED:
+      return (err.retryAfterMs ?? 0) > 0;
+    default:
+      return false;
+  }
+}

@@ -12,7 +12,17 @@ export {
   type Encoding,
   type FrameData,
 } from './codec';
-export { CloseCode, HandshakeError, errorForClose } from './errors';
+export {
+  CloseCode,
+  HandshakeError,
+  OutboxFullError,
+  SendNotAcknowledgedError,
+  errorForClose,
+  isRetryableError,
+  type SendGiveUpReason,
+} from './errors';
+export type { PendingSend } from './outbox';
+export { Sequencer, type AcceptOutcome, type Gap, type SequencerCounters } from './sequencer';
 export {
   REPLY_KIND,
   SwitchboardClient,
@@ -22,6 +32,7 @@ export {
   type ClientLogger,
   type ClientState,
   type ClosedEvent,
+  type DeliveryStats,
   type DisconnectedEvent,
   type GetHistoryInput,
   type ListConversationsInput,
@@ -31,9 +42,11 @@ export {
   type ReplyKind,
   type RequestOptions,
   type SendMessageInput,
+  type SendOptions,
   type ServerKind,
   type ServerKindCase,
   type SwitchboardClientOptions,
+  type SyncedEvent,
   type SyncInput,
   type TokenPlacement,
   type TokenSource,

@@ -204,7 +204,7 @@ describe('requests', () => {
     });
     const client = newClient();
     await client.connect();
-    const err = await client.sendMessage({ recipientUserId: 'bob', text: 'x' }).catch((e: unknown) => e);
+    const err = await client.markRead('conv-9', 3).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(SwitchboardError);
     expect(err).toMatchObject({ code: commonV1.ErrorCode.ERROR_CODE_RATE_LIMITED, message: 'slow down', retryAfterMs: 1200 });
   });

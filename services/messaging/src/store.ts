@@ -1,5 +1,5 @@
 import { newId } from '@switchboard/ids';
-import { ConflictError, NotFoundError, PermissionDeniedError } from '@switchboard/errors';
+import { AlreadyExistsError, NotFoundError, PermissionDeniedError } from '@switchboard/errors';
 import { withTenantTransaction, type Pool, type PoolClient } from '@switchboard/postgres';
 import { eventsV1, messagingV1 } from '@switchboard/proto';
 import { injectTraceContext, type Meter } from '@switchboard/telemetry';
@@ -219,7 +219,8 @@ export class MessageStore {
   private retried(original: messagingV1.Message, target: SendTarget, message: NewMessage): messagingV1.MessageAck {
     const sameTarget = 'conversationId' in target ? target.conversationId === original.conversationId : true;
     if (!sameTarget || original.text !== message.text) {
-      throw new ConflictError('client_message_id was already used for a different message', { field: 'client_message_id' });
+      // Not CONFLICT: clients retry CONFLICT, and retrying this can never succeed.
+      throw new AlreadyExistsError('client_message_id was already used for a different message', { field: 'client_message_id' });
     }
     return ackOf(original, true);
   }

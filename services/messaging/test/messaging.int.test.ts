@@ -232,7 +232,7 @@ describe('messaging service (real PostgreSQL, NATS, Kafka)', () => {
     const reused = newId();
     await send(client, 'ivan', { conversationId }, 'original', reused);
     const conflict = await errorOf(send(client, 'ivan', { conversationId }, 'something else', reused));
-    expect([conflict.code, conflict.field]).toEqual([ErrorCode.ERROR_CODE_CONFLICT, 'client_message_id']);
+    expect([conflict.code, conflict.field]).toEqual([ErrorCode.ERROR_CODE_ALREADY_EXISTS, 'client_message_id']);
     const latest = await client.getHistory({ context: undefined, conversationId, fromSeq: 0, direction: messagingV1.Direction.DIRECTION_BACKWARD, limit: 1 }, as('ivan'));
     expect(latest.messages.map((m) => m.text)).toEqual(['original']);
     const badId = await errorOf(send(client, 'ivan', { conversationId: 'x.>' }, 'hi'));

@@ -66,6 +66,10 @@ export function defaultReply(frame: framesV1.ClientFrame): framesV1.ServerFrame[
       return { $case: 'receiptState', value: { conversationId: kind.value.conversationId, deliveredSeq: kind.value.seq, readSeq: kind.value.seq } };
     case 'listConversations':
       return { $case: 'conversationList', value: { conversations: [], page: { nextPageToken: '' } } };
+    case 'getHistory':
+      return { $case: 'historyPage', value: { messages: [], hasMore: false } };
+    case 'sync':
+      return { $case: 'syncPage', value: { messages: [], resumeToken: '', hasMore: false } };
     default:
       return { $case: 'error', value: { code: commonV1.ErrorCode.ERROR_CODE_UNSUPPORTED, message: 'not implemented', field: '', retryAfterMs: 0 } };
   }
