@@ -894,7 +894,10 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
       return;
     }
     if (frame.requestId) this.onReply(frame);
-    else this.onPush(conn, frame);
+    else if (frame.kind?.$case === 'batch') {
+      // Coalesced pushes: each in the order the gateway queued them.
+      for (const inner of frame.kind.value.frames) this.onPush(conn, inner);
+    } else this.onPush(conn, frame);
   }
 
   private onFirstFrame(conn: Connection, frame: framesV1.ServerFrame): void {

@@ -162,6 +162,22 @@ describe('in-order delivery', () => {
     expect(client.positions()).toEqual(new Map([['c', 11]]));
   });
 
+  it('unpacks a coalesced batch of pushes in order, through the same in-order path', async () => {
+    await start();
+    messaging.append('c', 4);
+    const client = newClient();
+    const got = record(client, 'message');
+    await client.connect();
+    const peer = await gateway.peer(0);
+    const frame = (seq: number): framesV1.ServerFrame => ({ requestId: '', kind: { $case: 'message', value: { message: messaging.get('c', seq) } } });
+    // One WebSocket message carrying four pushes, one of them a duplicate.
+    peer.send({ $case: 'batch', value: { frames: [frame(1), frame(2), frame(2), frame(3)] } });
+    push(peer, 'c', 4);
+    await waitFor(() => got.length === 4, 'four messages');
+    expect(seqs(got, 'c')).toEqual([1, 2, 3, 4]);
+    expect(client.deliveryStats()).toMatchObject({ delivered: 4, duplicates: 1 });
+  });
+
   it('drops duplicates silently and counts them', async () => {
     await start();
     messaging.append('c', 3);

@@ -41,6 +41,8 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       GATEWAY_HEARTBEAT_MS: env.positiveInt(1000),
       /** Clients are told to reconnect within this window, spread at random. */
       RECONNECT_JITTER_MS: env.positiveInt(5000),
+      /** Pushes to one connection within this window leave as one WebSocket message (0: within one event-loop turn). */
+      FRAME_COALESCE_MS: z.coerce.number().int().min(0).max(50).default(2),
       /** Receipt updates to one connection within this window go out as one frame. */
       RECEIPT_COALESCE_MS: env.positiveInt(100),
       /** Deadline for the gRPC calls a frame makes. */

@@ -52,6 +52,30 @@ export class Connection {
     this.sendEncoded(encodeServerFrame(frame, this.encoding));
   }
 
+  /** Pushes waiting for the coalescing flush: the frame, and its encoding when shared with other connections. */
+  pendingPushes: { frame: framesV1.ServerFrame; encoded?: string | Buffer }[] = [];
+
+  /** Queues a push; the Coalescer sends what queued up within its window as one message. */
+  push(frame: framesV1.ServerFrame, encoded?: string | Buffer): void {
+    this.pendingPushes.push(encoded === undefined ? { frame } : { frame, encoded });
+    this.coalescer?.mark(this);
+  }
+
+  /** Sends the queued pushes: one alone as it is, several as one `batch` push. */
+  flushPushes(): void {
+    const pending = this.pendingPushes;
+    if (pending.length === 0) return;
+    this.pendingPushes = [];
+    if (pending.length === 1) {
+      const [only] = pending;
+      this.sendEncoded(only!.encoded ?? encodeServerFrame(only!.frame, this.encoding));
+      return;
+    }
+    this.send({ requestId: '', kind: { $case: 'batch', value: { frames: pending.map((p) => p.frame) } } });
+  }
+
+  coalescer: { mark(connection: Connection): void } | undefined;
+
   /** Sends a frame already encoded for this connection's encoding (fan-out encodes once per encoding). */
   sendEncoded(data: string | Buffer): void {
     if (this.open) this.socket.send(data);

@@ -149,7 +149,7 @@ export class Fanout {
     setTimeout(() => {
       const receipts = [...(connection.pendingReceipts?.values() ?? [])];
       connection.pendingReceipts = undefined;
-      if (receipts.length > 0) connection.send({ requestId: '', kind: { $case: 'receipt', value: { receipts } } });
+      if (receipts.length > 0) connection.push({ requestId: '', kind: { $case: 'receipt', value: { receipts } } });
     }, this.receiptWindowMs).unref();
   }
 
@@ -162,7 +162,7 @@ export class Fanout {
         data = encodeServerFrame(frame, connection.encoding);
         encoded.set(connection.encoding, data);
       }
-      connection.sendEncoded(data);
+      connection.push(frame, data);
     }
   }
 
@@ -244,7 +244,7 @@ export class Fanout {
     const last = connection.delivered.get(message.conversationId);
     if (last !== undefined && message.seq <= last) return;
     connection.delivered.set(message.conversationId, message.seq);
-    connection.send({ requestId: '', kind: { $case: 'message', value: { message } } });
+    connection.push({ requestId: '', kind: { $case: 'message', value: { message } } });
     this.delivered.add(1);
   }
 

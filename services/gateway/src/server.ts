@@ -9,6 +9,7 @@ import type { Meter } from '@switchboard/telemetry';
 import { tokenFromRequest, type Identity, type TokenVerifier } from './auth';
 import { decodeClientFrame, SUBPROTOCOLS, type Encoding } from './codec';
 import type { GatewayConfig } from './config';
+import { Coalescer } from './coalescer';
 import { CLOSE, Connection } from './connection';
 import type { Fanout } from './fanout';
 import type { FrameHandler } from './frames';
@@ -29,6 +30,7 @@ export class GatewayServer {
   private readonly wss: WebSocketServer;
   private heartbeat: NodeJS.Timeout | undefined;
   private draining = false;
+  private readonly coalescer: Coalescer;
   private readonly rejected;
   private readonly frames;
 
@@ -63,6 +65,7 @@ export class GatewayServer {
         : false,
     });
     this.http.on('upgrade', (req, socket, head) => void this.upgrade(req, socket, head));
+    this.coalescer = new Coalescer(config.FRAME_COALESCE_MS);
     this.rejected = meter.createCounter('gateway_handshakes_rejected_total', { description: 'Refused WebSocket handshakes by reason' });
     this.frames = meter.createCounter('gateway_frames_received_total', { description: 'Client frames received by kind' });
     meter.createObservableGauge('gateway_connections', { description: 'Open WebSocket connections on this gateway' }).addCallback((result) => {
@@ -143,6 +146,7 @@ export class GatewayServer {
 
   private async accept(ws: WebSocket, identity: Identity, encoding: Encoding): Promise<void> {
     const connection = new Connection(newId(), ws, identity.deviceId ? identity : { ...identity, deviceId: `conn-${newId().slice(0, 12)}` }, encoding);
+    connection.coalescer = this.coalescer;
     this.connections.add(connection);
     const log = this.logger.child({ connection: connection.id, tenant: identity.tenantId, user: identity.userId });
     ws.on('pong', () => (connection.alive = true));

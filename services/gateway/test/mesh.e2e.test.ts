@@ -100,7 +100,8 @@ beforeAll(async () => {
   mesh = await startMesh({
     gateways: 2,
     ports: 'free',
-    gatewayEnv: { HEARTBEAT_INTERVAL_MS: String(HEARTBEAT_MS), MAX_FRAME_BYTES: String(MAX_FRAME_BYTES) },
+    // A wide receipt window, so the coalescing test holds on a loaded machine too.
+    gatewayEnv: { HEARTBEAT_INTERVAL_MS: String(HEARTBEAT_MS), MAX_FRAME_BYTES: String(MAX_FRAME_BYTES), RECEIPT_COALESCE_MS: '1000' },
   });
 }, 120_000);
 
@@ -193,7 +194,7 @@ describe('receipts', () => {
     const toLaptop = receiptFrames(laptop);
     const readerState = (frames: framesV1.ReceiptEvent[]) => frames.flatMap((f) => f.receipts).filter((r) => r.userId === reader).at(-1);
 
-    for (const seq of [1, 2, 3]) await phone.markDelivered(first.conversationId, seq);
+    await Promise.all([1, 2, 3].map((seq) => phone.markDelivered(first.conversationId, seq)));
     expect(await phone.markRead(first.conversationId, 3)).toEqual({ conversationId: first.conversationId, deliveredSeq: 3, readSeq: 3 });
 
     await waitFor(() => readerState(toSender)?.readSeq === 3);
@@ -256,7 +257,8 @@ describe('bad frames: a specific error or close code, and everyone else carries 
     raw.ws.send(Buffer.from([1, 2, 3]), { binary: true });
     raw.ws.send(JSON.stringify({ requestId: 'r2', sendMessage: { recipientUserId: 'a.b', clientMessageId: 'c1', text: 'x' } }));
     raw.ws.send(JSON.stringify({ requestId: 'r3', ping: { clientTimeMs: 7 } }));
-    await waitFor(() => raw.frames.some((f) => f.requestId === 'r3'));
+    // Replies correlate by request id, not by order: r2 goes to messaging, r3 is answered here.
+    await waitFor(() => raw.frames.some((f) => f.requestId === 'r2') && raw.frames.some((f) => f.requestId === 'r3'));
     const errors = raw.frames.filter((f) => 'error' in f).map((f) => (f as unknown as { requestId?: string; error: { code: string; field?: string } }));
     expect(errors.map((e) => e.error.code)).toEqual([
       'ERROR_CODE_INVALID_ARGUMENT',
