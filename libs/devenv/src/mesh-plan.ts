@@ -44,8 +44,10 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
         return { service, grpc, ops };
       }),
     );
+    // Services that call each other learn the addresses (fixed or free ports alike).
+    const peers = { MESSAGING_ADDR: addresses.messaging, PRESENCE_ADDR: addresses.presence, ROOM_ADDR: addresses.room };
     for (const { service, grpc, ops } of backends) {
-      started.push(await launchService({ service, env: { ...base, GRPC_PORT: String(grpc) }, opsPort: ops, ...(options.onLine ? { onLine: options.onLine } : {}) }));
+      started.push(await launchService({ service, env: { ...base, ...peers, GRPC_PORT: String(grpc) }, opsPort: ops, ...(options.onLine ? { onLine: options.onLine } : {}) }));
     }
     const gateways: Mesh['gateways'] = [];
     for (let index = 0; index < (options.gateways ?? 2); index += 1) {

@@ -76,6 +76,17 @@ export class Connection {
 
   coalescer: { mark(connection: Connection): void } | undefined;
 
+  /** Recently pushed notification ids (bounded), so a re-published notification is not shown twice. */
+  private readonly recentNotifications = new Set<string>();
+
+  /** True the first time an id is seen on this connection (among the last 256). */
+  firstSight(notificationId: string): boolean {
+    if (this.recentNotifications.has(notificationId)) return false;
+    this.recentNotifications.add(notificationId);
+    if (this.recentNotifications.size > 256) this.recentNotifications.delete(this.recentNotifications.values().next().value!);
+    return true;
+  }
+
   /** Sends a frame already encoded for this connection's encoding (fan-out encodes once per encoding). */
   sendEncoded(data: string | Buffer): void {
     if (this.open) this.socket.send(data);

@@ -121,7 +121,14 @@ export class Fanout {
         return;
       }
       case 'notificationCreated': {
-        this.broadcast(targets, { requestId: '', kind: { $case: 'notification', value: { notification: event.value, badgeCount: 0 } } });
+        // A notification service that crashed mid-publish sends some again with the same id: each device sees it once.
+        const fresh = targets.filter((connection) => connection.firstSight(event.value.notificationId));
+        this.broadcast(fresh, { requestId: '', kind: { $case: 'notification', value: { notification: event.value, badgeCount: event.value.badgeCount } } });
+        return;
+      }
+      case 'badgeCountChanged': {
+        // Reading on one device lowers the badge on all of them.
+        this.broadcast(targets, { requestId: '', kind: { $case: 'notification', value: { notification: undefined, badgeCount: event.value.unread } } });
         return;
       }
       default:

@@ -1,6 +1,6 @@
 import { path } from './paths';
 import { GrpcServer } from '@switchboard/grpc';
-import { createKafka } from '@switchboard/kafka';
+import { createIdempotentProducer, createKafka, TOPICS } from '@switchboard/kafka';
 import { createLogger } from '@switchboard/logging';
 import { connectNats } from '@switchboard/nats';
 import { createPool, migrate } from '@switchboard/postgres';
@@ -8,25 +8,36 @@ import { notificationV1 } from '@switchboard/proto';
 import { Lifecycle, OpsServer, runMain, startupStep } from '@switchboard/runtime';
 import { startTelemetry } from '@switchboard/telemetry';
 import { readConfig } from './config';
-import { MessageNotifier } from './consumer';
+import { DeliveryStore } from './deliveries';
+import { DeadLetters, ensureTopics } from './dlq';
 import { NotificationEvents } from './events';
+import { Peers } from './peers';
+import { Pipeline } from './pipeline';
+import { providersFrom } from './providers';
 import { notificationService } from './service';
+import { SettingsStore } from './settings';
 import { NotificationStore } from './store';
+import { DeliveryWorker } from './worker';
 
 const SERVICE = 'notification';
 
 async function main(): Promise<void> {
-  // 1. Configuration, validated before anything starts.
+  // 1. Configuration, validated before anything starts (provider credentials included).
   const config = readConfig();
   const logger = createLogger({ service: SERVICE, level: config.LOG_LEVEL });
   const lifecycle = new Lifecycle({ logger, shutdownDeadlineMs: config.SHUTDOWN_DEADLINE_MS });
   lifecycle.handleSignals();
+  const providers = providersFrom(config, logger);
+  lifecycle.onShutdown('providers', async () => {
+    await Promise.all([...providers.push.values()].map((p) => p.close()));
+    await providers.email?.close();
+  });
 
   // 2. Telemetry.
   const telemetry = startTelemetry({ serviceName: SERVICE, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
   lifecycle.onShutdown('telemetry', () => telemetry.shutdown());
 
-  // 3. Clients: PostgreSQL (schema migrated first), NATS, Kafka.
+  // 3. Clients: PostgreSQL (schema migrated first), NATS, Kafka (the dead-letter topic created when missing), presence and room.
   await startupStep(logger, 'PostgreSQL', () =>
     migrate({ databaseUrl: config.DATABASE_URL, schema: SERVICE, dir: path.migrations, log: (line) => logger.debug(line) }),
   );
@@ -42,20 +53,52 @@ async function main(): Promise<void> {
   );
   lifecycle.onShutdown('nats', () => nats.drain());
   const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: SERVICE, log: (level, message, extra) => logger[level](extra, message) });
-  const consumer = kafka.consumer({ groupId: config.KAFKA_GROUP_ID });
-  await startupStep(logger, 'Kafka', () => consumer.connect());
-  lifecycle.onShutdown('kafka', () => consumer.disconnect());
+  const consumer = kafka.consumer({
+    groupId: config.KAFKA_GROUP_ID,
+    sessionTimeout: config.KAFKA_SESSION_TIMEOUT_MS,
+    heartbeatInterval: Math.max(500, Math.floor(config.KAFKA_SESSION_TIMEOUT_MS / 6)),
+  });
+  const producer = createIdempotentProducer(kafka);
+  await startupStep(logger, 'Kafka', async () => {
+    await ensureTopics(
+      kafka,
+      [
+        { topic: config.DLQ_TOPIC, numPartitions: config.DLQ_PARTITIONS, replicationFactor: config.KAFKA_REPLICATION_FACTOR },
+        { topic: TOPICS.notifications, numPartitions: config.DLQ_PARTITIONS, replicationFactor: config.KAFKA_REPLICATION_FACTOR },
+      ],
+      logger,
+    );
+    await consumer.connect();
+    await producer.connect();
+  });
+  lifecycle.onShutdown('kafka', async () => {
+    await consumer.disconnect();
+    await producer.disconnect();
+  });
+  const peers = new Peers(config.PRESENCE_ADDR, config.ROOM_ADDR, config.PEER_DEADLINE_MS, logger);
+  lifecycle.onShutdown('peers', () => peers.close());
 
-  // 4. Background runners: notifications from the message log.
+  // 4. Background runners: the delivery worker, then the pipeline from Kafka.
   const store = new NotificationStore(pool);
+  const settings = new SettingsStore(pool, config);
+  const deliveries = new DeliveryStore(pool);
   const events = new NotificationEvents(nats, logger);
-  const notifier = new MessageNotifier({ consumer, store, events, logger, maxEventAgeMs: config.MAX_EVENT_AGE_MS });
-  await notifier.start();
-  lifecycle.onShutdown('message consumer', () => notifier.stop());
+  const deadLetters = new DeadLetters(producer, config.DLQ_TOPIC, logger);
+  const worker = new DeliveryWorker({ pool, settings, events, providers, deadLetters, logger, config });
+  worker.start();
+  lifecycle.onShutdown('delivery worker', () => worker.stop());
+  const usable = new Set(providers.push.keys());
+  const pipeline = new Pipeline({ consumer, pool, settings, events, peers, deadLetters, logger, config, wake: () => worker.wake(), usable: () => usable });
+  await pipeline.start();
+  lifecycle.onShutdown('consumer', () => pipeline.stop());
 
   // 5. Servers: gRPC for the mesh, ops HTTP for probes and metrics.
   const grpc = new GrpcServer({ logger });
-  grpc.addService('switchboard.notification.v1.NotificationService', notificationV1.NotificationServiceService, notificationService(store, events, config, logger));
+  grpc.addService(
+    'switchboard.notification.v1.NotificationService',
+    notificationV1.NotificationServiceService,
+    notificationService({ store, settings, deliveries, events, peers, producer, config, logger, wake: () => worker.wake() }),
+  );
   const grpcPort = await grpc.listen(config.HOST, config.GRPC_PORT);
   lifecycle.onShutdown('grpc', () => grpc.shutdown(config.SHUTDOWN_DEADLINE_MS / 2));
   const ops = new OpsServer({
@@ -66,7 +109,7 @@ async function main(): Promise<void> {
     checks: [
       { name: 'postgres', check: () => pool.query('SELECT 1') },
       { name: 'nats', check: () => (nats.isClosed() ? Promise.reject(new Error('closed')) : nats.flush()) },
-      { name: 'kafka', check: () => notifier.check() },
+      { name: 'kafka', check: () => pipeline.check() },
     ],
   });
   const opsPort = await ops.start();

@@ -1,16 +1,6 @@
 import { InvalidArgumentError, NotFoundError } from '@switchboard/errors';
-import { newId } from '@switchboard/ids';
 import { withTenantTransaction, type Pool, type PoolClient } from '@switchboard/postgres';
-import { notificationV1 } from '@switchboard/proto';
-
-export interface NewNotification {
-  userId: string;
-  kind: string;
-  priority: notificationV1.Priority;
-  title: string;
-  body: string;
-  data: Record<string, string>;
-}
+import type { notificationV1 } from '@switchboard/proto';
 
 interface NotificationRow {
   tenant_id: string;
@@ -50,6 +40,8 @@ function toNotification(row: NotificationRow): notificationV1.Notification {
 
 const COLUMNS = `*, created_at::text AS cursor_at`;
 const LIVE = `(expires_at IS NULL OR expires_at > now())`;
+/** What the user sees: live and shown in app. */
+const VISIBLE = `(${LIVE} AND NOT hidden)`;
 
 /**
  * Pages are cut by (created_at, notification_id), not by offset, so a
@@ -77,53 +69,19 @@ function encodeCursor(row: NotificationRow): string {
 export class NotificationStore {
   constructor(private readonly pool: Pool) {}
 
-  /**
-   * Stores one notification per recipient of an event. A redelivered event
-   * inserts nothing (unique on tenant, event and user): only the rows created
-   * now are returned, so only they are announced.
-   */
-  async createFromEvent(tenantId: string, eventId: string, occurredAt: Date, notifications: NewNotification[]): Promise<notificationV1.Notification[]> {
-    if (notifications.length === 0) return [];
-    return withTenantTransaction(this.pool, tenantId, async (db) => {
-      const { rows } = await db.query<NotificationRow>(
-        `INSERT INTO notifications (tenant_id, notification_id, user_id, kind, priority, title, body, data, source_event_id, created_at)
-         SELECT $1, n.notification_id, n.user_id, n.kind, n.priority, n.title, n.body, n.data, $2, $10
-         FROM unnest($3::text[], $4::text[], $5::text[], $6::smallint[], $7::text[], $8::text[], $9::jsonb[])
-           AS n(notification_id, user_id, kind, priority, title, body, data)
-         ON CONFLICT (tenant_id, source_event_id, user_id) WHERE source_event_id IS NOT NULL DO NOTHING
-         RETURNING ${COLUMNS}`,
-        [
-          tenantId,
-          eventId,
-          notifications.map(() => newId()),
-          notifications.map((n) => n.userId),
-          notifications.map((n) => n.kind),
-          notifications.map((n) => n.priority),
-          notifications.map((n) => n.title),
-          notifications.map((n) => n.body),
-          notifications.map((n) => JSON.stringify(n.data)),
-          // When the event happened, not when it was consumed: records of different
-          // partitions arrive in any order, the history must not.
-          occurredAt,
-        ],
-      );
-      return rows.map(toNotification);
-    });
-  }
-
   /** A user's notifications, newest first. */
-  async list(tenantId: string, userId: string, unreadOnly: boolean, kinds: string[], pageSize: number, pageToken: string) {
+  async list(tenantId: string, userId: string, unreadOnly: boolean, kinds: string[], pageSize: number, pageToken: string, includeHidden = false) {
     const cursor = decodeCursor(pageToken);
     return withTenantTransaction(this.pool, tenantId, async (db) => {
       const { rows } = await db.query<NotificationRow>(
         `SELECT ${COLUMNS} FROM notifications
-         WHERE tenant_id = $1 AND user_id = $2 AND ${LIVE}
+         WHERE tenant_id = $1 AND user_id = $2 AND (${VISIBLE} OR $8)
            AND (NOT $3 OR read_at IS NULL)
            AND (cardinality($4::text[]) = 0 OR kind = ANY($4::text[]))
            AND ($5::timestamptz IS NULL OR (created_at, notification_id) < ($5::timestamptz, $6::text))
          ORDER BY created_at DESC, notification_id DESC
          LIMIT $7`,
-        [tenantId, userId, unreadOnly, kinds, cursor?.[0] ?? null, cursor?.[1] ?? '', pageSize + 1],
+        [tenantId, userId, unreadOnly, kinds, cursor?.[0] ?? null, cursor?.[1] ?? '', pageSize + 1, includeHidden],
       );
       const page = rows.slice(0, pageSize);
       return {
@@ -140,7 +98,7 @@ export class NotificationStore {
       const { rows } = await db.query<NotificationRow & { was_unread: boolean }>(
         `UPDATE notifications n SET read_at = coalesce(n.read_at, now())
          FROM (SELECT read_at IS NULL AS was_unread FROM notifications WHERE tenant_id = $1 AND user_id = $2 AND notification_id = $3) before
-         WHERE n.tenant_id = $1 AND n.user_id = $2 AND n.notification_id = $3
+         WHERE n.tenant_id = $1 AND n.user_id = $2 AND n.notification_id = $3 AND NOT n.hidden
          RETURNING n.*, n.created_at::text AS cursor_at, before.was_unread`,
         [tenantId, userId, notificationId],
       );
@@ -154,11 +112,23 @@ export class NotificationStore {
     return withTenantTransaction(this.pool, tenantId, async (db) => {
       const { rowCount } = await db.query(
         `UPDATE notifications SET read_at = now()
-         WHERE tenant_id = $1 AND user_id = $2 AND read_at IS NULL AND created_at <= coalesce($3::timestamptz, now())
+         WHERE tenant_id = $1 AND user_id = $2 AND read_at IS NULL AND NOT hidden AND created_at <= coalesce($3::timestamptz, now())
            AND (cardinality($4::text[]) = 0 OR kind = ANY($4::text[]))`,
         [tenantId, userId, upTo ?? null, kinds],
       );
       return { marked: rowCount ?? 0, unreadCount: await this.unread(db, tenantId, userId) };
+    });
+  }
+
+  /** One notification: the user's own visible one, or (internal callers) any. */
+  async get(tenantId: string, userId: string | undefined, notificationId: string): Promise<notificationV1.Notification & { hidden: boolean }> {
+    return withTenantTransaction(this.pool, tenantId, async (db) => {
+      const { rows } = await db.query<NotificationRow & { hidden: boolean }>(
+        `SELECT ${COLUMNS} FROM notifications WHERE tenant_id = $1 AND notification_id = $2 AND ($3::text IS NULL OR (user_id = $3 AND NOT hidden))`,
+        [tenantId, notificationId, userId ?? null],
+      );
+      if (!rows[0]) throw new NotFoundError(`notification ${notificationId} not found`, { field: 'notification_id' });
+      return { ...toNotification(rows[0]), hidden: rows[0].hidden };
     });
   }
 
@@ -168,7 +138,7 @@ export class NotificationStore {
 
   private async unread(db: PoolClient, tenantId: string, userId: string): Promise<number> {
     const { rows } = await db.query<{ unread: number }>(
-      `SELECT count(*)::int AS unread FROM notifications WHERE tenant_id = $1 AND user_id = $2 AND read_at IS NULL AND ${LIVE}`,
+      `SELECT count(*)::int AS unread FROM notifications WHERE tenant_id = $1 AND user_id = $2 AND read_at IS NULL AND ${VISIBLE}`,
       [tenantId, userId],
     );
     return rows[0]!.unread;
