@@ -4,7 +4,7 @@
 // two gateways, real WebSocket clients). Tests import the built packages, so
 // `pnpm build` runs first (README's test command does).
 const transform = { '^.+\\.ts$': ['ts-jest', { tsconfig: '<rootDir>/tsconfig.test.json' }] };
-const roots = ['<rootDir>/libs', '<rootDir>/services'];
+const roots = ['<rootDir>/libs', '<rootDir>/services', '<rootDir>/charts'];
 const common = { transform, roots, testEnvironment: 'node', modulePathIgnorePatterns: ['<rootDir>/.*/dist/'] };
 
 module.exports = {
