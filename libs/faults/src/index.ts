@@ -1,0 +1,10 @@
+export { runFaultSuite, DEFAULTS, LEGEND, type SuiteOptions, type SuiteResult } from './suite';
+export { FAULT_NAMES, FAULTS, type Fault, type FaultName, type FaultContext } from './faults';
+export { CLI_PORTS, CI_PORTS, FAULTS_DATA_ROOT, FaultInfra, pickPorts, portFree, type InfraPorts } from './infra';
+export { FaultMesh, type ServiceSlot, type GatewaySlot } from './mesh';
+export { Balancer } from './balancer';
+export { Device, type DeviceCounters, type DeviceSpec } from './device';
+export { Ledger, type AckedMessage, type SendStats } from './ledger';
+export { kafkaPresence, type KafkaPresence } from './kafka-check';
+export { type PhaseResult } from './check';
+export { resultLine, detailLines } from './report';
