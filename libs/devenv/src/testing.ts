@@ -33,13 +33,17 @@ export async function errorOf(call: Promise<unknown>): Promise<SwitchboardError>
   throw new Error('expected the call to fail');
 }
 
-/** Polls until `read` returns a value (not undefined), or fails after the timeout. */
-export async function eventually<T>(read: () => T | undefined | Promise<T | undefined>, timeoutMs = 5000): Promise<T> {
+/**
+ * Polls until `read` gives a value (anything but undefined or false), or
+ * fails naming `what` after the timeout: a bound on waiting for what must
+ * happen, not a timing assertion.
+ */
+export async function eventually<T>(read: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 5000, what = 'condition'): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await read();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
+    if (value !== undefined && value !== false) return value;
+    if (Date.now() > deadline) throw new Error(`${what} not met within ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 20));
   }
 }

@@ -2,7 +2,7 @@
 // (notification, and presence and room where routing needs them), a Kafka
 // producer writing records as messaging does, NATS subscriptions as a
 // gateway holds them, and small helpers.
-import { freePort, infraEnv, launchService, type ServiceName, type ServiceProcess } from '@switchboard/devenv';
+import { eventually as waitUntil, freePort, infraEnv, launchService, type ServiceName, type ServiceProcess } from '@switchboard/devenv';
 import { ErrorCode, type SwitchboardError } from '@switchboard/errors';
 import { createClient, type PromiseClient } from '@switchboard/grpc';
 import { newId } from '@switchboard/ids';
@@ -24,24 +24,11 @@ export async function launch(service: ServiceName, env: Record<string, string> =
   return { process: processHandle, address: `127.0.0.1:${grpcPort}` };
 }
 
-export async function errorOf(call: Promise<unknown>): Promise<SwitchboardError> {
-  try {
-    await call;
-  } catch (err) {
-    return err as SwitchboardError;
-  }
-  throw new Error('expected the call to fail');
-}
+export { errorOf } from '@switchboard/devenv';
 
-/** Polls until `read` gives a value (not a time assertion: a bound on waiting for what must happen). */
-export async function eventually<T>(read: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000, what = 'condition'): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await read();
-    if (value !== undefined && value !== false) return value;
-    if (Date.now() > deadline) throw new Error(`${what} not met in time`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+/** The shared poll with this suite's longer default: Kafka consumers take seconds to join. */
+export function eventually<T>(read: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 30_000, what = 'condition'): Promise<T> {
+  return waitUntil(read, timeoutMs, what);
 }
 
 export const as = (tenantId: string, userId: string, deviceId = '') => ({ context: { tenantId, userId, deviceId, internal: false } });
