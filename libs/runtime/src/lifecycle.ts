@@ -70,8 +70,9 @@ export class Lifecycle {
     clearTimeout(deadline);
     logger.info({ elapsedMs: Date.now() - started }, 'shut down');
     if (this.options.exitProcess !== false) {
-      // Let the async logger flush before exiting.
+      // Let the async logger flush before exiting; the exit code holds even if the loop empties first.
       logger.flush?.();
+      process.exitCode = failed ? 1 : 0;
       setTimeout(() => process.exit(failed ? 1 : 0), 50).unref();
     }
   }
