@@ -271,6 +271,8 @@ describe('notification delivery', () => {
     const [sender, user] = [newId(), newId()];
     const events = await infra.watchUser(t, user);
     const first = messageCreated(t, sender, [sender, user], { seq: 1 });
+    // Distinct event times: the history is ordered by when things happened.
+    await new Promise((r) => setTimeout(r, 5));
     const second = messageCreated(t, sender, [sender, user], { seq: 2, conversationId: first.key });
     await infra.produce(TOPICS.messages, first, second);
     await eventually(async () => ((await list(t, user)).unreadCount === 2 ? true : undefined));
