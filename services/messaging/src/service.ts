@@ -1,5 +1,5 @@
-import { InvalidArgumentError, PermissionDeniedError } from '@switchboard/errors';
-import { unary, type CallContext } from '@switchboard/grpc';
+import { InvalidArgumentError } from '@switchboard/errors';
+import { actingUser, unary, viewer } from '@switchboard/grpc';
 import { assertSafeId } from '@switchboard/ids';
 import type { Logger } from '@switchboard/logging';
 import { messagingV1 } from '@switchboard/proto';
@@ -8,16 +8,7 @@ import type { MessageStore } from './store';
 
 const { MessageKind, Direction } = messagingV1;
 
-/** The acting user: a user call acts as itself; an internal call must name no user it could impersonate without one. */
-function actingUser(ctx: CallContext): string {
-  if (!ctx.tenant.userId) throw new PermissionDeniedError('this call needs a user in the tenant context', { field: 'context.user_id' });
-  return ctx.tenant.userId;
-}
 
-/** Internal callers may read any conversation of their tenant; users only their own. */
-function viewer(ctx: CallContext): string | undefined {
-  return ctx.tenant.internal && !ctx.tenant.userId ? undefined : actingUser(ctx);
-}
 
 /** A resume token is the positions themselves, opaque to clients (base64url JSON). */
 function encodeResumeToken(positions: Map<string, number>): string {

@@ -1,5 +1,5 @@
 import { InvalidArgumentError, NotFoundError, PermissionDeniedError } from '@switchboard/errors';
-import { unary, type CallContext } from '@switchboard/grpc';
+import { actingUser, type CallContext, targetUser, unary } from '@switchboard/grpc';
 import { assertSafeId } from '@switchboard/ids';
 import { envelopeRecord, TOPICS, type Producer } from '@switchboard/kafka';
 import type { Logger } from '@switchboard/logging';
@@ -19,19 +19,7 @@ import { assertChannel, assertEmail, assertKind, assertKinds, assertPushTarget }
 
 const { Channel, Frequency, Priority } = notificationV1;
 
-/** The acting user: user calls act as themselves. */
-function actingUser(ctx: CallContext): string {
-  if (!ctx.tenant.userId) throw new PermissionDeniedError('this call needs a user in the tenant context', { field: 'context.user_id' });
-  return ctx.tenant.userId;
-}
 
-/** Users act on their own; internal callers may name any user of their tenant. */
-function targetUser(ctx: CallContext, requested: string): string {
-  if (!requested) return actingUser(ctx);
-  const userId = assertSafeId(requested, 'user_id');
-  if (userId !== ctx.tenant.userId && !ctx.tenant.internal) throw new PermissionDeniedError('only internal callers may name another user', { field: 'user_id' });
-  return userId;
-}
 
 function internalOnly(ctx: CallContext, what: string): void {
   if (!ctx.tenant.internal) throw new PermissionDeniedError(`${what} is for internal callers only`, { field: 'context.internal' });

@@ -1,5 +1,5 @@
-import { InvalidArgumentError, PermissionDeniedError } from '@switchboard/errors';
-import { unary, type CallContext } from '@switchboard/grpc';
+import { InvalidArgumentError } from '@switchboard/errors';
+import { actingUser, type CallContext, targetUser, unary } from '@switchboard/grpc';
 import { assertSafeId } from '@switchboard/ids';
 import type { Logger } from '@switchboard/logging';
 import { presenceV1 } from '@switchboard/proto';
@@ -11,19 +11,7 @@ import type { ManualStatus, PresenceStore } from './store';
 /** Longest device label, app version or user agent kept. */
 const MAX_DEVICE_TEXT = 256;
 
-/** Connection calls act for the user of the verified token the gateway forwards. */
-function actingUser(ctx: CallContext): string {
-  if (!ctx.tenant.userId) throw new PermissionDeniedError('this call needs a user in the tenant context', { field: 'context.user_id' });
-  return ctx.tenant.userId;
-}
 
-/** Users act on themselves; internal callers may name any user of their tenant. */
-function targetUser(ctx: CallContext, requested: string): string {
-  if (!requested) return actingUser(ctx);
-  const userId = assertSafeId(requested, 'user_id');
-  if (userId !== ctx.tenant.userId && !ctx.tenant.internal) throw new PermissionDeniedError('only internal callers may act on another user', { field: 'user_id' });
-  return userId;
-}
 
 function audienceFor(ctx: CallContext, userId: string): Audience {
   return ctx.tenant.internal || ctx.tenant.userId === userId ? 'private' : 'public';

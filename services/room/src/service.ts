@@ -1,5 +1,5 @@
 import { InvalidArgumentError, PermissionDeniedError } from '@switchboard/errors';
-import { unary, type CallContext } from '@switchboard/grpc';
+import { actingUser, targetUser, unary, viewer } from '@switchboard/grpc';
 import { assertSafeId } from '@switchboard/ids';
 import type { Logger } from '@switchboard/logging';
 import { eventsV1, roomV1 } from '@switchboard/proto';
@@ -12,24 +12,8 @@ const { RoomRole } = eventsV1;
 
 const LIMITS = { name: 100, topic: 250, description: 4000, avatarRef: 512, metadataEntries: 32, metadataKey: 64, metadataValue: 512 };
 
-/** The acting user: user calls act as themselves. */
-function actingUser(ctx: CallContext): string {
-  if (!ctx.tenant.userId) throw new PermissionDeniedError('this call needs a user in the tenant context', { field: 'context.user_id' });
-  return ctx.tenant.userId;
-}
 
-/** Internal callers without a user may read any room of their tenant; everyone else reads as themselves. */
-function viewer(ctx: CallContext): string | undefined {
-  return ctx.tenant.internal && !ctx.tenant.userId ? undefined : actingUser(ctx);
-}
 
-/** Users act on themselves; internal callers may name any user of their tenant. */
-function targetUser(ctx: CallContext, requested: string): string {
-  if (!requested) return actingUser(ctx);
-  const userId = assertSafeId(requested, 'user_id');
-  if (userId !== ctx.tenant.userId && !ctx.tenant.internal) throw new PermissionDeniedError('only internal callers may act for another user', { field: 'user_id' });
-  return userId;
-}
 
 function text(value: string, field: string, max: number): string {
   const trimmed = value.trim();
