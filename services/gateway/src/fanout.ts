@@ -178,7 +178,7 @@ export class Fanout {
     if (!change.member) {
       connection.conversations.delete(change.conversationId);
       this.remove(subjects.conversation(connection.tenantId, change.conversationId), connection);
-      connection.send({
+      connection.push({
         requestId: '',
         kind: { $case: 'conversation', value: { conversation: messagingV1.Conversation.fromPartial({ tenantId: connection.tenantId, conversationId: change.conversationId, kind: change.kind }), member: false } },
       });
@@ -197,7 +197,8 @@ export class Fanout {
           { context: this.contextOf(connection), deadlineMs: this.backendDeadlineMs },
         ),
       );
-      connection.send({ requestId: '', kind: { $case: 'conversation', value: { conversation, member: true } } });
+      // Through the push queue like the messages that follow, so order holds.
+      connection.push({ requestId: '', kind: { $case: 'conversation', value: { conversation, member: true } } });
       if (conversation && conversation.lastSeq > 0) {
         await this.chain(connection, change.conversationId, () => this.fillGap(connection, change.conversationId, conversation.lastSeq + 1));
       }
