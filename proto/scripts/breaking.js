@@ -23,5 +23,7 @@ if (!hasRef(against)) {
   console.log(`proto: no '${against}' with proto/buf.yaml to compare against; nothing can break yet`);
   process.exit(0);
 }
-execFileSync(buf, ['breaking', '--against', `${repoRoot}/.git#ref=${against},subdir=proto`], { cwd: root, stdio: 'inherit' });
+// The common git dir, so a linked worktree (whose .git is a file) works too.
+const gitDir = path.resolve(repoRoot, execFileSync('git', ['rev-parse', '--git-common-dir'], { cwd: repoRoot, encoding: 'utf8' }).trim());
+execFileSync(buf, ['breaking', '--against', `${gitDir}#ref=${against},subdir=proto`], { cwd: root, stdio: 'inherit' });
 console.log(`proto: no breaking change against ${against}`);
