@@ -1,11 +1,17 @@
+import { SwitchboardError } from '@switchboard/errors';
 import { connectOrUnavailable, type Pool, type PoolClient } from '@switchboard/postgres';
 import type { messagingV1 } from '@switchboard/proto';
 import type { Histogram } from '@switchboard/telemetry';
+import { OutboxWriter } from './outbox-writer';
 import type { SendRequest } from './store';
 
 const DEADLOCK_DETECTED = '40P01';
+const CLIENT_ID_INDEX = 'messages_client_message_id';
 
 type Ack = messagingV1.MessageAck;
+
+/** One send inside a batch transaction whose `app.tenant_id` is the send's tenant; its events go to `outbox`. */
+export type SendIn = (db: PoolClient, request: SendRequest, outbox: OutboxWriter) => Promise<Ack>;
 
 interface Pending {
   request: SendRequest;
@@ -13,14 +19,20 @@ interface Pending {
   reject(err: unknown): void;
 }
 
-type Outcome = { ok: true; ack: Ack } | { ok: false; error: unknown; lostRace: boolean };
+type Outcome = { ok: true; ack: Ack } | { ok: false; error: unknown };
 
 /**
  * Group commit for sends. A send runs at once when a transaction slot is
  * free, so a quiet system adds no latency; when every slot is busy, the sends
  * that queue up meanwhile run together in the next transaction: one commit
- * (one WAL flush) for many messages. Each send has its own savepoint, so one
- * failing send (not a member, a lost client-id race) never fails the others.
+ * (one WAL flush) and one outbox insert for many messages.
+ *
+ * A send that is refused (not a member, a reused client id) is refused by
+ * its own statement without touching the database, so the others commit.
+ * A database error aborts the whole transaction: then each send of the batch
+ * runs again alone, so one bad send never fails the others, and the rare
+ * race (two replicas committing the same client id) answers with the
+ * winner's acknowledgement.
  */
 export class SendBatcher {
   private readonly queue: Pending[] = [];
@@ -31,7 +43,7 @@ export class SendBatcher {
   constructor(
     private readonly pool: Pool,
     private readonly limits: { maxConcurrent: number; maxBatch: number },
-    private readonly sendIn: (db: PoolClient, request: SendRequest) => Promise<Ack>,
+    private readonly sendIn: SendIn,
     private readonly originalOf: (request: SendRequest) => Promise<Ack | undefined>,
     private readonly batchSize?: Histogram,
   ) {}
@@ -68,7 +80,13 @@ export class SendBatcher {
       this.queue.splice(0, this.queue.length, ...waiting);
       for (const key of keys) this.busy.add(key);
       this.inFlight += 1;
-      void this.run(batch).finally(() => {
+      this.batchSize?.record(batch.length);
+      // Lock conversations in one order across concurrent batches, so two
+      // batches never wait on each other in a cycle. The sort is stable:
+      // sends to one conversation keep their order, and a tenant's sends
+      // are adjacent (one set_config per tenant).
+      const ordered = batch.sort((a, b) => compare(lockKey(a.request), lockKey(b.request)));
+      void this.run(ordered).finally(() => {
         for (const key of keys) this.busy.delete(key);
         this.inFlight -= 1;
         this.pump();
@@ -76,30 +94,7 @@ export class SendBatcher {
     }
   }
 
-  /** One send under its own savepoint; a deadlock victim is tried once more (its locks were released by the rollback). */
-  private async attempt(db: PoolClient, request: SendRequest): Promise<Outcome> {
-    for (let attempt = 1; ; attempt += 1) {
-      await db.query('SAVEPOINT send');
-      try {
-        await db.query(`SELECT set_config('app.tenant_id', $1, true)`, [request.tenantId]);
-        const ack = await this.sendIn(db, request);
-        await db.query('RELEASE SAVEPOINT send');
-        return { ok: true, ack };
-      } catch (error) {
-        await db.query('ROLLBACK TO SAVEPOINT send');
-        const { code, constraint } = error as { code?: string; constraint?: string };
-        if (code === DEADLOCK_DETECTED && attempt < 2) continue;
-        return { ok: false, error, lostRace: constraint === 'messages_client_message_id' };
-      }
-    }
-  }
-
-  private async run(batch: Pending[]): Promise<void> {
-    this.batchSize?.record(batch.length);
-    // Lock conversations in one order across concurrent batches, so two
-    // batches never wait on each other in a cycle. The sort is stable: sends
-    // to one conversation keep their order.
-    const ordered = [...batch].sort((a, b) => (lockKey(a.request) < lockKey(b.request) ? -1 : lockKey(a.request) > lockKey(b.request) ? 1 : 0));
+  private async run(batch: Pending[], attempt = 1): Promise<void> {
     let db: PoolClient;
     try {
       db = await connectOrUnavailable(this.pool);
@@ -107,37 +102,67 @@ export class SendBatcher {
       for (const pending of batch) pending.reject(err);
       return;
     }
+    const outbox = new OutboxWriter();
     const outcomes: Outcome[] = [];
     try {
-      await db.query('BEGIN');
-      for (const { request } of ordered) {
-        outcomes.push(await this.attempt(db, request));
+      let tenantId = batch[0]!.request.tenantId;
+      // One round trip opens the transaction and scopes it to the first tenant.
+      await db.query(`BEGIN; SELECT set_config('app.tenant_id', ${db.escapeLiteral(tenantId)}, true)`);
+      for (const { request } of batch) {
+        if (request.tenantId !== tenantId) {
+          tenantId = request.tenantId;
+          await db.query(`SELECT set_config('app.tenant_id', $1, true)`, [tenantId]);
+        }
+        const own = new OutboxWriter();
+        try {
+          outcomes.push({ ok: true, ack: await this.sendIn(db, request, own) });
+          outbox.absorb(own);
+        } catch (error) {
+          // A refusal decided from what the statement returned; anything else aborted the transaction.
+          if (!(error instanceof SwitchboardError)) throw error;
+          outcomes.push({ ok: false, error });
+        }
       }
+      await outbox.write(db);
       await db.query('COMMIT');
-    } catch (err) {
+    } catch (error) {
       await db.query('ROLLBACK').catch(() => undefined);
       db.release();
-      // Nothing of this batch was committed; every sender may retry with the same client id.
-      for (const pending of batch) pending.reject(err);
+      await this.recover(batch, error, attempt);
       return;
     }
     db.release();
-    await Promise.all(
-      ordered.map(async (pending, index) => {
-        const outcome = outcomes[index]!;
-        if (outcome.ok) return pending.resolve(outcome.ack);
-        if (!outcome.lostRace) return pending.reject(outcome.error);
-        // A concurrent retry of the same send committed first: answer with its ack.
-        try {
-          const original = await this.originalOf(pending.request);
-          if (original) pending.resolve(original);
-          else pending.reject(outcome.error);
-        } catch (err) {
-          pending.reject(err);
-        }
-      }),
-    );
+    batch.forEach((pending, index) => {
+      const outcome = outcomes[index]!;
+      if (outcome.ok) pending.resolve(outcome.ack);
+      else pending.reject(outcome.error);
+    });
   }
+
+  /** Nothing of the batch was committed (or the commit's outcome is unknown): each send again, alone. */
+  private async recover(batch: Pending[], error: unknown, attempt: number): Promise<void> {
+    if (batch.length > 1) {
+      for (const pending of batch) await this.run([pending]);
+      return;
+    }
+    const pending = batch[0]!;
+    const { code, constraint } = error as { code?: string; constraint?: string };
+    // A deadlock victim's locks were released by the rollback: once more.
+    if (code === DEADLOCK_DETECTED && attempt < 2) return this.run(batch, attempt + 1);
+    if (constraint !== CLIENT_ID_INDEX) return pending.reject(error);
+    // A concurrent retry of the same send committed first: answer with its ack.
+    try {
+      const original = await this.originalOf(pending.request);
+      if (original) pending.resolve(original);
+      else pending.reject(error);
+    } catch (err) {
+      pending.reject(err);
+    }
+  }
+}
+
+function compare(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
 }
 
 function lockKey({ tenantId, target, message }: SendRequest): string {

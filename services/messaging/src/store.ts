@@ -1,10 +1,11 @@
 import { newId } from '@switchboard/ids';
 import { AlreadyExistsError, NotFoundError, PermissionDeniedError } from '@switchboard/errors';
 import { withTenantTransaction, type Pool, type PoolClient } from '@switchboard/postgres';
-import { eventsV1, messagingV1 } from '@switchboard/proto';
-import { injectTraceContext, type Meter } from '@switchboard/telemetry';
+import { messagingV1 } from '@switchboard/proto';
+import type { Meter } from '@switchboard/telemetry';
 import { subjects } from '@switchboard/nats';
 import { TOPICS } from '@switchboard/kafka';
+import { OutboxWriter } from './outbox-writer';
 import { SendBatcher } from './send-batcher';
 
 const { ConversationKind } = messagingV1;
@@ -44,6 +45,18 @@ interface MessageRow {
   deleted: boolean;
 }
 
+/** A message row as `to_jsonb` renders it: timestamps as strings, the sequence as a number. */
+type MessageJson = Omit<MessageRow, 'seq' | 'created_at' | 'edited_at'> & { seq: number | string; created_at: string; edited_at: string | null };
+
+function jsonToMessage(row: MessageJson): messagingV1.Message {
+  return toMessage({ ...row, seq: String(row.seq), created_at: new Date(row.created_at), edited_at: row.edited_at ? new Date(row.edited_at) : null });
+}
+
+/** The key that makes a direct conversation one per pair: both users in sorted order. */
+function directKeyOf(userId: string, otherUserId: string): string {
+  return [userId, otherUserId].sort().join(':');
+}
+
 interface ConversationRow {
   tenant_id: string;
   conversation_id: string;
@@ -53,7 +66,7 @@ interface ConversationRow {
   last_message_at: Date | null;
   member_ids: string[];
   /** Present when a viewer is known: the newest message (as JSON) and the viewer's watermarks. */
-  last_message?: (Omit<MessageRow, 'created_at' | 'edited_at'> & { created_at: string; edited_at: string | null }) | null;
+  last_message?: MessageJson | null;
   read_seq?: string | null;
   delivered_seq?: string | null;
 }
@@ -89,7 +102,7 @@ function toConversation(row: ConversationRow): messagingV1.Conversation {
     lastSeq,
     createdAt: row.created_at,
     lastMessageAt: row.last_message_at ?? undefined,
-    lastMessage: last ? toMessage({ ...last, created_at: new Date(last.created_at), edited_at: last.edited_at ? new Date(last.edited_at) : null }) : undefined,
+    lastMessage: last ? jsonToMessage(last) : undefined,
     readSeq,
     deliveredSeq: Number(row.delivered_seq ?? 0),
     unreadCount: row.read_seq === undefined || row.read_seq === null ? 0 : Math.max(0, lastSeq - readSeq),
@@ -136,7 +149,7 @@ export class MessageStore {
       description: 'Sends committed per transaction (group commit under load)',
       advice: { explicitBucketBoundaries: [1, 2, 4, 8, 16, 32, 64, 128] },
     });
-    this.batcher = new SendBatcher(pool, batching, (db, request) => this.sendIn(db, request), (request) => this.originalOf(request), batchSize);
+    this.batcher = new SendBatcher(pool, batching, (db, request, outbox) => this.sendIn(db, request, outbox), (request) => this.originalOf(request), batchSize);
   }
 
   /**
@@ -152,40 +165,77 @@ export class MessageStore {
     return ack;
   }
 
-  /** One send inside a transaction whose `app.tenant_id` is the send's tenant. */
-  private async sendIn(db: PoolClient, { tenantId, target, message }: SendRequest): Promise<messagingV1.MessageAck> {
-    const existing = await this.findByClientId(db, tenantId, message.senderId, message.clientMessageId);
-    if (existing) return this.retried(existing, target, message);
-
-    let conversationId: string;
-    let memberIds: string[];
-    if ('recipientUserId' in target) {
-      const direct = await this.directConversation(db, tenantId, message.senderId, target.recipientUserId);
-      conversationId = direct.conversation.conversationId;
-      memberIds = direct.conversation.memberIds;
-    } else {
-      conversationId = target.conversationId;
-      memberIds = await this.requireMember(db, tenantId, conversationId, message.senderId);
+  /**
+   * One send inside a batch transaction whose `app.tenant_id` is the send's
+   * tenant: a single statement checks the client id and the membership,
+   * takes the next sequence and stores the message; its event goes to the
+   * batch's outbox insert.
+   */
+  private async sendIn(db: PoolClient, { tenantId, target, message }: SendRequest, outbox: OutboxWriter): Promise<messagingV1.MessageAck> {
+    let result = await this.insertMessage(db, tenantId, target, message);
+    if (!result.original && !result.conversation_id && 'recipientUserId' in target) {
+      // The first message between two users creates their conversation.
+      const { conversation } = await this.directConversation(db, tenantId, message.senderId, target.recipientUserId, outbox);
+      result = await this.insertMessage(db, tenantId, { conversationId: conversation.conversationId }, message);
     }
+    if (result.original) return this.retried(jsonToMessage(result.original), target, message);
+    if (!result.conversation_id) {
+      const conversationId = 'conversationId' in target ? target.conversationId : '';
+      throw new NotFoundError(`conversation ${conversationId} not found`, { field: 'conversation_id' });
+    }
+    if (!result.inserted) throw new PermissionDeniedError(`not a member of conversation ${result.conversation_id}`, { field: 'conversation_id' });
+    const stored = jsonToMessage(result.inserted);
+    outbox.add(tenantId, subjects.conversation(tenantId, stored.conversationId), TOPICS.messages, stored.conversationId, {
+      $case: 'messageCreated',
+      value: { message: stored, memberIds: result.member_ids },
+    });
+    return ackOf(stored, false);
+  }
 
-    // The row lock taken here serialises senders of one conversation until
-    // commit, which is what makes the sequence gap-free.
-    const { rows } = await db.query<{ last_seq: string }>(
-      `UPDATE conversations SET last_seq = last_seq + 1, last_message_at = now()
-       WHERE tenant_id = $1 AND conversation_id = $2 RETURNING last_seq`,
-      [tenantId, conversationId],
-    );
-    const seq = rows[0]!.last_seq;
-    const inserted = await db.query<MessageRow>(
-      `INSERT INTO messages (tenant_id, conversation_id, seq, message_id, sender_id, client_message_id, kind, body, attachments, mentions, metadata)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *`,
+  /**
+   * The send as one statement (one round trip). A retry finds the original
+   * and changes nothing; a sender who is not a member changes nothing. The
+   * conversation's row lock taken by the UPDATE serialises senders of one
+   * conversation until commit, which is what makes the sequence gap-free; a
+   * concurrent send with the same client id fails on the unique index and
+   * the whole statement (sequence included) is undone.
+   */
+  private async insertMessage(db: PoolClient, tenantId: string, target: SendTarget, message: NewMessage) {
+    const byDirectKey = 'recipientUserId' in target;
+    const { rows } = await db.query<{ conversation_id: string | null; member_ids: string[]; original: MessageJson | null; inserted: MessageJson | null }>(
+      `WITH conv AS (
+         SELECT conversation_id FROM conversations
+         WHERE tenant_id = $1 AND ${byDirectKey ? 'direct_key' : 'conversation_id'} = $2
+       ), members AS (
+         SELECT COALESCE(array_agg(m.user_id ORDER BY m.user_id), '{}') AS ids FROM conversation_members m
+         WHERE m.tenant_id = $1 AND m.conversation_id = (SELECT conversation_id FROM conv)
+       ), original AS (
+         SELECT * FROM messages WHERE tenant_id = $1 AND sender_id = $3 AND client_message_id = $4
+       ), bumped AS (
+         UPDATE conversations c SET last_seq = c.last_seq + 1, last_message_at = now()
+         WHERE c.tenant_id = $1 AND c.conversation_id = (SELECT conversation_id FROM conv)
+           AND NOT EXISTS (SELECT 1 FROM original)
+           AND $3 = ANY ((SELECT ids FROM members)::text[])
+         RETURNING c.conversation_id, c.last_seq
+       ), inserted AS (
+         INSERT INTO messages (tenant_id, conversation_id, seq, message_id, sender_id, client_message_id, kind, body, attachments, mentions, metadata)
+         SELECT $1, b.conversation_id, b.last_seq, $5, $3, $4, $6, $7, $8, $9, $10 FROM bumped b
+         RETURNING *
+       ), sender_receipt AS (
+         -- What a user sent counts as read and delivered for them: it never shows as unread on their other devices.
+         UPDATE conversation_members m SET read_seq = i.seq, delivered_seq = i.seq, receipts_updated_at = now()
+         FROM inserted i WHERE m.tenant_id = $1 AND m.conversation_id = i.conversation_id AND m.user_id = $3
+       )
+       SELECT (SELECT conversation_id FROM conv) AS conversation_id,
+              (SELECT ids FROM members) AS member_ids,
+              (SELECT to_jsonb(o) FROM original o) AS original,
+              (SELECT to_jsonb(i) FROM inserted i) AS inserted`,
       [
         tenantId,
-        conversationId,
-        seq,
-        newId(),
+        byDirectKey ? directKeyOf(message.senderId, target.recipientUserId) : target.conversationId,
         message.senderId,
         message.clientMessageId,
+        newId(),
         message.kind,
         message.text,
         JSON.stringify(message.attachments),
@@ -193,18 +243,7 @@ export class MessageStore {
         JSON.stringify(message.metadata),
       ],
     );
-    const stored = toMessage(inserted.rows[0]!);
-    // What a user sent counts as read and delivered for them: it never shows as unread on their other devices.
-    await db.query(
-      `UPDATE conversation_members SET read_seq = $4, delivered_seq = $4, receipts_updated_at = now()
-       WHERE tenant_id = $1 AND conversation_id = $2 AND user_id = $3`,
-      [tenantId, conversationId, message.senderId, seq],
-    );
-    await this.enqueue(db, tenantId, subjects.conversation(tenantId, conversationId), TOPICS.messages, conversationId, {
-      $case: 'messageCreated',
-      value: { message: stored, memberIds },
-    });
-    return ackOf(stored, false);
+    return rows[0]!;
   }
 
   /** After losing the race on the client id index: the winner's ack, looked up in a fresh transaction. */
@@ -226,7 +265,12 @@ export class MessageStore {
   }
 
   async getOrCreateDirect(tenantId: string, userId: string, otherUserId: string) {
-    const result = await withTenantTransaction(this.pool, tenantId, (db) => this.directConversation(db, tenantId, userId, otherUserId));
+    const result = await withTenantTransaction(this.pool, tenantId, async (db) => {
+      const outbox = new OutboxWriter();
+      const direct = await this.directConversation(db, tenantId, userId, otherUserId, outbox);
+      await outbox.write(db);
+      return direct;
+    });
     if (result.created) this.outboxWritten();
     return result;
   }
@@ -352,10 +396,12 @@ export class MessageStore {
            WHERE tenant_id = $1 AND conversation_id = $2 AND user_id = $3`,
           [tenantId, conversationId, userId, receipt.deliveredSeq, receipt.readSeq],
         );
-        await this.enqueue(db, tenantId, subjects.conversation(tenantId, conversationId), TOPICS.messages, conversationId, {
+        const outbox = new OutboxWriter();
+        outbox.add(tenantId, subjects.conversation(tenantId, conversationId), TOPICS.messages, conversationId, {
           $case: 'receiptUpdated',
           value: { conversationId, userId, ...receipt, deviceId: which === 'delivered' ? deviceId : '' },
         });
+        await outbox.write(db);
       }
       return { ...receipt, moved };
     });
@@ -424,9 +470,9 @@ export class MessageStore {
     return members;
   }
 
-  private async directConversation(db: PoolClient, tenantId: string, userId: string, otherUserId: string) {
+  private async directConversation(db: PoolClient, tenantId: string, userId: string, otherUserId: string, outbox: OutboxWriter) {
     const members = [userId, otherUserId].sort();
-    const directKey = members.join(':');
+    const directKey = directKeyOf(userId, otherUserId);
     const created = await db.query<{ conversation_id: string }>(
       `INSERT INTO conversations (tenant_id, conversation_id, kind, direct_key) VALUES ($1, $2, $3, $4)
        ON CONFLICT (tenant_id, direct_key) WHERE direct_key IS NOT NULL DO NOTHING
@@ -442,7 +488,7 @@ export class MessageStore {
       );
       // Gateways subscribe the members' connections to the new conversation.
       for (const memberId of members) {
-        await this.enqueue(db, tenantId, subjects.user(tenantId, memberId), TOPICS.messages, conversationId, {
+        outbox.add(tenantId, subjects.user(tenantId, memberId), TOPICS.messages, conversationId, {
           $case: 'conversationMembershipChanged',
           value: { conversationId, userId: memberId, member: true, kind: ConversationKind.CONVERSATION_KIND_DIRECT },
         });
@@ -453,23 +499,5 @@ export class MessageStore {
       [tenantId, directKey],
     );
     return { conversation: toConversation(rows[0]!), created: isNew };
-  }
-
-  /** Writes an event to the outbox in the caller's transaction (the caller wakes the relay after commit). */
-  private async enqueue(
-    db: PoolClient,
-    tenantId: string,
-    natsSubject: string,
-    kafkaTopic: string,
-    kafkaKey: string,
-    event: NonNullable<eventsV1.Envelope['event']>,
-  ): Promise<void> {
-    const eventId = newId();
-    const envelope: eventsV1.Envelope = { eventId, tenantId, occurredAt: new Date(), event };
-    await db.query(
-      `INSERT INTO outbox (tenant_id, event_id, nats_subject, kafka_topic, kafka_key, payload, headers)
-       VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-      [tenantId, eventId, natsSubject, kafkaTopic, kafkaKey, Buffer.from(eventsV1.Envelope.encode(envelope).finish()), JSON.stringify(injectTraceContext({}))],
-    );
   }
 }

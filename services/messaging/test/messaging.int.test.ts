@@ -117,6 +117,52 @@ describe('messaging service (real PostgreSQL, NATS, Kafka)', () => {
     expect(count).toBeLessThan(sum);
   });
 
+  it('refuses a bad send inside a busy batch without failing the sends committed with it', async () => {
+    const { ack } = await send(client, 'batch-a', { recipientUserId: 'batch-b' }, 'start');
+    const conversationId = ack!.conversationId;
+    // Interleaved with the members' sends: an outsider, and a client id reused for another body.
+    const reused = newId();
+    await send(client, 'batch-a', { conversationId }, 'first use', reused);
+    const results = await Promise.allSettled(
+      Array.from({ length: 60 }, (_, i) =>
+        i % 3 === 1
+          ? send(client, 'batch-outsider', { conversationId }, `intrude ${i}`)
+          : i % 3 === 2
+            ? send(client, 'batch-a', { conversationId }, `reuse ${i}`, reused)
+            : send(client, i % 2 ? 'batch-a' : 'batch-b', { conversationId }, `ok ${i}`),
+      ),
+    );
+    const codes = await Promise.all(results.map(async (r) => (r.status === 'fulfilled' ? 'ok' : (await errorOf(Promise.reject(r.reason))).code)));
+    expect(codes.filter((c) => c === ErrorCode.ERROR_CODE_PERMISSION_DENIED)).toHaveLength(20);
+    expect(codes.filter((c) => c === ErrorCode.ERROR_CODE_ALREADY_EXISTS)).toHaveLength(20);
+    expect(codes.filter((c) => c === 'ok')).toHaveLength(20);
+    const page = await client.getHistory({ context: undefined, conversationId, fromSeq: 0, direction: messagingV1.Direction.DIRECTION_FORWARD, limit: 100 }, as('batch-a'));
+    // Gap-free, and only what was acknowledged is stored.
+    expect(page.messages.map((m) => m.seq)).toEqual(Array.from({ length: 22 }, (_, i) => i + 1));
+    expect(page.messages.filter((m) => m.text.startsWith('intrude') || m.text.startsWith('reuse'))).toHaveLength(0);
+  });
+
+  it('stores one copy when two messaging replicas commit the same client id at once', async () => {
+    const second = await launchWithClient('messaging', messagingV1.MessagingServiceClient, { OUTBOX_POLL_MS: '200' });
+    try {
+      const { ack } = await send(client, 'race-a', { recipientUserId: 'race-b' }, 'start');
+      const conversationId = ack!.conversationId;
+      for (let round = 0; round < 5; round += 1) {
+        const clientMessageId = newId();
+        const acks = await Promise.all(
+          [client, second.client, client, second.client].map((replica) => send(replica, 'race-a', { conversationId }, `race ${round}`, clientMessageId)),
+        );
+        expect(new Set(acks.map((a) => a.ack!.messageId)).size).toBe(1);
+        expect(acks.filter((a) => !a.ack!.duplicate)).toHaveLength(1);
+      }
+      const page = await client.getHistory({ context: undefined, conversationId, fromSeq: 0, direction: messagingV1.Direction.DIRECTION_FORWARD, limit: 100 }, as('race-a'));
+      expect(page.messages.map((m) => [m.seq, m.text])).toEqual([[1, 'start'], ...Array.from({ length: 5 }, (_, i) => [i + 2, `race ${i}`])]);
+    } finally {
+      second.client.close();
+      expect(await second.service.stop()).toBe(0);
+    }
+  });
+
   it('writes committed messages to Kafka sb.messages keyed by conversation', async () => {
     const { ack } = await send(client, 'gina', { recipientUserId: 'hank' }, 'durable');
     const kafka = new Kafka({ clientId: 'messaging-test', brokers: env.KAFKA_BROKERS!.split(','), logLevel: logLevel.NOTHING });
