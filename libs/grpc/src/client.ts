@@ -2,11 +2,13 @@ import { credentials, Metadata, type CallOptions as GrpcCallOptions, type Client
 import type { commonV1 } from '@switchboard/proto';
 import { injectTraceContext } from '@switchboard/telemetry';
 import { fromServiceError } from './errors';
-import { tenantToMetadata } from './tenant';
+import { rolesToMetadata, tenantToMetadata } from './tenant';
 
 export interface CallOptions {
   /** The tenant context the call acts for. */
   context: commonV1.TenantContext;
+  /** The acting user's roles from their token (see rolesToMetadata). */
+  roles?: readonly string[];
   /** Default 5 s: every call has a deadline. */
   deadlineMs?: number;
 }
@@ -49,7 +51,7 @@ export function createClient<C extends Client>(
       if (typeof method !== 'function') return undefined;
       return (request: unknown, options: CallOptions) =>
         new Promise((resolve, reject) => {
-          const metadata = tenantToMetadata(options.context);
+          const metadata = rolesToMetadata(options.roles ?? [], tenantToMetadata(options.context));
           for (const [key, value] of Object.entries(injectTraceContext({}))) metadata.set(key, value);
           const deadline = Date.now() + (options.deadlineMs ?? DEFAULT_DEADLINE_MS);
           (method as UnaryMethod<unknown, unknown>).call(client, request, metadata, { deadline }, (error, response) => {

@@ -4,11 +4,13 @@ import type { Logger } from '@switchboard/logging';
 import type { commonV1 } from '@switchboard/proto';
 import { extractTraceContext, LATENCY_BUCKETS_SECONDS, metrics, SpanKind, withSpan, type Histogram } from '@switchboard/telemetry';
 import { grpcStatusFor, toServiceError } from './errors';
-import { tenantFromMetadata } from './tenant';
+import { rolesFromMetadata, tenantFromMetadata } from './tenant';
 
 export interface CallContext {
   /** The caller's tenant, from metadata; every resource touched must belong to it. */
   tenant: commonV1.TenantContext;
+  /** The acting user's roles from their token; empty for internal callers. */
+  roles: string[];
   metadata: Metadata;
   /** Milliseconds left before the caller's deadline (Infinity when it set none). */
   deadlineMs(): number;
@@ -57,6 +59,7 @@ export function unary<Req, Res>(method: string, logger: Logger, handler: UnaryHa
         const deadline = call.getDeadline();
         const ctx: CallContext = {
           tenant,
+          roles: rolesFromMetadata(call.metadata),
           metadata: call.metadata,
           deadlineMs: () => (deadline instanceof Date ? deadline.getTime() - Date.now() : deadline === Infinity ? Infinity : Number(deadline) - Date.now()),
           logger: logger.child({ method, tenant: tenant.tenantId }),

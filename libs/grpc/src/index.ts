@@ -3,5 +3,5 @@ export { unary, type CallContext, type UnaryHandler } from './handlers';
 export { actingUser, targetUser, viewer } from './callers';
 export { createClient, type CallOptions, type PromiseClient } from './client';
 export { toServiceError, fromServiceError, grpcStatusFor, ERROR_TRAILER } from './errors';
-export { TENANT_METADATA, tenantToMetadata, tenantFromMetadata } from './tenant';
+export { MAX_ROLES, TENANT_METADATA, rolesFromMetadata, rolesToMetadata, tenantToMetadata, tenantFromMetadata } from './tenant';
 export { Metadata, status as GrpcStatus, credentials } from '@grpc/grpc-js';

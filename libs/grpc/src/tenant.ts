@@ -9,7 +9,35 @@ export const TENANT_METADATA = {
   user: 'x-sb-user',
   device: 'x-sb-device',
   internal: 'x-sb-internal',
+  roles: 'x-sb-roles',
 } as const;
+
+/** More roles than any real token carries: a longer list is refused rather than cut. */
+export const MAX_ROLES = 32;
+
+/**
+ * The user's roles from the verified token (claim `roles`, e.g. "provider"),
+ * carried beside the tenant context as `x-sb-roles` (comma-separated): they
+ * decide which tenant-wide broadcast audiences a user belongs to and whether
+ * the user may broadcast.
+ */
+export function rolesToMetadata(roles: readonly string[], metadata: Metadata): Metadata {
+  if (roles.length > 0) metadata.set(TENANT_METADATA.roles, roles.join(','));
+  return metadata;
+}
+
+/** The caller's roles; a malformed list is refused like a malformed tenant. */
+export function rolesFromMetadata(metadata: Metadata): string[] {
+  const value = first(metadata, TENANT_METADATA.roles);
+  if (!value) return [];
+  const roles = value.split(',');
+  if (roles.length > MAX_ROLES) throw new UnauthenticatedError(`the call carries more than ${MAX_ROLES} roles`, { field: 'roles' });
+  try {
+    return roles.map((role) => assertSafeId(role, 'roles'));
+  } catch (err) {
+    throw new UnauthenticatedError(`invalid roles: ${(err as Error).message}`, { field: 'roles', cause: err });
+  }
+}
 
 export function tenantToMetadata(ctx: commonV1.TenantContext, metadata = new Metadata()): Metadata {
   metadata.set(TENANT_METADATA.tenant, ctx.tenantId);

@@ -31,3 +31,4 @@ export function assertSafeId(value: unknown, field: string): string {
 export function newId(): string {
   return randomUUID().replace(/-/g, '');
 }
+export { audienceConversationId, audienceConversationsOf, MAX_AUDIENCE_ROLE_LENGTH } from './audiences';

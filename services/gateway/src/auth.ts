@@ -8,8 +8,13 @@ export interface Identity {
   tenantId: string;
   userId: string;
   deviceId: string;
+  /** Claim `roles`: which tenant-wide broadcast audiences the user belongs to, and whether they may broadcast. */
+  roles: string[];
   expiresAt: Date;
 }
+
+/** More roles than a real token carries; a token with more is refused, not cut. */
+const MAX_ROLES = 32;
 
 /** Subprotocol entries that carry a token instead of naming a protocol version (browsers cannot set headers). */
 export const TOKEN_SUBPROTOCOL_PREFIX = 'bearer.';
@@ -54,7 +59,11 @@ export class TokenVerifier {
     if (!isSafeId(payload.sub)) throw new UnauthenticatedError('token has no valid subject (sub)');
     const deviceId = payload.did === undefined ? '' : payload.did;
     if (deviceId !== '' && !isSafeId(deviceId)) throw new UnauthenticatedError('token has an invalid device id (did)');
-    return { tenantId, userId: payload.sub, deviceId: deviceId as string, expiresAt: new Date(payload.exp! * 1000) };
+    const roles = payload.roles ?? [];
+    if (!Array.isArray(roles) || roles.length > MAX_ROLES || !roles.every(isSafeId)) {
+      throw new UnauthenticatedError(`token has invalid roles (at most ${MAX_ROLES} ids of A-Z, a-z, 0-9, '_' or '-')`);
+    }
+    return { tenantId, userId: payload.sub, deviceId: deviceId as string, roles, expiresAt: new Date(payload.exp! * 1000) };
   }
 }
 

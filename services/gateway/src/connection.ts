@@ -44,6 +44,12 @@ export class Connection {
     return this.identity.userId;
   }
 
+  /** What a backend call on this connection's behalf carries: its tenant, user, device and roles. */
+  callOptions(deadlineMs: number) {
+    const { tenantId, userId, deviceId, roles } = this.identity;
+    return { context: { tenantId, userId, deviceId, internal: false }, roles, deadlineMs };
+  }
+
   get open(): boolean {
     return this.socket.readyState === this.socket.OPEN;
   }

@@ -1,3 +1,4 @@
+import { audienceConversationsOf } from '@switchboard/ids';
 import { decodeEnvelope, subjects, type NatsConnection, type Subscription } from '@switchboard/nats';
 import type { PromiseClient } from '@switchboard/grpc';
 import type { Logger } from '@switchboard/logging';
@@ -39,12 +40,14 @@ export class Fanout {
   /** Subscribes a new connection to its user subject and its conversations; resolves once NATS has the subscriptions. */
   async attach(connection: Connection): Promise<void> {
     this.add(subjects.user(connection.tenantId, connection.userId), connection);
+    // Tenant-wide audiences of the token's roles, including those nothing was broadcast to yet.
+    for (const conversationId of audienceConversationsOf(connection.identity.roles)) this.join(connection, conversationId);
     let pageToken = '';
     // A user in very many conversations still gets a bounded start-up cost.
     for (let page = 0; page < 50; page += 1) {
       const result = await this.messaging.listConversations(
-        { context: { tenantId: connection.tenantId, userId: connection.userId, deviceId: connection.identity.deviceId, internal: false }, page: { pageSize: 200, pageToken } },
-        { context: this.contextOf(connection), deadlineMs: this.backendDeadlineMs },
+        { context: undefined, page: { pageSize: 200, pageToken } },
+        connection.callOptions(this.backendDeadlineMs),
       );
       for (const conversation of result.conversations) this.join(connection, conversation.conversationId);
       pageToken = result.page?.nextPageToken ?? '';
@@ -194,7 +197,7 @@ export class Fanout {
       const { conversation } = await this.once(`conv/${connection.tenantId}/${connection.userId}/${change.conversationId}`, () =>
         this.messaging.getConversation(
           { context: undefined, conversationId: change.conversationId },
-          { context: this.contextOf(connection), deadlineMs: this.backendDeadlineMs },
+          connection.callOptions(this.backendDeadlineMs),
         ),
       );
       // Through the push queue like the messages that follow, so order holds.
@@ -224,7 +227,7 @@ export class Fanout {
       const page = await this.once(`history/${connection.tenantId}/${connection.userId}/${conversationId}/${from}/${limit}`, () =>
         this.messaging.getHistory(
           { context: undefined, conversationId, fromSeq: from, direction: messagingV1.Direction.DIRECTION_FORWARD, limit },
-          { context: this.contextOf(connection), deadlineMs: this.backendDeadlineMs },
+          connection.callOptions(this.backendDeadlineMs),
         ),
       );
       for (const message of page.messages) if (message.seq < beforeSeq) this.sendMessage(connection, message);
@@ -266,9 +269,5 @@ export class Fanout {
       if (connection.deliveryChains.get(conversationId) === next) connection.deliveryChains.delete(conversationId);
     });
     return next;
-  }
-
-  private contextOf(connection: Connection) {
-    return { tenantId: connection.tenantId, userId: connection.userId, deviceId: connection.identity.deviceId, internal: false };
   }
 }

@@ -45,10 +45,7 @@ export class FrameHandler {
   }
 
   private async reply(connection: Connection, kind: ClientKind): Promise<ServerKind> {
-    const options = {
-      context: { tenantId: connection.tenantId, userId: connection.userId, deviceId: connection.identity.deviceId, internal: false },
-      deadlineMs: this.backendDeadlineMs,
-    };
+    const options = connection.callOptions(this.backendDeadlineMs);
     switch (kind.$case) {
       case 'ping':
         return { $case: 'pong', value: { clientTimeMs: kind.value.clientTimeMs, serverTimeMs: Date.now() } };

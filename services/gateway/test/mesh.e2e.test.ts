@@ -8,7 +8,8 @@ import { DEV_JWT_SECRET, SwitchboardClient, mintDevToken, type Encoding } from '
 import { freePort, infraEnv, launchService, startMesh, type Mesh } from '@switchboard/devenv';
 import { ErrorCode } from '@switchboard/errors';
 import { newId } from '@switchboard/ids';
-import type { framesV1, messagingV1 } from '@switchboard/proto';
+import { createClient } from '@switchboard/grpc';
+import { messagingV1, type framesV1 } from '@switchboard/proto';
 
 const HEARTBEAT_MS = 400;
 const MAX_FRAME_BYTES = 4096;
@@ -19,10 +20,10 @@ let mesh: Mesh;
 const clients: SwitchboardClient[] = [];
 const sockets: WebSocket[] = [];
 
-async function connect(gateway: number, userId: string, encoding: Encoding = 'json', tenantId = tenant): Promise<SwitchboardClient> {
+async function connect(gateway: number, userId: string, encoding: Encoding = 'json', tenantId = tenant, roles?: string[]): Promise<SwitchboardClient> {
   const client = new SwitchboardClient({
     url: mesh.gateways[gateway]!.url,
-    token: () => mintDevToken({ secret: DEV_JWT_SECRET, tenantId, userId }),
+    token: () => mintDevToken({ secret: DEV_JWT_SECRET, tenantId, userId, ...(roles ? { claims: { roles } } : {}) }),
     encoding,
   });
   clients.push(client);
@@ -168,6 +169,37 @@ describe('the first path: a direct message across two gateway processes', () => 
     await arriving;
     await new Promise((r) => setTimeout(r, 300));
     expect(leaked).toEqual([]);
+  });
+});
+
+describe('tenant-wide broadcasts', () => {
+  it('reach every connected device whose token carries the audience role, on every gateway, and later devices by sync', async () => {
+    const messaging = createClient(messagingV1.MessagingServiceClient, mesh.addresses.messaging);
+    try {
+      const role = `nurse${newId().slice(0, 6)}`;
+      const [nurseA, nurseB, patient] = [user('nurse-a'), user('nurse-b'), user('patient')];
+      const nurseOnOne = await connect(0, nurseA, 'json', tenant, [role]);
+      const nurseOnTwo = await connect(1, nurseB, 'proto', tenant, [role]);
+      const patientClient = await connect(1, patient);
+      const leaked: messagingV1.Message[] = [];
+      patientClient.on('message', (m) => leaked.push(m));
+      const arriving = [nextMessages(nurseOnOne), nextMessages(nurseOnTwo)];
+      const { ack } = await messaging.sendBroadcast(
+        { context: undefined, audience: { $case: 'audienceId', value: `role:${role}` }, clientMessageId: newId(), text: 'Code blue drill at 15:00', kind: 0, metadata: {} },
+        { context: { tenantId: tenant, userId: 'ops-system', deviceId: '', internal: true } },
+      );
+      for (const received of await Promise.all(arriving)) {
+        expect(received[0]).toMatchObject({ messageId: ack!.messageId, conversationId: `audience-role-${role}`, senderId: 'ops-system', text: 'Code blue drill at 15:00' });
+      }
+      // A nurse who connects afterwards finds it by sync; the patient never saw it.
+      const late = await connect(0, user('nurse-c'), 'json', tenant, [role]);
+      const page = await late.sync();
+      expect(page.messages.map((m) => m.messageId)).toContain(ack!.messageId);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(leaked).toEqual([]);
+    } finally {
+      messaging.close();
+    }
   });
 });
 

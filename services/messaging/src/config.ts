@@ -15,6 +15,8 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       SEND_CONCURRENCY: env.positiveInt(8),
       /** Most sends committed in one transaction. */
       SEND_BATCH_MAX: env.positiveInt(64),
+      /** Roles (token claim `roles`) that may broadcast to tenant-wide audiences; internal callers always may. */
+      BROADCAST_ROLES: env.list(['admin']),
       /** How often the outbox relay looks for work when no notification arrives. */
       OUTBOX_POLL_MS: env.positiveInt(500),
     },

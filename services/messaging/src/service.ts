@@ -1,14 +1,48 @@
-import { InvalidArgumentError } from '@switchboard/errors';
-import { actingUser, unary, viewer } from '@switchboard/grpc';
-import { assertSafeId } from '@switchboard/ids';
+import { InvalidArgumentError, PermissionDeniedError } from '@switchboard/errors';
+import { actingUser, unary, viewer, type CallContext } from '@switchboard/grpc';
+import { assertSafeId, audienceConversationId, audienceConversationsOf, MAX_AUDIENCE_ROLE_LENGTH } from '@switchboard/ids';
 import type { Logger } from '@switchboard/logging';
 import { messagingV1 } from '@switchboard/proto';
 import type { MessagingConfig } from './config';
-import type { MessageStore } from './store';
+import type { MessageStore, NewMessage, Reader } from './store';
 
-const { MessageKind, Direction } = messagingV1;
+const { ConversationKind, MessageKind, Direction } = messagingV1;
 
+/** The acting user as a reader: their conversations plus the audiences of their roles. */
+function readerOf(ctx: CallContext): Reader {
+  return { userId: actingUser(ctx), granted: audienceConversationsOf(ctx.roles) };
+}
 
+/** Like readerOf, but an internal caller without a user reads anything of its tenant. */
+function optionalReader(ctx: CallContext): Reader | undefined {
+  return viewer(ctx) === undefined ? undefined : readerOf(ctx);
+}
+
+/** The checks every new message passes, whatever its target. */
+function newMessage(
+  req: Pick<messagingV1.SendMessageRequest, 'clientMessageId' | 'kind' | 'text' | 'attachments' | 'mentions' | 'metadata'>,
+  senderId: string,
+  config: MessagingConfig,
+  defaultKind: messagingV1.MessageKind,
+): NewMessage {
+  const clientMessageId = assertSafeId(req.clientMessageId, 'client_message_id');
+  if (req.text.length === 0 && req.attachments.length === 0) {
+    throw new InvalidArgumentError('a message needs text or an attachment', { field: 'text' });
+  }
+  if (req.text.length > config.MAX_TEXT_LENGTH) {
+    throw new InvalidArgumentError(`text is longer than ${config.MAX_TEXT_LENGTH} characters`, { field: 'text' });
+  }
+  req.mentions.forEach((mention) => assertSafeId(mention, 'mentions'));
+  return {
+    senderId,
+    clientMessageId,
+    kind: req.kind === MessageKind.MESSAGE_KIND_UNSPECIFIED ? defaultKind : req.kind,
+    text: req.text,
+    attachments: req.attachments,
+    mentions: req.mentions,
+    metadata: req.metadata,
+  };
+}
 
 /** A resume token is the positions themselves, opaque to clients (base64url JSON). */
 function encodeResumeToken(positions: Map<string, number>): string {
@@ -38,13 +72,7 @@ export function messagingService(store: MessageStore, config: MessagingConfig, l
   return {
     sendMessage: unary('SendMessage', logger, async (req: messagingV1.SendMessageRequest, ctx) => {
       const senderId = actingUser(ctx);
-      const clientMessageId = assertSafeId(req.clientMessageId, 'client_message_id');
-      if (req.text.length === 0 && req.attachments.length === 0) {
-        throw new InvalidArgumentError('a message needs text or an attachment', { field: 'text' });
-      }
-      if (req.text.length > config.MAX_TEXT_LENGTH) {
-        throw new InvalidArgumentError(`text is longer than ${config.MAX_TEXT_LENGTH} characters`, { field: 'text' });
-      }
+      const message = newMessage(req, senderId, config, MessageKind.MESSAGE_KIND_TEXT);
       if (!req.target) throw new InvalidArgumentError('name a conversation_id or a recipient_user_id', { field: 'target' });
       let target: { conversationId: string } | { recipientUserId: string };
       if (req.target.$case === 'recipientUserId') {
@@ -54,30 +82,44 @@ export function messagingService(store: MessageStore, config: MessagingConfig, l
       } else {
         target = { conversationId: assertSafeId(req.target.value, 'conversation_id') };
       }
-      req.mentions.forEach((mention) => assertSafeId(mention, 'mentions'));
-      const ack = await store.send(ctx.tenant.tenantId, target, {
-        senderId,
-        clientMessageId,
-        kind: req.kind === MessageKind.MESSAGE_KIND_UNSPECIFIED ? MessageKind.MESSAGE_KIND_TEXT : req.kind,
-        text: req.text,
-        attachments: req.attachments,
-        mentions: req.mentions,
-        metadata: req.metadata,
-      });
+      const ack = await store.send(ctx.tenant.tenantId, target, message);
+      return { ack };
+    }),
+
+    sendBroadcast: unary('SendBroadcast', logger, async (req: messagingV1.SendBroadcastRequest, ctx) => {
+      // Internal systems name themselves as the sender in context.user_id.
+      const senderId = actingUser(ctx);
+      if (req.audience?.$case !== 'audienceId') {
+        throw new InvalidArgumentError('name an audience_id ("all" or "role:<role>") or a room_id', { field: 'audience' });
+      }
+      const conversationId = audienceConversationId(req.audience.value);
+      if (!conversationId) {
+        throw new InvalidArgumentError(
+          `audience_id must be "all" or "role:<role>" (a role of at most ${MAX_AUDIENCE_ROLE_LENGTH} characters of A-Z, a-z, 0-9, '_' or '-')`,
+          { field: 'audience_id' },
+        );
+      }
+      if (!ctx.tenant.internal && !ctx.roles.some((role) => config.BROADCAST_ROLES.includes(role))) {
+        throw new PermissionDeniedError(`broadcasting to a tenant-wide audience needs one of the roles ${config.BROADCAST_ROLES.join(', ')}`, {
+          field: 'audience_id',
+        });
+      }
+      const message = newMessage({ ...req, attachments: [], mentions: [] }, senderId, config, MessageKind.MESSAGE_KIND_ANNOUNCEMENT);
+      const ack = await store.send(ctx.tenant.tenantId, { conversationId }, message, { kind: ConversationKind.CONVERSATION_KIND_BROADCAST });
       return { ack };
     }),
 
     getHistory: unary('GetHistory', logger, async (req: messagingV1.GetHistoryRequest, ctx) => {
       const conversationId = assertSafeId(req.conversationId, 'conversation_id');
       const backward = req.direction === Direction.DIRECTION_BACKWARD;
-      return store.history(ctx.tenant.tenantId, conversationId, viewer(ctx), req.fromSeq, backward, pageSize(req.limit, config));
+      return store.history(ctx.tenant.tenantId, conversationId, optionalReader(ctx), req.fromSeq, backward, pageSize(req.limit, config));
     }),
 
     sync: unary('Sync', logger, async (req: messagingV1.SyncRequest, ctx) => {
-      const userId = actingUser(ctx);
+      const reader = readerOf(ctx);
       const positions = req.resumeToken ? decodeResumeToken(req.resumeToken) : new Map<string, number>();
       for (const position of req.positions) positions.set(assertSafeId(position.conversationId, 'positions.conversation_id'), position.lastSeq);
-      const result = await store.sync(ctx.tenant.tenantId, userId, positions, pageSize(req.limit, config, 100));
+      const result = await store.sync(ctx.tenant.tenantId, reader, positions, pageSize(req.limit, config, 100));
       return {
         messages: result.messages,
         hasMore: result.hasMore,
@@ -88,13 +130,13 @@ export function messagingService(store: MessageStore, config: MessagingConfig, l
 
     getConversation: unary('GetConversation', logger, async (req: messagingV1.GetConversationRequest, ctx) => {
       const conversationId = assertSafeId(req.conversationId, 'conversation_id');
-      return { conversation: await store.getConversation(ctx.tenant.tenantId, conversationId, viewer(ctx)) };
+      return { conversation: await store.getConversation(ctx.tenant.tenantId, conversationId, optionalReader(ctx)) };
     }),
 
     listConversations: unary('ListConversations', logger, async (req: messagingV1.ListConversationsRequest, ctx) => {
       const { conversations, nextPageToken } = await store.listConversations(
         ctx.tenant.tenantId,
-        actingUser(ctx),
+        readerOf(ctx),
         pageSize(req.page?.pageSize ?? 0, config, 100),
         req.page?.pageToken ?? '',
       );
@@ -114,23 +156,23 @@ export function messagingService(store: MessageStore, config: MessagingConfig, l
 
     markDelivered: unary('MarkDelivered', logger, async (req: messagingV1.MarkDeliveredRequest, ctx) => {
       const conversationId = assertSafeId(req.conversationId, 'conversation_id');
-      const receipt = await store.markReceipt(ctx.tenant.tenantId, conversationId, actingUser(ctx), ctx.tenant.deviceId, req.seq, 'delivered');
+      const receipt = await store.markReceipt(ctx.tenant.tenantId, conversationId, readerOf(ctx), ctx.tenant.deviceId, req.seq, 'delivered');
       return receipt;
     }),
 
     markRead: unary('MarkRead', logger, async (req: messagingV1.MarkReadRequest, ctx) => {
       const conversationId = assertSafeId(req.conversationId, 'conversation_id');
-      const receipt = await store.markReceipt(ctx.tenant.tenantId, conversationId, actingUser(ctx), ctx.tenant.deviceId, req.seq, 'read');
+      const receipt = await store.markReceipt(ctx.tenant.tenantId, conversationId, readerOf(ctx), ctx.tenant.deviceId, req.seq, 'read');
       return receipt;
     }),
 
     getReceipts: unary('GetReceipts', logger, async (req: messagingV1.GetReceiptsRequest, ctx) => {
       const conversationId = assertSafeId(req.conversationId, 'conversation_id');
-      return { receipts: await store.receipts(ctx.tenant.tenantId, conversationId, viewer(ctx)) };
+      return { receipts: await store.receipts(ctx.tenant.tenantId, conversationId, optionalReader(ctx)) };
     }),
 
     getUnreadCounts: unary('GetUnreadCounts', logger, async (_req: messagingV1.GetUnreadCountsRequest, ctx) => {
-      return { counts: await store.unreadCounts(ctx.tenant.tenantId, actingUser(ctx)) };
+      return { counts: await store.unreadCounts(ctx.tenant.tenantId, readerOf(ctx)) };
     }),
   };
 }

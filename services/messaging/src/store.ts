@@ -16,6 +16,22 @@ export interface SendRequest {
   tenantId: string;
   target: SendTarget;
   message: NewMessage;
+  /**
+   * Set when the caller already decided the sender may post here (a room
+   * permission, a broadcast role): membership rows are not consulted, and a
+   * conversation not yet known is created with this kind.
+   */
+  granted?: { kind: messagingV1.ConversationKind };
+}
+
+/**
+ * Who reads. Members read their conversations; `granted` names the
+ * conversations the caller may read without being a member row (tenant-wide
+ * audiences of their roles, rooms the room service allowed).
+ */
+export interface Reader {
+  userId: string;
+  granted: readonly string[];
 }
 
 export interface NewMessage {
@@ -120,12 +136,31 @@ function ackOf(message: messagingV1.Message, duplicate: boolean): messagingV1.Me
   };
 }
 
+const { CONVERSATION_KIND_DIRECT: DIRECT, CONVERSATION_KIND_BROADCAST: BROADCAST } = ConversationKind;
+
+/**
+ * Member ids are listed for direct conversations only: a room's members come
+ * from the room service, and an audience's member rows only hold the
+ * receipts of those who read it.
+ */
 const CONVERSATION_COLUMNS = `c.tenant_id, c.conversation_id, c.kind, c.last_seq, c.created_at, c.last_message_at,
-  ARRAY(SELECT m.user_id FROM conversation_members m
-        WHERE m.tenant_id = c.tenant_id AND m.conversation_id = c.conversation_id ORDER BY m.user_id) AS member_ids`;
+  CASE WHEN c.kind = ${DIRECT} THEN ARRAY(SELECT m.user_id FROM conversation_members m
+        WHERE m.tenant_id = c.tenant_id AND m.conversation_id = c.conversation_id ORDER BY m.user_id) ELSE '{}' END AS member_ids`;
+
+/**
+ * The conversations a reader ($1 tenant, $2 user, $3 granted ids) sees: those
+ * with a member row (except audiences, whose rows only hold receipts) and
+ * the granted ones.
+ */
+const READABLE = `readable AS (
+  SELECT m.conversation_id FROM conversation_members m
+  JOIN conversations rc ON rc.tenant_id = m.tenant_id AND rc.conversation_id = m.conversation_id
+  WHERE m.tenant_id = $1 AND m.user_id = $2 AND rc.kind <> ${BROADCAST}
+  UNION SELECT unnest($3::text[])
+)`;
 
 /** A conversation as one member sees it: with the newest message and the member's own watermarks (`me`). */
-const VIEWER_COLUMNS = `${CONVERSATION_COLUMNS}, me.read_seq, me.delivered_seq,
+const VIEWER_COLUMNS = `${CONVERSATION_COLUMNS}, COALESCE(me.read_seq, 0) AS read_seq, COALESCE(me.delivered_seq, 0) AS delivered_seq,
   (SELECT to_jsonb(lm) FROM messages lm
    WHERE lm.tenant_id = c.tenant_id AND lm.conversation_id = c.conversation_id AND lm.seq = c.last_seq) AS last_message`;
 
@@ -159,8 +194,8 @@ export class MessageStore {
    * Sends go through the batcher: alone they commit at once, under load
    * several share one transaction (one commit, one fsync).
    */
-  async send(tenantId: string, target: SendTarget, message: NewMessage): Promise<messagingV1.MessageAck> {
-    const ack = await this.batcher.submit({ tenantId, target, message });
+  async send(tenantId: string, target: SendTarget, message: NewMessage, granted?: SendRequest['granted']): Promise<messagingV1.MessageAck> {
+    const ack = await this.batcher.submit(granted ? { tenantId, target, message, granted } : { tenantId, target, message });
     if (!ack.duplicate) this.outboxWritten();
     return ack;
   }
@@ -171,12 +206,22 @@ export class MessageStore {
    * takes the next sequence and stores the message; its event goes to the
    * batch's outbox insert.
    */
-  private async sendIn(db: PoolClient, { tenantId, target, message }: SendRequest, outbox: OutboxWriter): Promise<messagingV1.MessageAck> {
-    let result = await this.insertMessage(db, tenantId, target, message);
-    if (!result.original && !result.conversation_id && 'recipientUserId' in target) {
-      // The first message between two users creates their conversation.
-      const { conversation } = await this.directConversation(db, tenantId, message.senderId, target.recipientUserId, outbox);
-      result = await this.insertMessage(db, tenantId, { conversationId: conversation.conversationId }, message);
+  private async sendIn(db: PoolClient, { tenantId, target, message, granted }: SendRequest, outbox: OutboxWriter): Promise<messagingV1.MessageAck> {
+    let result = await this.insertMessage(db, tenantId, target, message, granted !== undefined);
+    if (!result.original && !result.conversation_id) {
+      if ('recipientUserId' in target) {
+        // The first message between two users creates their conversation.
+        const { conversation } = await this.directConversation(db, tenantId, message.senderId, target.recipientUserId, outbox);
+        result = await this.insertMessage(db, tenantId, { conversationId: conversation.conversationId }, message, false);
+      } else if (granted) {
+        // An audience's first broadcast, or a room whose membership has not reached this replica yet.
+        await db.query(`INSERT INTO conversations (tenant_id, conversation_id, kind) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`, [
+          tenantId,
+          target.conversationId,
+          granted.kind,
+        ]);
+        result = await this.insertMessage(db, tenantId, target, message, true);
+      }
     }
     if (result.original) return this.retried(jsonToMessage(result.original), target, message);
     if (!result.conversation_id) {
@@ -200,7 +245,7 @@ export class MessageStore {
    * concurrent send with the same client id fails on the unique index and
    * the whole statement (sequence included) is undone.
    */
-  private async insertMessage(db: PoolClient, tenantId: string, target: SendTarget, message: NewMessage) {
+  private async insertMessage(db: PoolClient, tenantId: string, target: SendTarget, message: NewMessage, granted: boolean) {
     const byDirectKey = 'recipientUserId' in target;
     const { rows } = await db.query<{ conversation_id: string | null; member_ids: string[]; original: MessageJson | null; inserted: MessageJson | null }>(
       `WITH conv AS (
@@ -215,7 +260,7 @@ export class MessageStore {
          UPDATE conversations c SET last_seq = c.last_seq + 1, last_message_at = now()
          WHERE c.tenant_id = $1 AND c.conversation_id = (SELECT conversation_id FROM conv)
            AND NOT EXISTS (SELECT 1 FROM original)
-           AND $3 = ANY ((SELECT ids FROM members)::text[])
+           AND ($11::boolean OR $3 = ANY ((SELECT ids FROM members)::text[]))
          RETURNING c.conversation_id, c.last_seq
        ), inserted AS (
          INSERT INTO messages (tenant_id, conversation_id, seq, message_id, sender_id, client_message_id, kind, body, attachments, mentions, metadata)
@@ -241,6 +286,7 @@ export class MessageStore {
         JSON.stringify(message.attachments),
         message.mentions,
         JSON.stringify(message.metadata),
+        granted,
       ],
     );
     return rows[0]!;
@@ -275,15 +321,15 @@ export class MessageStore {
     return result;
   }
 
-  async getConversation(tenantId: string, conversationId: string, viewerId: string | undefined): Promise<messagingV1.Conversation> {
+  async getConversation(tenantId: string, conversationId: string, reader: Reader | undefined): Promise<messagingV1.Conversation> {
     return withTenantTransaction(this.pool, tenantId, async (db) => {
-      if (viewerId) await this.requireMember(db, tenantId, conversationId, viewerId);
-      const { rows } = viewerId
+      if (reader) await this.requireAccess(db, tenantId, conversationId, reader);
+      const { rows } = reader
         ? await db.query<ConversationRow>(
             `SELECT ${VIEWER_COLUMNS} FROM conversations c
-             JOIN conversation_members me ON me.tenant_id = c.tenant_id AND me.conversation_id = c.conversation_id AND me.user_id = $3
+             LEFT JOIN conversation_members me ON me.tenant_id = c.tenant_id AND me.conversation_id = c.conversation_id AND me.user_id = $3
              WHERE c.tenant_id = $1 AND c.conversation_id = $2`,
-            [tenantId, conversationId, viewerId],
+            [tenantId, conversationId, reader.userId],
           )
         : await db.query<ConversationRow>(`SELECT ${CONVERSATION_COLUMNS} FROM conversations c WHERE c.tenant_id = $1 AND c.conversation_id = $2`, [
             tenantId,
@@ -295,16 +341,17 @@ export class MessageStore {
   }
 
   /** A user's conversations, most recently active first, paged by an offset token. */
-  async listConversations(tenantId: string, userId: string, pageSize: number, pageToken: string) {
+  async listConversations(tenantId: string, reader: Reader, pageSize: number, pageToken: string) {
     const offset = pageToken ? Number.parseInt(Buffer.from(pageToken, 'base64url').toString(), 10) || 0 : 0;
     return withTenantTransaction(this.pool, tenantId, async (db) => {
       const { rows } = await db.query<ConversationRow>(
-        `SELECT ${VIEWER_COLUMNS} FROM conversations c
-         JOIN conversation_members me ON me.tenant_id = c.tenant_id AND me.conversation_id = c.conversation_id AND me.user_id = $2
-         WHERE c.tenant_id = $1
+        `WITH ${READABLE}
+         SELECT ${VIEWER_COLUMNS} FROM conversations c
+         LEFT JOIN conversation_members me ON me.tenant_id = c.tenant_id AND me.conversation_id = c.conversation_id AND me.user_id = $2
+         WHERE c.tenant_id = $1 AND c.conversation_id IN (SELECT conversation_id FROM readable)
          ORDER BY c.last_message_at DESC NULLS LAST, c.conversation_id
-         LIMIT $3 OFFSET $4`,
-        [tenantId, userId, pageSize + 1, offset],
+         LIMIT $4 OFFSET $5`,
+        [tenantId, reader.userId, reader.granted, pageSize + 1, offset],
       );
       const more = rows.length > pageSize;
       return {
@@ -315,9 +362,9 @@ export class MessageStore {
   }
 
   /** Messages after `fromSeq` (forward) or before it (backward; 0 = from the newest), always returned in ascending order. */
-  async history(tenantId: string, conversationId: string, viewerId: string | undefined, fromSeq: number, backward: boolean, limit: number) {
+  async history(tenantId: string, conversationId: string, reader: Reader | undefined, fromSeq: number, backward: boolean, limit: number) {
     return withTenantTransaction(this.pool, tenantId, async (db) => {
-      if (viewerId) await this.requireMember(db, tenantId, conversationId, viewerId);
+      if (reader) await this.requireAccess(db, tenantId, conversationId, reader);
       const { rows } = backward
         ? await db.query<MessageRow>(
             `SELECT * FROM messages WHERE tenant_id = $1 AND conversation_id = $2 AND ($3::bigint = 0 OR seq < $3)
@@ -340,16 +387,17 @@ export class MessageStore {
    * conversations, in (conversation, seq) order and paginated: a device that
    * was offline for a week pages through it instead of getting one giant frame.
    */
-  async sync(tenantId: string, userId: string, positions: Map<string, number>, limit: number) {
+  async sync(tenantId: string, reader: Reader, positions: Map<string, number>, limit: number) {
     return withTenantTransaction(this.pool, tenantId, async (db) => {
       const { rows } = await db.query<MessageRow>(
-        `SELECT m.* FROM messages m
-         JOIN conversation_members me ON me.tenant_id = m.tenant_id AND me.conversation_id = m.conversation_id AND me.user_id = $2
-         LEFT JOIN unnest($3::text[], $4::bigint[]) AS p(conversation_id, last_seq) ON p.conversation_id = m.conversation_id
+        `WITH ${READABLE}
+         SELECT m.* FROM messages m
+         JOIN readable r ON r.conversation_id = m.conversation_id
+         LEFT JOIN unnest($4::text[], $5::bigint[]) AS p(conversation_id, last_seq) ON p.conversation_id = m.conversation_id
          WHERE m.tenant_id = $1 AND m.seq > COALESCE(p.last_seq, 0)
          ORDER BY m.conversation_id, m.seq
-         LIMIT $5`,
-        [tenantId, userId, [...positions.keys()], [...positions.values()], limit + 1],
+         LIMIT $6`,
+        [tenantId, reader.userId, reader.granted, [...positions.keys()], [...positions.values()], limit + 1],
       );
       const hasMore = rows.length > limit;
       const messages = rows.slice(0, limit).map(toMessage);
@@ -366,9 +414,18 @@ export class MessageStore {
    * watermark moved, one event on the conversation subject tells the senders
    * and the reader's other devices.
    */
-  async markReceipt(tenantId: string, conversationId: string, userId: string, deviceId: string, seq: number, which: 'delivered' | 'read') {
+  async markReceipt(tenantId: string, conversationId: string, reader: Reader, deviceId: string, seq: number, which: 'delivered' | 'read') {
+    const userId = reader.userId;
     const receipt = await withTenantTransaction(this.pool, tenantId, async (db) => {
-      await this.requireMember(db, tenantId, conversationId, userId);
+      await this.requireAccess(db, tenantId, conversationId, reader);
+      if (reader.granted.includes(conversationId)) {
+        // A reader without a member row (an audience, a room whose membership is still on its way) gets one for its watermarks.
+        await db.query(`INSERT INTO conversation_members (tenant_id, conversation_id, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`, [
+          tenantId,
+          conversationId,
+          userId,
+        ]);
+      }
       const before = await db.query<{ delivered_seq: string; read_seq: string; last_seq: string }>(
         `SELECT m.delivered_seq, m.read_seq, c.last_seq FROM conversation_members m
          JOIN conversations c ON c.tenant_id = m.tenant_id AND c.conversation_id = m.conversation_id
@@ -410,9 +467,9 @@ export class MessageStore {
   }
 
   /** Every member's watermarks, with each device's delivery. */
-  async receipts(tenantId: string, conversationId: string, viewerId: string | undefined): Promise<messagingV1.Receipt[]> {
+  async receipts(tenantId: string, conversationId: string, reader: Reader | undefined): Promise<messagingV1.Receipt[]> {
     return withTenantTransaction(this.pool, tenantId, async (db) => {
-      if (viewerId) await this.requireMember(db, tenantId, conversationId, viewerId);
+      if (reader) await this.requireAccess(db, tenantId, conversationId, reader);
       const { rows } = await db.query<{ user_id: string; delivered_seq: string; read_seq: string; receipts_updated_at: Date | null; devices: { device_id: string; delivered_seq: number }[] }>(
         `SELECT m.user_id, m.delivered_seq, m.read_seq, m.receipts_updated_at,
            COALESCE((SELECT jsonb_agg(jsonb_build_object('device_id', d.device_id, 'delivered_seq', d.delivered_seq) ORDER BY d.device_id)
@@ -432,14 +489,15 @@ export class MessageStore {
   }
 
   /** Unread messages per conversation of a user (after their read watermark), only where there are some. */
-  async unreadCounts(tenantId: string, userId: string): Promise<messagingV1.UnreadCount[]> {
+  async unreadCounts(tenantId: string, reader: Reader): Promise<messagingV1.UnreadCount[]> {
     return withTenantTransaction(this.pool, tenantId, async (db) => {
       const { rows } = await db.query<{ conversation_id: string; last_seq: string; read_seq: string }>(
-        `SELECT c.conversation_id, c.last_seq, me.read_seq FROM conversation_members me
-         JOIN conversations c ON c.tenant_id = me.tenant_id AND c.conversation_id = me.conversation_id
-         WHERE me.tenant_id = $1 AND me.user_id = $2 AND c.last_seq > me.read_seq
+        `WITH ${READABLE}
+         SELECT c.conversation_id, c.last_seq, COALESCE(me.read_seq, 0) AS read_seq FROM conversations c
+         LEFT JOIN conversation_members me ON me.tenant_id = c.tenant_id AND me.conversation_id = c.conversation_id AND me.user_id = $2
+         WHERE c.tenant_id = $1 AND c.conversation_id IN (SELECT conversation_id FROM readable) AND c.last_seq > COALESCE(me.read_seq, 0)
          ORDER BY c.conversation_id`,
-        [tenantId, userId],
+        [tenantId, reader.userId, reader.granted],
       );
       return rows.map((row) => ({
         conversationId: row.conversation_id,
@@ -458,16 +516,24 @@ export class MessageStore {
     return rows[0] ? toMessage(rows[0]) : undefined;
   }
 
-  /** The members of a conversation the user belongs to; NOT_FOUND otherwise (existence is not revealed to outsiders). */
-  private async requireMember(db: PoolClient, tenantId: string, conversationId: string, userId: string): Promise<string[]> {
-    const { rows } = await db.query<{ user_id: string }>(
-      `SELECT user_id FROM conversation_members WHERE tenant_id = $1 AND conversation_id = $2 ORDER BY user_id`,
-      [tenantId, conversationId],
+  /**
+   * The reader may read the conversation: granted to them, or a member row
+   * (audience rows only hold receipts and grant nothing). NOT_FOUND when it
+   * does not exist, so outsiders of another tenant learn nothing.
+   */
+  private async requireAccess(db: PoolClient, tenantId: string, conversationId: string, reader: Reader): Promise<void> {
+    const { rows } = await db.query<{ kind: number; member: boolean }>(
+      `SELECT c.kind, EXISTS (SELECT 1 FROM conversation_members m
+                              WHERE m.tenant_id = c.tenant_id AND m.conversation_id = c.conversation_id AND m.user_id = $3) AS member
+       FROM conversations c WHERE c.tenant_id = $1 AND c.conversation_id = $2`,
+      [tenantId, conversationId, reader.userId],
     );
-    const members = rows.map((row) => row.user_id);
-    if (members.length === 0) throw new NotFoundError(`conversation ${conversationId} not found`, { field: 'conversation_id' });
-    if (!members.includes(userId)) throw new PermissionDeniedError(`not a member of conversation ${conversationId}`, { field: 'conversation_id' });
-    return members;
+    const conversation = rows[0];
+    if (!conversation) throw new NotFoundError(`conversation ${conversationId} not found`, { field: 'conversation_id' });
+    if (reader.granted.includes(conversationId)) return;
+    if (!conversation.member || conversation.kind === BROADCAST) {
+      throw new PermissionDeniedError(`not a member of conversation ${conversationId}`, { field: 'conversation_id' });
+    }
   }
 
   private async directConversation(db: PoolClient, tenantId: string, userId: string, otherUserId: string, outbox: OutboxWriter) {

@@ -163,6 +163,55 @@ describe('messaging service (real PostgreSQL, NATS, Kafka)', () => {
     }
   });
 
+  it('broadcasts to a tenant-wide audience that the readers roles decide, never to others', async () => {
+    const internal = { context: { tenantId: tenant, userId: 'scheduler', deviceId: '', internal: true } };
+    const provider = (userId: string) => ({ ...as(userId), roles: ['provider'] });
+    const broadcast = (options: typeof internal & { roles?: string[] }, audienceId: string, text: string, clientMessageId = newId()) =>
+      client.sendBroadcast({ context: undefined, audience: { $case: 'audienceId', value: audienceId }, clientMessageId, text, kind: 0, metadata: {} }, options);
+
+    const first = await broadcast(internal, 'role:provider', 'Ward 3 handover at 14:00');
+    expect(first.ack!.conversationId).toBe('audience-role-provider');
+    const retry = await broadcast(internal, 'role:provider', 'Ward 3 handover at 14:00', first.ack!.clientMessageId);
+    expect([retry.ack!.messageId, retry.ack!.duplicate]).toEqual([first.ack!.messageId, true]);
+    // A user whose token carries a broadcasting role may broadcast too; others may not.
+    await broadcast({ ...as('chief'), roles: ['admin'] }, 'role:provider', 'Protocol update');
+    const refused = await errorOf(broadcast(provider('pat-provider'), 'role:provider', 'me too'));
+    expect([refused.code, refused.field]).toEqual([ErrorCode.ERROR_CODE_PERMISSION_DENIED, 'audience_id']);
+    const badAudience = await errorOf(broadcast(internal, 'providers.>', 'x'));
+    expect([badAudience.code, badAudience.field]).toEqual([ErrorCode.ERROR_CODE_INVALID_ARGUMENT, 'audience_id']);
+
+    // A provider sees the audience in their list with its unread count, syncs it and reads its history.
+    const list = await client.listConversations({ context: undefined, page: { pageSize: 50, pageToken: '' } }, provider('pat-provider'));
+    const audience = list.conversations.find((c) => c.conversationId === 'audience-role-provider');
+    expect([audience?.kind, audience?.lastSeq, audience?.unreadCount, audience?.memberIds]).toEqual([messagingV1.ConversationKind.CONVERSATION_KIND_BROADCAST, 2, 2, []]);
+    const synced = await client.sync({ context: undefined, positions: [], resumeToken: '', limit: 100 }, provider('pat-provider'));
+    expect(synced.messages.filter((m) => m.conversationId === 'audience-role-provider').map((m) => [m.text, m.kind])).toEqual([
+      ['Ward 3 handover at 14:00', messagingV1.MessageKind.MESSAGE_KIND_ANNOUNCEMENT],
+      ['Protocol update', messagingV1.MessageKind.MESSAGE_KIND_ANNOUNCEMENT],
+    ]);
+    await client.markRead({ context: undefined, conversationId: 'audience-role-provider', seq: 2 }, provider('pat-provider'));
+    const counts = await client.getUnreadCounts({ context: undefined }, provider('pat-provider'));
+    expect(counts.counts.find((c) => c.conversationId === 'audience-role-provider')).toBeUndefined();
+
+    // A patient (no such role) sees nothing of it, even after having had it.
+    const patientList = await client.listConversations({ context: undefined, page: { pageSize: 50, pageToken: '' } }, as('pat-provider'));
+    expect(patientList.conversations.map((c) => c.conversationId)).not.toContain('audience-role-provider');
+    const patientSync = await client.sync({ context: undefined, positions: [], resumeToken: '', limit: 100 }, as('pat-provider'));
+    expect(patientSync.messages.filter((m) => m.conversationId === 'audience-role-provider')).toHaveLength(0);
+    const denied = await errorOf(
+      client.getHistory({ context: undefined, conversationId: 'audience-role-provider', fromSeq: 0, direction: messagingV1.Direction.DIRECTION_FORWARD, limit: 10 }, as('patient')),
+    );
+    expect(denied.code).toBe(ErrorCode.ERROR_CODE_PERMISSION_DENIED);
+    // Another tenant's provider does not even see that it exists.
+    const elsewhere = await errorOf(
+      client.getHistory(
+        { context: undefined, conversationId: 'audience-role-provider', fromSeq: 0, direction: messagingV1.Direction.DIRECTION_FORWARD, limit: 10 },
+        { ...as('doc', otherTenant), roles: ['provider'] },
+      ),
+    );
+    expect(elsewhere.code).toBe(ErrorCode.ERROR_CODE_NOT_FOUND);
+  });
+
   it('writes committed messages to Kafka sb.messages keyed by conversation', async () => {
     const { ack } = await send(client, 'gina', { recipientUserId: 'hank' }, 'durable');
     const kafka = new Kafka({ clientId: 'messaging-test', brokers: env.KAFKA_BROKERS!.split(','), logLevel: logLevel.NOTHING });
