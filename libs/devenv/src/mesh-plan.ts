@@ -45,7 +45,7 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
       }),
     );
     // Services that call each other learn the addresses (fixed or free ports alike).
-    const peers = { MESSAGING_ADDR: addresses.messaging, PRESENCE_ADDR: addresses.presence, ROOM_ADDR: addresses.room };
+    const peers = { MESSAGING_ADDR: addresses.messaging, PRESENCE_ADDR: addresses.presence, ROOM_ADDR: addresses.room, NOTIFICATION_ADDR: addresses.notification };
     for (const { service, grpc, ops } of backends) {
       started.push(await launchService({ service, env: { ...base, ...peers, GRPC_PORT: String(grpc) }, opsPort: ops, ...(options.onLine ? { onLine: options.onLine } : {}) }));
     }
@@ -66,6 +66,7 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
           GATEWAY_ID: name,
           MESSAGING_ADDR: addresses.messaging,
           PRESENCE_ADDR: addresses.presence,
+          ROOM_ADDR: addresses.room,
         },
         opsPort,
         ...(options.onLine ? { onLine: options.onLine } : {}),

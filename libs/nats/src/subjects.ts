@@ -25,4 +25,5 @@ export const SYSTEM_SUBJECTS = {
   gatewayHeartbeat: 'sb.sys.gateway.heartbeat',
   /** Empty pings after a commit wrote outbox rows, so the relay leader (any replica) publishes at once. */
   messagingOutboxWake: 'sb.sys.messaging.outbox',
+  roomOutboxWake: 'sb.sys.room.outbox',
 } as const;

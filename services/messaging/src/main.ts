@@ -1,11 +1,11 @@
 import { GrpcServer } from '@switchboard/grpc';
 import { createIdempotentProducer, createKafka } from '@switchboard/kafka';
 import { connectNats, natsReady, SYSTEM_SUBJECTS } from '@switchboard/nats';
+import { OutboxRelay, outboxWaker } from '@switchboard/outbox';
 import { openDatabase } from '@switchboard/postgres';
 import { messagingV1 } from '@switchboard/proto';
 import { runMain, ServiceHost } from '@switchboard/runtime';
 import { readConfig } from './config';
-import { OutboxRelay } from './outbox-relay';
 import { path } from './paths';
 import { messagingService } from './service';
 import { MessageStore } from './store';
@@ -47,21 +47,11 @@ async function main(): Promise<void> {
 
   // 3. Background runners: the outbox relay, woken after commits here and,
   // over NATS, after commits of other replicas (polling covers a lost wake-up).
-  const relay = new OutboxRelay({ pool, databaseUrl: config.DATABASE_URL, nats, producer, logger, meter: host.telemetry.meter, pollMs: config.OUTBOX_POLL_MS });
+  const relay = new OutboxRelay({ service: SERVICE, leaderLockKey: 0x5b0_0001, pool, databaseUrl: config.DATABASE_URL, nats, producer, logger, meter: host.telemetry.meter, pollMs: config.OUTBOX_POLL_MS });
   host.runner('outbox relay', () => relay.start(), () => relay.stop());
-  const wakeSubscription = nats.subscribe(SYSTEM_SUBJECTS.messagingOutboxWake, { callback: () => relay.wake() });
-  host.lifecycle.onShutdown('outbox wake-ups', () => wakeSubscription.unsubscribe());
-  let wakePending = false;
-  const outboxWritten = () => {
-    relay.wake();
-    // One wake-up per tick however many sends committed in it.
-    if (wakePending) return;
-    wakePending = true;
-    setImmediate(() => {
-      wakePending = false;
-      if (!nats.isClosed()) nats.publish(SYSTEM_SUBJECTS.messagingOutboxWake);
-    });
-  };
+  const waker = outboxWaker(relay, nats, SYSTEM_SUBJECTS.messagingOutboxWake);
+  host.lifecycle.onShutdown('outbox wake-ups', waker.close);
+  const outboxWritten = waker.written;
 
   // 4. Servers.
   const grpc = new GrpcServer({ logger });

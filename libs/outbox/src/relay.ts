@@ -15,6 +15,14 @@ interface OutboxRow {
 }
 
 export interface OutboxRelayOptions {
+  /** The owning service: names the relay's database connection and its pending-events gauge (`<service>_outbox_pending`). */
+  service: string;
+  /**
+   * The PostgreSQL advisory lock only the leader holds. Advisory locks are
+   * per database, not per schema: every service sharing a database needs its own key.
+   */
+  leaderLockKey: number;
+  /** Reaches the service's `outbox` table (the pool's search path names its schema). */
   pool: Pool;
   databaseUrl: string;
   nats: NatsConnection;
@@ -25,10 +33,10 @@ export interface OutboxRelayOptions {
   batchSize?: number;
 }
 
-/** Any number of replicas run a relay; the one holding this advisory lock publishes, so order per key holds. */
-const LEADER_LOCK_KEY = 0x5b0_0001;
-
 /**
+ * Any number of replicas run a relay; the one holding the advisory lock
+ * publishes, so order per key holds.
+ *
  * Carries every committed outbox event to NATS (live fan-out) and Kafka
  * (durable log), each with its own cursor so that a Kafka outage never delays
  * live delivery. An event is marked published only after the server
@@ -50,7 +58,7 @@ export class OutboxRelay {
   constructor(private readonly options: OutboxRelayOptions) {
     this.batchSize = options.batchSize ?? 256;
     options.meter
-      .createObservableGauge('messaging_outbox_pending', { description: 'Outbox events not yet published, per sink' })
+      .createObservableGauge(`${options.service}_outbox_pending`, { description: 'Outbox events not yet published, per sink' })
       .addCallback((result) => {
         result.observe(this.pending.nats, { sink: 'nats' });
         result.observe(this.pending.kafka, { sink: 'kafka' });
@@ -97,7 +105,7 @@ export class OutboxRelay {
   private async leadership(): Promise<void> {
     const { logger } = this.options;
     while (this.running) {
-      const client = new PgClient({ connectionString: this.options.databaseUrl, application_name: 'messaging-outbox-relay' });
+      const client = new PgClient({ connectionString: this.options.databaseUrl, application_name: `${this.options.service}-outbox-relay` });
       let lost: (reason: unknown) => void = () => undefined;
       const connectionLost = new Promise<void>((resolve) => {
         lost = (reason) => {
@@ -109,7 +117,7 @@ export class OutboxRelay {
       client.on('end', () => lost('connection ended'));
       try {
         await client.connect();
-        const { rows } = await client.query<{ locked: boolean }>('SELECT pg_try_advisory_lock($1) AS locked', [LEADER_LOCK_KEY]);
+        const { rows } = await client.query<{ locked: boolean }>('SELECT pg_try_advisory_lock($1) AS locked', [this.options.leaderLockKey]);
         if (!rows[0]?.locked) {
           await client.end();
           await this.idle(2000);
@@ -164,6 +172,8 @@ export class OutboxRelay {
   private async publishNats(rows: OutboxRow[]): Promise<void> {
     const { nats } = this.options;
     for (const row of rows) {
+      // A Kafka-only event (no subject) is written already marked published for NATS; this guards older rows.
+      if (!row.nats_subject) continue;
       const h = natsHeaders();
       for (const [key, value] of Object.entries(row.headers)) h.set(key, value);
       h.set('Nats-Msg-Id', row.event_id);
@@ -176,10 +186,12 @@ export class OutboxRelay {
   private async publishKafka(rows: OutboxRow[]): Promise<void> {
     const byTopic = new Map<string, { key: string; value: Buffer; headers: Record<string, string> }[]>();
     for (const row of rows) {
+      if (!row.kafka_topic) continue;
       const records = byTopic.get(row.kafka_topic) ?? [];
       records.push({ key: row.kafka_key, value: row.payload, headers: { ...row.headers, 'sb-event-id': row.event_id } });
       byTopic.set(row.kafka_topic, records);
     }
+    if (byTopic.size === 0) return;
     await this.options.producer.sendBatch({ acks: -1, topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })) });
   }
 
