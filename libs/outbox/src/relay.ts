@@ -4,6 +4,8 @@ import type { Logger } from '@switchboard/logging';
 import { PgClient, type Pool } from '@switchboard/postgres';
 import type { Meter } from '@switchboard/telemetry';
 
+type ObservableGauge = ReturnType<Meter['createObservableGauge']>;
+
 interface OutboxRow {
   id: string;
   event_id: string;
@@ -15,7 +17,7 @@ interface OutboxRow {
 }
 
 export interface OutboxRelayOptions {
-  /** The owning service: names the relay's database connection and its pending-events gauge (`<service>_outbox_pending`). */
+  /** The owning service: names the relay's database connection. */
   service: string;
   /**
    * The PostgreSQL advisory lock only the leader holds. Advisory locks are
@@ -28,7 +30,12 @@ export interface OutboxRelayOptions {
   nats: NatsConnection;
   producer: Producer;
   logger: Logger;
-  meter: Meter;
+  /**
+   * The service's `<service>_outbox_pending` gauge (created by the service, so
+   * its name is a literal the chart's metric checks can read); the relay
+   * observes events not yet published into it, per sink.
+   */
+  pendingGauge: ObservableGauge;
   pollMs: number;
   batchSize?: number;
 }
@@ -57,12 +64,10 @@ export class OutboxRelay {
 
   constructor(private readonly options: OutboxRelayOptions) {
     this.batchSize = options.batchSize ?? 256;
-    options.meter
-      .createObservableGauge(`${options.service}_outbox_pending`, { description: 'Outbox events not yet published, per sink' })
-      .addCallback((result) => {
-        result.observe(this.pending.nats, { sink: 'nats' });
-        result.observe(this.pending.kafka, { sink: 'kafka' });
-      });
+    options.pendingGauge.addCallback((result) => {
+      result.observe(this.pending.nats, { sink: 'nats' });
+      result.observe(this.pending.kafka, { sink: 'kafka' });
+    });
   }
 
   start(): void {

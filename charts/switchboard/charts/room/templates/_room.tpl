@@ -1,6 +1,6 @@
-{{/* The infrastructure room connects to; it has no settings beyond .Values.config. */}}
-{{- define "room.uses" -}}postgres nats{{- end -}}
-{{- define "room.backends" -}}{{- end -}}
+{{/* The infrastructure room connects to (Kafka: its outbox relay) and the services it calls (announcements: messaging, notification). */}}
+{{- define "room.uses" -}}postgres nats kafka{{- end -}}
+{{- define "room.backends" -}}messaging notification{{- end -}}
 {{- define "room.extraConfigData" -}}{{- end -}}
 {{- define "room.extraSecretRefs" -}}{{- end -}}
 {{- define "room.podEnv" -}}{{- end -}}
