@@ -212,7 +212,7 @@ describe('the Tiltfile', () => {
   test('a service starts after what it needs at start', () => {
     const resources = calls('k8s_resource');
     const deps = (service: string) => resources.find((r) => r.kwargs.new_name === service)!.kwargs.resource_deps as string[];
-    const envOf = (service: string) => containerEnv(chart, mainContainer(deployment(chart, service, DEV_RELEASE)));
+    const envOf = (service: (typeof SERVICES)[number]) => containerEnv(chart, mainContainer(deployment(chart, service, DEV_RELEASE)));
     for (const service of SERVICES) {
       const env = envOf(service);
       if (env.DATABASE_URL) expect(deps(service)).toContain('postgres');
