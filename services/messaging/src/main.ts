@@ -47,7 +47,15 @@ async function main(): Promise<void> {
 
   // 3. Background runners: the outbox relay, woken after commits here and,
   // over NATS, after commits of other replicas (polling covers a lost wake-up).
-  const relay = new OutboxRelay({ service: SERVICE, leaderLockKey: 0x5b0_0001, pool, databaseUrl: config.DATABASE_URL, nats, producer, logger, pollMs: config.OUTBOX_POLL_MS,
+  const relay = new OutboxRelay({
+    service: SERVICE,
+    leaderLockKey: 0x5b0_0001,
+    pool,
+    databaseUrl: config.DATABASE_URL,
+    nats,
+    producer,
+    logger,
+    pollMs: config.OUTBOX_POLL_MS,
     pendingGauge: host.telemetry.meter.createObservableGauge('messaging_outbox_pending', { description: 'Outbox events not yet published, per sink' }),
   });
   host.runner('outbox relay', () => relay.start(), () => relay.stop());

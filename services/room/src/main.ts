@@ -56,7 +56,15 @@ async function main(): Promise<void> {
   // 3. Background runners: the outbox relay (membership and room events to
   // NATS and Kafka), woken after commits here and, over NATS, after commits
   // of other replicas; the purge of deleted rooms past their retention.
-  const relay = new OutboxRelay({ service: SERVICE, leaderLockKey: OUTBOX_LEADER_LOCK, pool, databaseUrl: config.DATABASE_URL, nats, producer, logger, pollMs: config.OUTBOX_POLL_MS,
+  const relay = new OutboxRelay({
+    service: SERVICE,
+    leaderLockKey: OUTBOX_LEADER_LOCK,
+    pool,
+    databaseUrl: config.DATABASE_URL,
+    nats,
+    producer,
+    logger,
+    pollMs: config.OUTBOX_POLL_MS,
     pendingGauge: host.telemetry.meter.createObservableGauge('room_outbox_pending', { description: 'Outbox events not yet published, per sink' }),
   });
   host.runner('outbox relay', () => relay.start(), () => relay.stop());
