@@ -5,7 +5,7 @@ import * as path from 'node:path';
 export * as commonV1 from './gen/switchboard/common/v1/common';
 export * as eventsV1 from './gen/switchboard/events/v1/events';
 export * as gatewayV1 from './gen/switchboard/gateway/v1/gateway';
-export * as framesV1 from './gen/switchboard/gateway/v1/frames';
+export * as framesV1 from './frames';
 export * as messagingV1 from './gen/switchboard/messaging/v1/messaging';
 export * as presenceV1 from './gen/switchboard/presence/v1/presence';
 export * as roomV1 from './gen/switchboard/room/v1/room';

@@ -43,6 +43,7 @@ export const REPLY_KIND = {
   subscribeEvents: 'ok',
   unsubscribeEvents: 'ok',
   refreshToken: 'ok',
+  roomRequest: 'roomReply',
 } as const satisfies Record<ClientKindCase, ServerKindCase>;
 
 /** The reply kind (`{ $case, value }`) a request of kind C resolves with. */
@@ -589,6 +590,13 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
   }
 
   /** A protocol-level round trip; `rttMs` is measured on the client's clock. */
+  /** A room operation (gateway rooms.proto): resolves with the reply case of the same name, or rejects with room's error. */
+  async room(request: NonNullable<framesV1.RoomRequest['request']>, options?: RequestOptions): Promise<NonNullable<framesV1.RoomReply['reply']>> {
+    const reply = await this.request({ $case: 'roomRequest', value: { request } }, options);
+    if (!reply.value.reply) throw new InternalError('room_reply without a reply');
+    return reply.value.reply;
+  }
+
   async ping(options?: RequestOptions): Promise<framesV1.Pong & { rttMs: number }> {
     const sent = Date.now();
     const reply = await this.request({ $case: 'ping', value: { clientTimeMs: sent } }, options);

@@ -13,6 +13,8 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       GATEWAY_ID: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'expected 1-64 characters of A-Z, a-z, 0-9, _ or -').default(`${hostname().replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 40)}-${process.pid}`),
       MESSAGING_ADDR: env.string('127.0.0.1:50052'),
       PRESENCE_ADDR: env.string('127.0.0.1:50053'),
+      /** Room: users' room operations (room_request frames). */
+      ROOM_ADDR: env.string('127.0.0.1:50054'),
       /** HS256 shared secret; used when JWT_JWKS_URL is not set. */
       JWT_SECRET: env.string(DEV_JWT_SECRET),
       /** RS256/ES256 keys from a JWKS endpoint (rotated keys are picked up on their own). */

@@ -6,6 +6,7 @@ import { framesV1, messagingV1, type eventsV1 } from '@switchboard/proto';
 import type { Counter } from '@switchboard/telemetry';
 import { encodeServerFrame, type Encoding } from './codec';
 import type { Connection } from './connection';
+import type { ConversationSubscriptions, Rooms } from './rooms';
 
 type Messaging = PromiseClient<messagingV1.MessagingServiceClient>;
 
@@ -20,7 +21,7 @@ interface Interest {
  * decode per event, one encode per encoding; per connection and conversation
  * deliveries are de-duplicated and gap-filled by sequence from messaging.
  */
-export class Fanout {
+export class Fanout implements ConversationSubscriptions {
   private readonly interests = new Map<string, Interest>();
   private readonly inFlight = new Map<string, Promise<unknown>>();
 
@@ -31,6 +32,7 @@ export class Fanout {
     private readonly delivered: Counter,
     private readonly backendDeadlineMs: number,
     private readonly receiptWindowMs: number,
+    private readonly rooms: Rooms,
   ) {}
 
   get subjectCount(): number {
@@ -123,6 +125,14 @@ export class Fanout {
         for (const connection of targets) this.queueReceipt(connection, event.value);
         return;
       }
+      case 'roomMembershipChanged': {
+        this.rooms.onMembership(subject === subjects.user(envelope.tenantId, event.value.userId), targets, event.value, this);
+        return;
+      }
+      case 'roomUpdated': {
+        this.rooms.onRoomUpdated(targets, event.value, this);
+        return;
+      }
       case 'notificationCreated': {
         // A notification service that crashed mid-publish sends some again with the same id: each device sees it once.
         const fresh = targets.filter((connection) => connection.firstSight(event.value.notificationId));
@@ -179,34 +189,42 @@ export class Fanout {
   private async onMembership(connection: Connection, change: eventsV1.ConversationMembershipChanged): Promise<void> {
     if (change.userId !== connection.userId) return;
     if (!change.member) {
-      connection.conversations.delete(change.conversationId);
-      this.remove(subjects.conversation(connection.tenantId, change.conversationId), connection);
+      this.leaveConversation(connection, change.conversationId);
       connection.push({
         requestId: '',
         kind: { $case: 'conversation', value: { conversation: messagingV1.Conversation.fromPartial({ tenantId: connection.tenantId, conversationId: change.conversationId, kind: change.kind }), member: false } },
       });
       return;
     }
-    if (connection.conversations.has(change.conversationId)) return;
-    this.join(connection, change.conversationId);
+    await this.joinConversation(connection, change.conversationId);
+  }
+
+  leaveConversation(connection: Connection, conversationId: string): void {
+    if (!connection.conversations.delete(conversationId)) return;
+    this.remove(subjects.conversation(connection.tenantId, conversationId), connection);
+  }
+
+  async joinConversation(connection: Connection, conversationId: string): Promise<void> {
+    if (connection.conversations.has(conversationId)) return;
+    this.join(connection, conversationId);
     // Everything from the start of a conversation joined during this connection
     // is delivered: what NATS sent before the subscription existed comes from history.
-    if (!connection.delivered.has(change.conversationId)) connection.delivered.set(change.conversationId, 0);
+    if (!connection.delivered.has(conversationId)) connection.delivered.set(conversationId, 0);
     try {
       await this.nats.flush();
-      const { conversation } = await this.once(`conv/${connection.tenantId}/${connection.userId}/${change.conversationId}`, () =>
+      const { conversation } = await this.once(`conv/${connection.tenantId}/${connection.userId}/${conversationId}`, () =>
         this.messaging.getConversation(
-          { context: undefined, conversationId: change.conversationId },
+          { context: undefined, conversationId },
           connection.callOptions(this.backendDeadlineMs),
         ),
       );
       // Through the push queue like the messages that follow, so order holds.
       connection.push({ requestId: '', kind: { $case: 'conversation', value: { conversation, member: true } } });
       if (conversation && conversation.lastSeq > 0) {
-        await this.chain(connection, change.conversationId, () => this.fillGap(connection, change.conversationId, conversation.lastSeq + 1));
+        await this.chain(connection, conversationId, () => this.fillGap(connection, conversationId, conversation.lastSeq + 1));
       }
     } catch (err) {
-      this.logger.warn({ err, conversationId: change.conversationId }, 'could not catch up a joined conversation; the client will sync');
+      this.logger.warn({ err, conversationId }, 'could not catch up a joined conversation; the client will sync');
     }
   }
 

@@ -4,6 +4,7 @@ import type { Logger } from '@switchboard/logging';
 import type { framesV1, messagingV1 } from '@switchboard/proto';
 import { LATENCY_BUCKETS_SECONDS, type Histogram, type Meter } from '@switchboard/telemetry';
 import type { Connection } from './connection';
+import type { Rooms } from './rooms';
 
 type Messaging = PromiseClient<messagingV1.MessagingServiceClient>;
 type ClientKind = NonNullable<framesV1.ClientFrame['kind']>;
@@ -22,6 +23,7 @@ export class FrameHandler {
     private readonly logger: Logger,
     private readonly backendDeadlineMs: number,
     meter: Meter,
+    private readonly rooms: Rooms,
   ) {
     this.duration = meter.createHistogram('gateway_frame_duration_seconds', {
       description: 'Time from a client frame to its reply, by frame kind and outcome',
@@ -74,6 +76,8 @@ export class FrameHandler {
         const result = await this.messaging.listConversations({ context: undefined, page: kind.value.page }, options);
         return { $case: 'conversationList', value: { conversations: result.conversations, page: result.page } };
       }
+      case 'roomRequest':
+        return { $case: 'roomReply', value: await this.rooms.handle(kind.value, options) };
       case 'typing':
       case 'setPresence':
       case 'subscribeEvents':

@@ -1,12 +1,13 @@
 import { createClient, GrpcServer } from '@switchboard/grpc';
 import { connectNats, natsReady, newEnvelope, publishEnvelope, SYSTEM_SUBJECTS } from '@switchboard/nats';
-import { gatewayV1, messagingV1 } from '@switchboard/proto';
+import { gatewayV1, messagingV1, roomV1 } from '@switchboard/proto';
 import { runMain, ServiceHost } from '@switchboard/runtime';
 import { gatewayAdminService } from './admin';
 import { TokenVerifier } from './auth';
 import { readConfig } from './config';
 import { Fanout } from './fanout';
 import { FrameHandler } from './frames';
+import { Rooms } from './rooms';
 import { GatewayServer } from './server';
 
 const SERVICE = 'gateway';
@@ -25,10 +26,13 @@ async function main(): Promise<void> {
   );
   const messaging = createClient(messagingV1.MessagingServiceClient, config.MESSAGING_ADDR);
   host.lifecycle.onShutdown('messaging client', () => messaging.close());
+  const room = createClient(roomV1.RoomServiceClient, config.ROOM_ADDR);
+  host.lifecycle.onShutdown('room client', () => room.close());
+  const rooms = new Rooms(room);
 
   // 3. Background runners: the heartbeat that tells the mesh this gateway lives.
-  const fanout = new Fanout(nats, messaging, logger, telemetry.meter.createCounter('gateway_messages_delivered_total', { description: 'Messages written to sockets' }), config.BACKEND_DEADLINE_MS, config.RECEIPT_COALESCE_MS);
-  const frames = new FrameHandler(messaging, logger, config.BACKEND_DEADLINE_MS, telemetry.meter);
+  const fanout = new Fanout(nats, messaging, logger, telemetry.meter.createCounter('gateway_messages_delivered_total', { description: 'Messages written to sockets' }), config.BACKEND_DEADLINE_MS, config.RECEIPT_COALESCE_MS, rooms);
+  const frames = new FrameHandler(messaging, logger, config.BACKEND_DEADLINE_MS, telemetry.meter, rooms);
   const server = new GatewayServer(config, new TokenVerifier(config), fanout, frames, logger, telemetry.meter);
   const beat = () =>
     publishEnvelope(
