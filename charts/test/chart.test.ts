@@ -211,7 +211,7 @@ describe.each(scenarios)('the %s scenario', (scenario) => {
   });
 
   test('a service finds the services it calls at a Service that routes to their gRPC port', () => {
-    const callers: Record<string, string[]> = { gateway: ['messaging', 'presence'], notification: ['presence', 'room'], room: ['messaging', 'notification'] };
+    const callers: Record<string, string[]> = { gateway: ['messaging', 'presence', 'room'], notification: ['presence', 'room'], room: ['messaging', 'notification'] };
     for (const [caller, callees] of Object.entries(callers)) {
       const env = containerEnv(objects(), mainContainer(deployment(objects(), caller as any)));
       for (const callee of callees) {

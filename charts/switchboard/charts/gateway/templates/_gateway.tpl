@@ -1,6 +1,6 @@
 {{/* What the gateway connects to, and its own settings beyond .Values.config. */}}
 {{- define "gateway.uses" -}}nats{{- end -}}
-{{- define "gateway.backends" -}}messaging presence{{- end -}}
+{{- define "gateway.backends" -}}messaging presence room{{- end -}}
 
 {{- define "gateway.extraConfigData" }}
 PORT: {{ .Values.ports.websocket | int | quote }}
