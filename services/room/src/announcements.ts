@@ -13,8 +13,10 @@ export interface AnnouncementInput {
   requestId: string;
 }
 
-/** Notification kind of an announcement: templates and preferences key on it. */
-export const ANNOUNCEMENT_KIND = 'room.announcement';
+/** Notification kind of an announcement (notification's built-in templates and users' preferences key on it). */
+export const ANNOUNCEMENT_KIND = 'message.announcement';
+/** In-app previews stay short, as notification's own previews do. */
+const PREVIEW_LENGTH = 140;
 
 /**
  * Posts announcements: the message goes into the room's conversation through
@@ -69,7 +71,13 @@ export class Announcer {
         audience: { $case: 'roomId', value: input.roomId },
         excludeUserIds: [authorId],
         kind: ANNOUNCEMENT_KIND,
-        variables: { title: announcement.title, text: announcement.text },
+        variables: {
+          preview: `${announcement.title}: ${announcement.text}`.slice(0, PREVIEW_LENGTH),
+          title: announcement.title,
+          senderId: authorId,
+          conversationId: input.roomId,
+          messageId: announcement.messageId,
+        },
         data: { room_id: input.roomId, announcement_id: announcement.announcementId, message_id: announcement.messageId, seq: String(announcement.seq) },
         priority: notificationV1.Priority.PRIORITY_NORMAL,
         idempotencyKey: `announcement-${input.roomId}-${input.requestId}`,
