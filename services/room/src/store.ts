@@ -1,10 +1,10 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { ConflictError, FailedPreconditionError, InvalidArgumentError, NotFoundError, PermissionDeniedError, QuotaExceededError } from '@switchboard/errors';
-import { newId } from '@switchboard/ids';
+import { assertSafeId, newId } from '@switchboard/ids';
 import { TOPICS } from '@switchboard/kafka';
 import { subjects } from '@switchboard/nats';
 import { enqueue, type OutboxEvent } from '@switchboard/outbox';
-import { withTenantTransaction, type Pool, type PoolClient } from '@switchboard/postgres';
+import { connectOrUnavailable, withTenantTransaction, type Pool, type PoolClient } from '@switchboard/postgres';
 import { eventsV1, roomV1 } from '@switchboard/proto';
 import { decide, outranks } from './permissions';
 
@@ -359,28 +359,46 @@ export class RoomStore {
     return { ...loaded, membership, rank };
   }
 
-  /** What `userId` may do in the room: one query (room, membership, ban), no cache, so never stale after a committed change. */
+  /**
+   * What `userId` may do in the room, from the committed state (no cache, so
+   * never stale once a removal, ban, archive or delete is acknowledged).
+   * Messaging asks on every post, so it is one round trip to PostgreSQL: the
+   * tenant setting, the indexed read (room by primary key, the member's row,
+   * an active ban) and the commit go as one multi-statement query. That form
+   * takes no bind parameters, so the three ids are inlined, and they are
+   * checked against the safe-id alphabet (no quote can appear) right here.
+   */
   async checkPermission(tenantId: string, roomId: string, userId: string, permissions: roomV1.Permission[]): Promise<roomV1.CheckPermissionResponse> {
-    return withTenantTransaction(this.pool, tenantId, async (db) => {
-      const { rows } = await db.query<MemberRow & { state: number | null; settings: Partial<roomV1.RoomSettings> | null; member_user: string | null; banned: boolean }>(
-        `SELECT r.state, r.settings, m.user_id AS member_user, m.room_id, m.user_id, m.role, m.joined_at, m.added_by, m.history_visible_from,
-                EXISTS (SELECT 1 FROM room_bans b WHERE b.tenant_id = r.tenant_id AND b.room_id = r.room_id AND b.user_id = $3 AND ${ACTIVE_BAN}) AS banned
-         FROM rooms r LEFT JOIN room_members m ON m.tenant_id = r.tenant_id AND m.room_id = r.room_id AND m.user_id = $3
-         WHERE r.tenant_id = $1 AND r.room_id = $2`,
-        [tenantId, roomId, userId],
-      );
-      const row = rows[0];
-      const state = row?.state ?? RoomState.ROOM_STATE_UNSPECIFIED;
-      const room = row && state !== RoomState.ROOM_STATE_DELETED ? { state, announcementOnly: row.settings?.announcementOnly ?? false } : undefined;
-      const member = room && row?.member_user ? toMember(row) : undefined;
-      const results = permissions.map((permission) => ({ permission, ...decide({ room, role: member?.role, banned: row?.banned ?? false }, permission) }));
-      return {
-        allowed: results.every((result) => result.allowed),
-        results,
-        member,
-        roomState: row ? state : RoomState.ROOM_STATE_UNSPECIFIED,
-      };
-    });
+    const [tenant, room, user] = [tenantId, roomId, userId].map((id) => `'${assertSafeId(id, 'id')}'`);
+    const client = await connectOrUnavailable(this.pool);
+    let row: (MemberRow & { state: number; settings: Partial<roomV1.RoomSettings>; member_user: string | null; banned: boolean }) | undefined;
+    try {
+      const results = (await client.query(
+        `BEGIN READ ONLY;
+         SELECT set_config('app.tenant_id', ${tenant}, true);
+         SELECT r.state, r.settings, m.user_id AS member_user, m.room_id, m.user_id, m.role, m.joined_at, m.added_by, m.history_visible_from,
+                EXISTS (SELECT 1 FROM room_bans b WHERE b.tenant_id = r.tenant_id AND b.room_id = r.room_id AND b.user_id = ${user} AND ${ACTIVE_BAN}) AS banned
+         FROM rooms r LEFT JOIN room_members m ON m.tenant_id = r.tenant_id AND m.room_id = r.room_id AND m.user_id = ${user}
+         WHERE r.tenant_id = ${tenant} AND r.room_id = ${room};
+         COMMIT;`,
+      )) as unknown as { rows: (typeof row & object)[] }[];
+      row = results[2]!.rows[0];
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    } finally {
+      client.release();
+    }
+    const state = row?.state ?? RoomState.ROOM_STATE_UNSPECIFIED;
+    const standingRoom = row && state !== RoomState.ROOM_STATE_DELETED ? { state, announcementOnly: row.settings?.announcementOnly ?? false } : undefined;
+    const member = standingRoom && row?.member_user ? toMember(row) : undefined;
+    const results = permissions.map((permission) => ({ permission, ...decide({ room: standingRoom, role: member?.role, banned: row?.banned ?? false }, permission) }));
+    return {
+      allowed: results.every((result) => result.allowed),
+      results,
+      member,
+      roomState: row ? state : RoomState.ROOM_STATE_UNSPECIFIED,
+    };
   }
 
   // ---------------------------------------------------------------- lifecycle
