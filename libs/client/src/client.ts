@@ -39,11 +39,16 @@ export const REPLY_KIND = {
   markRead: 'receiptState',
   listConversations: 'conversationList',
   typing: 'ok',
-  setPresence: 'ok',
+  setPresence: 'presenceState',
   subscribeEvents: 'ok',
   unsubscribeEvents: 'ok',
   refreshToken: 'ok',
   roomRequest: 'roomReply',
+  watchPresence: 'presenceState',
+  unwatchPresence: 'presenceState',
+  getPresence: 'presenceState',
+  enterConversation: 'occupancyState',
+  leaveConversation: 'occupancyState',
 } as const satisfies Record<ClientKindCase, ServerKindCase>;
 
 /** The reply kind (`{ $case, value }`) a request of kind C resolves with. */

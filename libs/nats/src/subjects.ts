@@ -26,4 +26,6 @@ export const SYSTEM_SUBJECTS = {
   /** Empty pings after a commit wrote outbox rows, so the relay leader (any replica) publishes at once. */
   messagingOutboxWake: 'sb.sys.messaging.outbox',
   roomOutboxWake: 'sb.sys.room.outbox',
+  /** Presence lost its state (Redis came back empty): gateways refresh their leases now and register what presence no longer knows. */
+  presenceResync: 'sb.sys.presence.resync',
 } as const;

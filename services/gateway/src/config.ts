@@ -40,7 +40,13 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       MAX_FRAME_BYTES: env.positiveInt(64 * 1024),
       HEARTBEAT_INTERVAL_MS: env.positiveInt(25_000),
       /** How often this gateway tells the mesh it is alive. */
-      GATEWAY_HEARTBEAT_MS: env.positiveInt(1000),
+      GATEWAY_HEARTBEAT_MS: env.positiveInt(500),
+      /** How often this gateway renews all its connections' presence leases, in one call. */
+      PRESENCE_REFRESH_MS: env.positiveInt(5000),
+      /** Presence changes to one connection within this window go out as one frame. */
+      PRESENCE_COALESCE_MS: env.positiveInt(100),
+      /** Conversations with more members than this give occupancy counts instead of per-member presence. */
+      PRESENCE_OCCUPANCY_THRESHOLD: env.positiveInt(50),
       /** Clients are told to reconnect within this window, spread at random. */
       RECONNECT_JITTER_MS: env.positiveInt(5000),
       /** Pushes to one connection within this window leave as one WebSocket message (0: within one event-loop turn). */

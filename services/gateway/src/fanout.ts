@@ -10,6 +10,15 @@ import type { ConversationSubscriptions, Rooms } from './rooms';
 
 type Messaging = PromiseClient<messagingV1.MessagingServiceClient>;
 
+/** What the presence link adds to the fan-out (services/gateway/src/presence.ts). */
+export interface FanoutHooks {
+  conversationsListed(connection: Connection, conversations: messagingV1.Conversation[]): void;
+  conversationJoined(connection: Connection, conversation: messagingV1.Conversation | undefined): void;
+  conversationLeft(connection: Connection, conversationId: string): void;
+  /** Event kinds the fan-out itself does not handle. */
+  onEvent(subject: string, envelope: eventsV1.Envelope, targets: Connection[]): void;
+}
+
 interface Interest {
   subscription: Subscription;
   connections: Set<Connection>;
@@ -24,6 +33,7 @@ interface Interest {
 export class Fanout implements ConversationSubscriptions {
   private readonly interests = new Map<string, Interest>();
   private readonly inFlight = new Map<string, Promise<unknown>>();
+  hooks: FanoutHooks | undefined;
 
   constructor(
     private readonly nats: NatsConnection,
@@ -52,6 +62,7 @@ export class Fanout implements ConversationSubscriptions {
         connection.callOptions(this.backendDeadlineMs),
       );
       for (const conversation of result.conversations) this.join(connection, conversation.conversationId);
+      this.hooks?.conversationsListed(connection, result.conversations);
       pageToken = result.page?.nextPageToken ?? '';
       if (!pageToken) break;
     }
@@ -64,6 +75,19 @@ export class Fanout implements ConversationSubscriptions {
       this.remove(subjects.conversation(connection.tenantId, conversationId), connection);
     }
     connection.conversations.clear();
+  }
+
+  /** Reference-counted subscription of one connection to a subject (one NATS subscription per subject per gateway). */
+  subscribe(subject: string, connection: Connection): void {
+    this.add(subject, connection);
+  }
+
+  unsubscribe(subject: string, connection: Connection): void {
+    this.remove(subject, connection);
+  }
+
+  connectionsOn(subject: string): Connection[] {
+    return [...(this.interests.get(subject)?.connections ?? [])];
   }
 
   private join(connection: Connection, conversationId: string): void {
@@ -145,6 +169,7 @@ export class Fanout implements ConversationSubscriptions {
         return;
       }
       default:
+        this.hooks?.onEvent(subject, envelope, targets);
         return;
     }
   }
@@ -202,6 +227,7 @@ export class Fanout implements ConversationSubscriptions {
   leaveConversation(connection: Connection, conversationId: string): void {
     if (!connection.conversations.delete(conversationId)) return;
     this.remove(subjects.conversation(connection.tenantId, conversationId), connection);
+    this.hooks?.conversationLeft(connection, conversationId);
   }
 
   async joinConversation(connection: Connection, conversationId: string): Promise<void> {
@@ -218,6 +244,7 @@ export class Fanout implements ConversationSubscriptions {
           connection.callOptions(this.backendDeadlineMs),
         ),
       );
+      this.hooks?.conversationJoined(connection, conversation);
       // Through the push queue like the messages that follow, so order holds.
       connection.push({ requestId: '', kind: { $case: 'conversation', value: { conversation, member: true } } });
       if (conversation && conversation.lastSeq > 0) {

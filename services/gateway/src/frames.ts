@@ -5,6 +5,7 @@ import type { framesV1, messagingV1 } from '@switchboard/proto';
 import { LATENCY_BUCKETS_SECONDS, type Histogram, type Meter } from '@switchboard/telemetry';
 import type { Connection } from './connection';
 import type { Rooms } from './rooms';
+import type { PresenceLink } from './presence';
 
 type Messaging = PromiseClient<messagingV1.MessagingServiceClient>;
 type ClientKind = NonNullable<framesV1.ClientFrame['kind']>;
@@ -17,6 +18,8 @@ type ServerKind = NonNullable<framesV1.ServerFrame['kind']>;
  */
 export class FrameHandler {
   private readonly duration: Histogram;
+  /** Serves the presence frames (set by main). */
+  presence: PresenceLink | undefined;
 
   constructor(
     private readonly messaging: Messaging,
@@ -34,6 +37,8 @@ export class FrameHandler {
   async handle(connection: Connection, frame: framesV1.ClientFrame): Promise<void> {
     const started = performance.now();
     const kind = frame.kind!.$case;
+    // Any frame but a ping is the user being active (resets auto-away).
+    if (kind !== 'ping') this.presence?.markActive(connection);
     try {
       const reply = await this.reply(connection, frame.kind!);
       connection.send({ requestId: frame.requestId, kind: reply });
@@ -80,6 +85,13 @@ export class FrameHandler {
         return { $case: 'roomReply', value: await this.rooms.handle(kind.value, options) };
       case 'typing':
       case 'setPresence':
+      case 'watchPresence':
+      case 'unwatchPresence':
+      case 'getPresence':
+      case 'enterConversation':
+      case 'leaveConversation':
+        if (!this.presence) throw new UnsupportedError(`${kind.$case} frames need presence, which this gateway runs without`, { field: kind.$case });
+        return this.presence.reply(connection, kind);
       case 'subscribeEvents':
       case 'unsubscribeEvents':
       case 'refreshToken':

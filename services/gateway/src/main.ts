@@ -1,6 +1,6 @@
 import { createClient, GrpcServer } from '@switchboard/grpc';
 import { connectNats, natsReady, newEnvelope, publishEnvelope, SYSTEM_SUBJECTS } from '@switchboard/nats';
-import { gatewayV1, messagingV1, roomV1 } from '@switchboard/proto';
+import { gatewayV1, messagingV1, presenceV1, roomV1 } from '@switchboard/proto';
 import { runMain, ServiceHost } from '@switchboard/runtime';
 import { gatewayAdminService } from './admin';
 import { TokenVerifier } from './auth';
@@ -8,6 +8,7 @@ import { readConfig } from './config';
 import { Fanout } from './fanout';
 import { FrameHandler } from './frames';
 import { Rooms } from './rooms';
+import { PresenceLink } from './presence';
 import { GatewayServer } from './server';
 
 const SERVICE = 'gateway';
@@ -29,11 +30,17 @@ async function main(): Promise<void> {
   const room = createClient(roomV1.RoomServiceClient, config.ROOM_ADDR);
   host.lifecycle.onShutdown('room client', () => room.close());
   const rooms = new Rooms(room);
+  const presence = createClient(presenceV1.PresenceServiceClient, config.PRESENCE_ADDR);
+  host.lifecycle.onShutdown('presence client', () => presence.close());
 
   // 3. Background runners: the heartbeat that tells the mesh this gateway lives.
   const fanout = new Fanout(nats, messaging, logger, telemetry.meter.createCounter('gateway_messages_delivered_total', { description: 'Messages written to sockets' }), config.BACKEND_DEADLINE_MS, config.RECEIPT_COALESCE_MS, rooms);
   const frames = new FrameHandler(messaging, logger, config.BACKEND_DEADLINE_MS, telemetry.meter, rooms);
   const server = new GatewayServer(config, new TokenVerifier(config), fanout, frames, logger, telemetry.meter);
+  const presenceLink = new PresenceLink(presence, nats, fanout, () => server.connections, config, logger);
+  server.presence = presenceLink;
+  frames.presence = presenceLink;
+  fanout.hooks = presenceLink;
   const beat = () =>
     publishEnvelope(
       nats,
@@ -50,12 +57,14 @@ async function main(): Promise<void> {
   await host.serve(grpc.servable(config.HOST, config.GRPC_PORT, 2000), {
     name: 'websockets',
     start: async () => {
+      await presenceLink.start();
       const wsPort = await server.listen();
       return { wsPort, url: `ws://${config.HOST}:${wsPort}/ws` };
     },
     stop: async () => {
       await server.drain(Math.floor(config.SHUTDOWN_DEADLINE_MS * 0.7), beat);
       await server.close();
+      await presenceLink.stop();
     },
   });
 }

@@ -13,6 +13,7 @@ import { Coalescer } from './coalescer';
 import { CLOSE, Connection } from './connection';
 import type { Fanout } from './fanout';
 import type { FrameHandler } from './frames';
+import { deviceFromRequest, disconnectReason, type PresenceLink } from './presence';
 
 const WS_PATH = '/ws';
 /** Tenants reported by name in gateway_tenant_connections; the others add up under "(other)", never a valid tenant id. */
@@ -33,6 +34,8 @@ export class GatewayServer {
   private readonly coalescer: Coalescer;
   private readonly rejected;
   private readonly frames;
+  /** Presence registration and delivery (set by main; absent in tools that run a bare server). */
+  presence: PresenceLink | undefined;
 
   constructor(
     private readonly config: GatewayConfig,
@@ -141,11 +144,17 @@ export class GatewayServer {
       const reason = err instanceof SwitchboardError ? err.message : 'invalid token';
       return this.refuse(socket, 401, reason, 'unauthenticated');
     }
-    this.wss.handleUpgrade(req, socket, head, (ws) => void this.accept(ws, identity, encoding));
+    let device: ReturnType<typeof deviceFromRequest>;
+    try {
+      device = deviceFromRequest(url, identity, req.headers['user-agent']);
+    } catch (err) {
+      return this.refuse(socket, 400, (err as Error).message, 'device');
+    }
+    this.wss.handleUpgrade(req, socket, head, (ws) => void this.accept(ws, identity, encoding, device));
   }
 
-  private async accept(ws: WebSocket, identity: Identity, encoding: Encoding): Promise<void> {
-    const connection = new Connection(newId(), ws, identity.deviceId ? identity : { ...identity, deviceId: `conn-${newId().slice(0, 12)}` }, encoding);
+  private async accept(ws: WebSocket, identity: Identity, encoding: Encoding, device: ReturnType<typeof deviceFromRequest>): Promise<void> {
+    const connection = new Connection(newId(), ws, { ...identity, deviceId: device.deviceId ?? `conn-${newId().slice(0, 12)}` }, encoding);
     connection.coalescer = this.coalescer;
     this.connections.add(connection);
     const log = this.logger.child({ connection: connection.id, tenant: identity.tenantId, user: identity.userId });
@@ -155,10 +164,12 @@ export class GatewayServer {
       this.connections.delete(connection);
       connection.clearExpiry();
       this.fanout.detach(connection);
+      void this.presence?.detach(connection, disconnectReason(code));
       log.debug({ code, reason: reason.toString() }, 'closed');
     });
+    this.presence?.prepare(connection, device.info);
     // Frames that arrive while subscriptions are set up wait for them.
-    const ready = this.fanout.attach(connection);
+    const ready = this.fanout.attach(connection).then(() => this.presence?.attach(connection));
     ws.on('message', (data: RawData, isBinary: boolean) => {
       connection.alive = true;
       void ready.then(() => this.onFrame(connection, data as Buffer, isBinary)).catch(() => undefined);

@@ -6,8 +6,27 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       ...serviceSettings({ grpcPort: 50053, opsPort: 9103 }),
       ...infraSettings.redis(),
       ...infraSettings.nats(),
-      /** A connection counts as online this long after it was registered or last renewed. */
-      LEASE_TTL_MS: env.positiveInt(30_000),
+      /** A gateway's connections stay online this long after its last RefreshLeases (gateways refresh every third of it). */
+      LEASE_TTL_MS: env.positiveInt(15_000),
+      /** A gateway whose heartbeats stop for this long is declared dead and all its connections go offline. */
+      GATEWAY_HEARTBEAT_TIMEOUT_MS: env.positiveInt(1500),
+      /** How often dead gateways are looked for. */
+      REAPER_INTERVAL_MS: env.positiveInt(200),
+      /** How often users whose presence changes with time (auto-away, expiries) are recomputed. */
+      SWEEP_INTERVAL_MS: env.positiveInt(500),
+      /** Idle time after which a user counts as away, unless they set their own. */
+      AUTO_AWAY_MS: env.positiveInt(10 * 60_000),
+      /** How long status transitions are kept for GetPresenceHistory. */
+      HISTORY_RETENTION_MS: env.positiveInt(7 * 24 * 3600_000),
+      /** Most users on one watch-list. */
+      MAX_WATCHED: env.positiveInt(500),
+      /** A typing start shows this long unless renewed. */
+      TYPING_TTL_MS: env.positiveInt(6000),
+      /** Typing starts one user may send per conversation per TYPING_RATE_WINDOW_S. */
+      TYPING_RATE_POINTS: env.positiveInt(10),
+      TYPING_RATE_WINDOW_S: env.positiveInt(10),
+      /** At most one occupancy count per conversation per this window is published. */
+      OCCUPANCY_THROTTLE_MS: env.positiveInt(500),
       /** Most users one GetPresence call may ask about (the contract promises at least 500). */
       MAX_PRESENCE_BATCH: env.positiveInt(500),
       /** Longest custom status message, in characters. */

@@ -1,10 +1,11 @@
 import { GrpcServer } from '@switchboard/grpc';
-import { connectNats, natsReady } from '@switchboard/nats';
+import { connectNats, natsReady, SYSTEM_SUBJECTS } from '@switchboard/nats';
 import { presenceV1 } from '@switchboard/proto';
 import { createRedis } from '@switchboard/redis';
 import { runMain, ServiceHost } from '@switchboard/runtime';
 import { ChangeAnnouncer } from './announcer';
 import { readConfig } from './config';
+import { Liveness } from './liveness';
 import { presenceService } from './service';
 import { PresenceStore } from './store';
 
@@ -34,16 +35,24 @@ async function main(): Promise<void> {
     { close: (nc) => nc.drain(), ready: natsReady },
   );
 
-  // 3. Background runners: none yet (lease expiry is applied when state is read).
+  // 3. Background runners: heartbeats and the gateway reaper, the due sweeper (auto-away, expiries).
+  const store = new PresenceStore(redis, config.STATE_RETENTION_S, config.HISTORY_RETENTION_MS, config.AUTO_AWAY_MS);
+  const announcer = new ChangeAnnouncer(store, nats, logger, config.OCCUPANCY_THROTTLE_MS);
+  const liveness = new Liveness(store, announcer, nats, config, logger);
+  host.runner('liveness', () => liveness.start(), () => {
+    liveness.stop();
+    announcer.close();
+  });
+  // Redis came back after an outage, possibly empty: gateways refresh at once and register what is missing.
+  // (The client is connected already, so every later 'ready' is a reconnect; the ping is empty, like the outbox wake.)
+  redis.on('ready', () => {
+    logger.warn('redis reconnected: asking gateways to resync presence');
+    nats.publish(SYSTEM_SUBJECTS.presenceResync);
+  });
 
   // 4. Servers.
-  const store = new PresenceStore(redis, config.STATE_RETENTION_S);
   const grpc = new GrpcServer({ logger });
-  grpc.addService(
-    'switchboard.presence.v1.PresenceService',
-    presenceV1.PresenceServiceService,
-    presenceService(store, new ChangeAnnouncer(store, nats, logger), config, logger),
-  );
+  grpc.addService('switchboard.presence.v1.PresenceService', presenceV1.PresenceServiceService, presenceService(store, announcer, liveness, nats, config, logger));
   await host.serve(grpc.servable(config.HOST, config.GRPC_PORT, config.SHUTDOWN_DEADLINE_MS / 2));
 }
 

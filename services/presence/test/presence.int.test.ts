@@ -160,26 +160,32 @@ describe('presence service', () => {
     expect((await errorOf(mismatched)).code).toBe(ErrorCode.ERROR_CODE_PERMISSION_DENIED);
   });
 
-  it('refuses unsafe ids, calls without a user, and answers UNIMPLEMENTED for later RPCs', async () => {
+  it('refuses unsafe ids, calls without a user, and gateway calls from users', async () => {
     const unsafe = client.connectDevice({ context: undefined, gatewayId, connectionId: 'c.1>', device: device('d1') }, as(newId()));
     expect((await errorOf(unsafe)).code).toBe(ErrorCode.ERROR_CODE_INVALID_ARGUMENT);
     const unsafeUser = client.getPresence({ context: undefined, userIds: ['a*'], includeDevices: false }, internal);
     expect((await errorOf(unsafeUser)).code).toBe(ErrorCode.ERROR_CODE_INVALID_ARGUMENT);
     const noUser = client.connectDevice({ context: undefined, gatewayId, connectionId: 'c1', device: device('d1') }, internal);
     expect((await errorOf(noUser)).code).toBe(ErrorCode.ERROR_CODE_PERMISSION_DENIED);
-    const later = client.refreshLeases({ context: undefined, gatewayId, tenants: [] }, internal);
-    expect((await errorOf(later)).code).toBe(ErrorCode.ERROR_CODE_UNSUPPORTED);
+    const fromUser = client.refreshLeases({ context: undefined, gatewayId, tenants: [] }, as(newId()));
+    expect((await errorOf(fromUser)).code).toBe(ErrorCode.ERROR_CODE_PERMISSION_DENIED);
+    const downFromUser = client.gatewayDown({ context: undefined, gatewayId, reason: 'x' }, as(newId()));
+    expect((await errorOf(downFromUser)).code).toBe(ErrorCode.ERROR_CODE_PERMISSION_DENIED);
   });
 
-  it('counts a connection whose lease lapsed as gone', async () => {
+  it('counts the connections of a gateway whose lease lapsed as gone', async () => {
     const shortLease = await startPresence({ LEASE_TTL_MS: '300' });
     try {
       const frank = newId();
-      await shortLease.client.connectDevice({ context: undefined, gatewayId, connectionId: 'c1', device: device('d1') }, as(frank));
-      await new Promise((r) => setTimeout(r, 500));
-      const seen = (await shortLease.client.getPresence({ context: undefined, userIds: [frank], includeDevices: false }, internal)).presences[0]!;
+      const events = await watch(frank);
+      await shortLease.client.connectDevice({ context: undefined, gatewayId: 'gw-lapsing', connectionId: 'c1', device: device('d1') }, as(frank));
+      const seen = await eventually(async () => {
+        const p = (await shortLease.client.getPresence({ context: undefined, userIds: [frank], includeDevices: false }, internal)).presences[0]!;
+        return p.status === PresenceStatus.PRESENCE_STATUS_OFFLINE ? p : undefined;
+      });
       expect(seen).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_OFFLINE, deviceCount: 0 });
       expect(seen.lastSeen).toBeInstanceOf(Date);
+      await eventually(() => events.at(-1)?.status === PresenceStatus.PRESENCE_STATUS_OFFLINE);
     } finally {
       shortLease.client.close();
       await shortLease.service.stop();

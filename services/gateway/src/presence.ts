@@ -1,0 +1,421 @@
+import { InvalidArgumentError, NotFoundError } from '@switchboard/errors';
+import type { PromiseClient } from '@switchboard/grpc';
+import { isSafeId } from '@switchboard/ids';
+import type { Logger } from '@switchboard/logging';
+import { subjects, SYSTEM_SUBJECTS, type NatsConnection, type Subscription } from '@switchboard/nats';
+import { eventsV1, presenceV1, type framesV1, type messagingV1 } from '@switchboard/proto';
+import type { Identity } from './auth';
+import type { GatewayConfig } from './config';
+import type { Connection } from './connection';
+import type { Fanout } from './fanout';
+
+type Presence = PromiseClient<presenceV1.PresenceServiceClient>;
+type ClientKind = NonNullable<framesV1.ClientFrame['kind']>;
+type ServerKind = NonNullable<framesV1.ServerFrame['kind']>;
+export type PresenceFrameKind = Extract<ClientKind, { $case: 'typing' | 'setPresence' | 'watchPresence' | 'unwatchPresence' | 'getPresence' | 'enterConversation' | 'leaveConversation' }>;
+
+const PLATFORMS: Record<string, presenceV1.DevicePlatform> = {
+  web: presenceV1.DevicePlatform.DEVICE_PLATFORM_WEB,
+  ios: presenceV1.DevicePlatform.DEVICE_PLATFORM_IOS,
+  android: presenceV1.DevicePlatform.DEVICE_PLATFORM_ANDROID,
+  desktop: presenceV1.DevicePlatform.DEVICE_PLATFORM_DESKTOP,
+  server: presenceV1.DevicePlatform.DEVICE_PLATFORM_SERVER,
+};
+const MAX_DEVICE_TEXT = 256;
+/** Why a connection wants a user's presence: their own, the watch-list, or a shared conversation (its id). */
+const SELF = '@self';
+const WATCH = '@watch';
+
+/**
+ * The device a handshake registers: the token's `did` wins; otherwise the
+ * client's own stable id from `?device_id=` (generated once and stored by
+ * the client), so reconnects are the same device. Without either the
+ * gateway makes one up and tells it in `Welcome`, for the client to keep.
+ */
+export function deviceFromRequest(url: URL, identity: Identity, userAgent: string | undefined): { deviceId: string | undefined; info: Omit<presenceV1.DeviceInfo, 'deviceId'> } {
+  const requested = url.searchParams.get('device_id') ?? '';
+  if (requested && !isSafeId(requested)) throw new InvalidArgumentError('device_id must be 1-64 characters of A-Z, a-z, 0-9, _ or -', { field: 'device_id' });
+  const platformName = (url.searchParams.get('device_platform') ?? '').toLowerCase();
+  if (platformName && !(platformName in PLATFORMS)) throw new InvalidArgumentError(`device_platform must be one of ${Object.keys(PLATFORMS).join(', ')}`, { field: 'device_platform' });
+  return {
+    deviceId: identity.deviceId || requested || undefined,
+    info: {
+      platform: PLATFORMS[platformName] ?? presenceV1.DevicePlatform.DEVICE_PLATFORM_UNSPECIFIED,
+      label: (url.searchParams.get('device_label') ?? '').slice(0, MAX_DEVICE_TEXT),
+      appVersion: (url.searchParams.get('app_version') ?? '').slice(0, MAX_DEVICE_TEXT),
+      userAgent: (userAgent ?? '').slice(0, MAX_DEVICE_TEXT),
+    },
+  };
+}
+
+/** Why a connection ended, from its close code, for the presence history. */
+export function disconnectReason(code: number): presenceV1.DisconnectReason {
+  const R = presenceV1.DisconnectReason;
+  switch (code) {
+    case 1000:
+    case 1001:
+    case 1005:
+      return R.DISCONNECT_REASON_CLIENT_CLOSED;
+    // A terminated socket (no pong, or the network went away).
+    case 1006:
+      return R.DISCONNECT_REASON_HEARTBEAT_TIMEOUT;
+    case 4001:
+      return R.DISCONNECT_REASON_TOKEN_EXPIRED;
+    case 1012:
+      return R.DISCONNECT_REASON_GATEWAY_DRAINING;
+    case 4003:
+      return R.DISCONNECT_REASON_KICKED;
+    default:
+      return R.DISCONNECT_REASON_ERROR;
+  }
+}
+
+/** What the presence link keeps per connection. */
+interface ConnectionPresence {
+  device: Omit<presenceV1.DeviceInfo, 'deviceId'>;
+  /** Registered with presence (ConnectDevice answered). */
+  registered: boolean;
+  /** Sent a frame other than a ping since the last refresh: resets auto-away. */
+  active: boolean;
+  /** Users whose presence this connection receives, and why (a user stays while any reason remains). */
+  interests: Map<string, Set<string>>;
+  /** Conversations the client has open on screen (occupancy). */
+  entered: Set<string>;
+  /** Changes waiting for the coalescing window, the latest per user. */
+  pending: Map<string, eventsV1.PresenceChanged>;
+  occupancy: Map<string, presenceV1.Occupancy>;
+}
+
+/**
+ * The gateway's side of presence:
+ *   - registers each connection (ConnectDevice) and its close (DisconnectDevice);
+ *   - renews every lease it holds in ONE RefreshLeases per interval (grouped
+ *     by tenant; presence answers with what it lost, which is registered
+ *     again: a Redis restart heals within one interval, or at once when
+ *     presence asks for a resync);
+ *   - subscribes each connection to the presence of its own user, its
+ *     watch-list and the members of its conversations up to the occupancy
+ *     threshold, through the Fanout's reference-counted subscriptions (one
+ *     NATS subscription per watched user per gateway, whatever the number
+ *     of connections); larger conversations get occupancy counts instead;
+ *   - coalesces presence changes per connection within a short window;
+ *   - delivers typing with its expiry: every gateway stops a typing
+ *     indicator by itself when it lapses unrenewed.
+ */
+export class PresenceLink {
+  private readonly state = new WeakMap<Connection, ConnectionPresence>();
+  private readonly dirty = new Set<Connection>();
+  private flushTimer: NodeJS.Timeout | undefined;
+  private refreshTimer: NodeJS.Timeout | undefined;
+  private refreshing: Promise<void> | undefined;
+  private resync: Subscription | undefined;
+  private readonly typingTimers = new Map<string, NodeJS.Timeout>();
+
+  constructor(
+    private readonly presence: Presence,
+    private readonly nats: NatsConnection,
+    private readonly fanout: Fanout,
+    private readonly connections: () => Iterable<Connection>,
+    private readonly config: GatewayConfig,
+    private readonly logger: Logger,
+  ) {}
+
+  private get internal() {
+    return { context: { tenantId: 'sys', userId: '', deviceId: '', internal: true }, deadlineMs: this.config.BACKEND_DEADLINE_MS };
+  }
+
+  private options(connection: Connection) {
+    return { context: { tenantId: connection.tenantId, userId: connection.userId, deviceId: connection.identity.deviceId, internal: false }, deadlineMs: this.config.BACKEND_DEADLINE_MS };
+  }
+
+  /** A restarted gateway first clears whatever its previous life left registered, then renews leases every interval. */
+  async start(): Promise<void> {
+    try {
+      await this.presence.gatewayDown({ context: undefined, gatewayId: this.config.GATEWAY_ID, reason: 'gateway starting' }, this.internal);
+    } catch (err) {
+      this.logger.warn({ err }, 'presence unreachable at start; leases are registered once it answers');
+    }
+    this.refreshTimer = setInterval(() => void this.refresh(), this.config.PRESENCE_REFRESH_MS);
+    this.resync = this.nats.subscribe(SYSTEM_SUBJECTS.presenceResync, { callback: () => void this.refresh() });
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.refreshTimer);
+    clearTimeout(this.flushTimer);
+    this.resync?.unsubscribe();
+    for (const timer of this.typingTimers.values()) clearTimeout(timer);
+    try {
+      await this.presence.gatewayDown({ context: undefined, gatewayId: this.config.GATEWAY_ID, reason: 'shutdown' }, this.internal);
+    } catch (err) {
+      this.logger.warn({ err }, 'could not tell presence this gateway is going down; its heartbeat stops instead');
+    }
+  }
+
+  /** As the connection opens, before the Fanout lists its conversations (whose members it then receives). */
+  prepare(connection: Connection, device: Omit<presenceV1.DeviceInfo, 'deviceId'>): void {
+    this.state.set(connection, { device, registered: false, active: false, interests: new Map(), entered: new Set(), pending: new Map(), occupancy: new Map() });
+    // Every device of a user sees the user's merged state.
+    this.want(connection, connection.userId, SELF);
+  }
+
+  /** Before Welcome: the watch-list's subscriptions, then the registration (so the user shows online). */
+  async attach(connection: Connection): Promise<void> {
+    try {
+      let pageToken = '';
+      for (let page = 0; page < 10; page += 1) {
+        const result = await this.presence.listWatched({ context: undefined, page: { pageSize: 500, pageToken }, includePresence: false }, this.options(connection));
+        for (const user of result.users) this.want(connection, user.userId, WATCH);
+        pageToken = result.page?.nextPageToken ?? '';
+        if (!pageToken) break;
+      }
+    } catch (err) {
+      this.logger.warn({ err, connection: connection.id }, 'could not read the watch-list; watched users show up on the next connection');
+    }
+    await this.register(connection);
+  }
+
+  private async register(connection: Connection): Promise<void> {
+    const state = this.state.get(connection);
+    if (!state || !connection.open) return;
+    try {
+      await this.presence.connectDevice(
+        { context: undefined, gatewayId: this.config.GATEWAY_ID, connectionId: connection.id, device: { deviceId: connection.identity.deviceId, ...state.device } },
+        this.options(connection),
+      );
+      state.registered = true;
+      for (const conversationId of state.entered) await this.occupy(connection, conversationId, true);
+    } catch (err) {
+      // The next refresh reports it unknown and it is registered then.
+      this.logger.warn({ err, connection: connection.id }, 'could not register a connection with presence');
+    }
+  }
+
+  async detach(connection: Connection, reason: presenceV1.DisconnectReason): Promise<void> {
+    const state = this.state.get(connection);
+    if (!state) return;
+    this.state.delete(connection);
+    this.dirty.delete(connection);
+    for (const userId of state.interests.keys()) this.fanout.unsubscribe(subjects.presence(connection.tenantId, userId), connection);
+    try {
+      for (const conversationId of state.entered) await this.occupy(connection, conversationId, false);
+      await this.presence.disconnectDevice(
+        { context: undefined, gatewayId: this.config.GATEWAY_ID, connectionId: connection.id, deviceId: connection.identity.deviceId, reason },
+        this.options(connection),
+      );
+    } catch (err) {
+      // Reconciled at the next refresh: presence drops what this gateway no longer lists.
+      this.logger.warn({ err, connection: connection.id }, 'could not unregister a connection from presence');
+    }
+  }
+
+  markActive(connection: Connection): void {
+    const state = this.state.get(connection);
+    if (state) state.active = true;
+  }
+
+  /** One call for every connection of this gateway; runs at most once at a time. */
+  refresh(): Promise<void> {
+    this.refreshing ??= this.refreshOnce().finally(() => (this.refreshing = undefined));
+    return this.refreshing;
+  }
+
+  private async refreshOnce(): Promise<void> {
+    const byTenant = new Map<string, presenceV1.TenantLeases>();
+    const byId = new Map<string, Connection>();
+    for (const connection of this.connections()) {
+      const state = this.state.get(connection);
+      if (!state) continue;
+      byId.set(connection.id, connection);
+      let leases = byTenant.get(connection.tenantId);
+      if (!leases) byTenant.set(connection.tenantId, (leases = { tenantId: connection.tenantId, connectionIds: [], activeConnectionIds: [] }));
+      leases.connectionIds.push(connection.id);
+      if (state.active) leases.activeConnectionIds.push(connection.id);
+      state.active = false;
+    }
+    try {
+      const { unknown } = await this.presence.refreshLeases({ context: undefined, gatewayId: this.config.GATEWAY_ID, tenants: [...byTenant.values()] }, this.internal);
+      const lost = unknown.flatMap((u) => u.connectionIds.map((id) => byId.get(id)).filter((c): c is Connection => c !== undefined && c.tenantId === u.tenantId));
+      if (lost.length > 0) this.logger.warn({ connections: lost.length }, 'presence lost connections of this gateway: registering them again');
+      for (let i = 0; i < lost.length; i += 100) await Promise.all(lost.slice(i, i + 100).map((c) => this.register(c)));
+    } catch (err) {
+      this.logger.warn({ err }, 'could not refresh presence leases; retrying next interval');
+    }
+  }
+
+  // --- who sees whom ---
+
+  private want(connection: Connection, userId: string, reason: string): void {
+    const state = this.state.get(connection);
+    if (!state || !isSafeId(userId)) return;
+    let reasons = state.interests.get(userId);
+    if (!reasons) {
+      state.interests.set(userId, (reasons = new Set()));
+      this.fanout.subscribe(subjects.presence(connection.tenantId, userId), connection);
+    }
+    reasons.add(reason);
+  }
+
+  private unwant(connection: Connection, userId: string, reason: string): void {
+    const state = this.state.get(connection);
+    const reasons = state?.interests.get(userId);
+    if (!state || !reasons) return;
+    reasons.delete(reason);
+    if (reasons.size > 0) return;
+    state.interests.delete(userId);
+    this.fanout.unsubscribe(subjects.presence(connection.tenantId, userId), connection);
+  }
+
+  /** Conversations the connection belongs to: small ones give per-member presence, large ones occupancy. */
+  conversationsListed(connection: Connection, conversations: messagingV1.Conversation[]): void {
+    for (const conversation of conversations) this.conversationJoined(connection, conversation);
+  }
+
+  conversationJoined(connection: Connection, conversation: messagingV1.Conversation | undefined): void {
+    if (!conversation || conversation.memberIds.length > this.config.PRESENCE_OCCUPANCY_THRESHOLD) return;
+    for (const memberId of conversation.memberIds) if (memberId !== connection.userId) this.want(connection, memberId, conversation.conversationId);
+  }
+
+  conversationLeft(connection: Connection, conversationId: string): void {
+    const state = this.state.get(connection);
+    if (!state) return;
+    for (const userId of [...state.interests.keys()]) this.unwant(connection, userId, conversationId);
+    if (state.entered.has(conversationId)) {
+      state.entered.delete(conversationId);
+      void this.occupy(connection, conversationId, false).catch(() => undefined);
+    }
+  }
+
+  /** Events of kinds the Fanout leaves to presence; `targets` are this gateway's connections on the subject, of the event's tenant. */
+  onEvent(subject: string, envelope: eventsV1.Envelope, targets: Connection[]): void {
+    const event = envelope.event;
+    switch (event?.$case) {
+      case 'presenceChanged':
+        for (const connection of targets) this.queue(connection, event.value);
+        return;
+      case 'typingChanged':
+        this.onTyping(subject, envelope.tenantId, event.value, targets);
+        return;
+      case 'occupancyChanged': {
+        const occupancy = { conversationId: event.value.conversationId, onlineCount: event.value.onlineCount, connectionCount: event.value.connectionCount, userIds: [] };
+        for (const connection of targets) {
+          const state = this.state.get(connection);
+          if (!state) continue;
+          state.occupancy.set(occupancy.conversationId, occupancy);
+          this.markDirty(connection);
+        }
+        return;
+      }
+      case 'presenceWatchChanged':
+        for (const connection of targets) {
+          if (connection.userId !== event.value.userId) continue;
+          for (const userId of event.value.userIds) {
+            if (event.value.watching) this.want(connection, userId, WATCH);
+            else this.unwant(connection, userId, WATCH);
+          }
+        }
+        return;
+      default:
+        return;
+    }
+  }
+
+  private queue(connection: Connection, change: eventsV1.PresenceChanged): void {
+    const state = this.state.get(connection);
+    if (!state) return;
+    state.pending.set(change.userId, change);
+    this.markDirty(connection);
+  }
+
+  /** Presence and occupancy for one connection within the window leave as one push. One timer for the gateway. */
+  private markDirty(connection: Connection): void {
+    this.dirty.add(connection);
+    if (this.flushTimer) return;
+    this.flushTimer = setTimeout(() => {
+      this.flushTimer = undefined;
+      const connections = [...this.dirty];
+      this.dirty.clear();
+      for (const c of connections) {
+        const state = this.state.get(c);
+        if (!state) continue;
+        if (state.pending.size > 0) c.push({ requestId: '', kind: { $case: 'presence', value: { changes: [...state.pending.values()] } } });
+        if (state.occupancy.size > 0) c.push({ requestId: '', kind: { $case: 'occupancy', value: { occupancies: [...state.occupancy.values()] } } });
+        state.pending.clear();
+        state.occupancy.clear();
+      }
+    }, this.config.PRESENCE_COALESCE_MS);
+  }
+
+  private onTyping(subject: string, tenantId: string, typing: eventsV1.TypingChanged, targets: Connection[]): void {
+    const key = `${tenantId}/${typing.conversationId}/${typing.userId}`;
+    clearTimeout(this.typingTimers.get(key));
+    this.typingTimers.delete(key);
+    const send = (to: Connection[], value: framesV1.TypingEvent) => {
+      for (const connection of to) if (connection.userId !== typing.userId) connection.push({ requestId: '', kind: { $case: 'typing', value } });
+    };
+    send(targets, { conversationId: typing.conversationId, userId: typing.userId, typing: typing.typing, expiresAt: typing.expiresAt });
+    if (!typing.typing || !typing.expiresAt) return;
+    // Nobody renewed it: stop it here, whether the typist stopped, crashed or lost its connection.
+    const timer = setTimeout(() => {
+      this.typingTimers.delete(key);
+      send(this.fanout.connectionsOn(subject).filter((c) => c.tenantId === tenantId), { conversationId: typing.conversationId, userId: typing.userId, typing: false, expiresAt: undefined });
+    }, Math.max(0, typing.expiresAt.getTime() - Date.now()));
+    timer.unref();
+    this.typingTimers.set(key, timer);
+  }
+
+  // --- frames ---
+
+  async reply(connection: Connection, kind: PresenceFrameKind): Promise<ServerKind> {
+    const options = this.options(connection);
+    switch (kind.$case) {
+      case 'typing': {
+        this.requireMember(connection, kind.value.conversationId);
+        await this.presence.setTyping({ context: undefined, conversationId: kind.value.conversationId, typing: kind.value.typing }, options);
+        return { $case: 'ok', value: {} };
+      }
+      case 'setPresence': {
+        const { presence } = await this.presence.setStatus(
+          { context: undefined, userId: '', status: kind.value.status, statusExpiresAt: undefined, customMessage: kind.value.customMessage, customMessageExpiresAt: kind.value.customMessageExpiresAt },
+          options,
+        );
+        return { $case: 'presenceState', value: { presences: presence ? [presence] : [], watchedCount: 0 } };
+      }
+      case 'watchPresence': {
+        const { presences, watchedCount } = await this.presence.watch({ context: undefined, userIds: kind.value.userIds }, options);
+        for (const p of presences) this.want(connection, p.userId, WATCH);
+        return { $case: 'presenceState', value: { presences, watchedCount } };
+      }
+      case 'unwatchPresence': {
+        const { watchedCount } = await this.presence.unwatch({ context: undefined, userIds: kind.value.userIds }, options);
+        for (const userId of kind.value.userIds) this.unwant(connection, userId, WATCH);
+        return { $case: 'presenceState', value: { presences: [], watchedCount } };
+      }
+      case 'getPresence': {
+        const { presences } = await this.presence.getPresence({ context: undefined, userIds: kind.value.userIds, includeDevices: false }, options);
+        return { $case: 'presenceState', value: { presences, watchedCount: 0 } };
+      }
+      case 'enterConversation':
+      case 'leaveConversation': {
+        const conversationId = kind.value.conversationId;
+        this.requireMember(connection, conversationId);
+        const enter = kind.$case === 'enterConversation';
+        const state = this.state.get(connection)!;
+        if (enter) state.entered.add(conversationId);
+        else state.entered.delete(conversationId);
+        return { $case: 'occupancyState', value: { occupancy: await this.occupy(connection, conversationId, enter) } };
+      }
+    }
+  }
+
+  private requireMember(connection: Connection, conversationId: string): void {
+    if (!isSafeId(conversationId)) throw new InvalidArgumentError('conversation_id must be 1-64 characters of A-Z, a-z, 0-9, _ or -', { field: 'conversation_id' });
+    // The same answer for a conversation that does not exist: nothing about other conversations leaks.
+    if (!connection.conversations.has(conversationId)) throw new NotFoundError(`conversation ${conversationId} not found among yours`, { field: 'conversation_id' });
+  }
+
+  private async occupy(connection: Connection, conversationId: string, enter: boolean): Promise<presenceV1.Occupancy | undefined> {
+    const request = { context: undefined, gatewayId: this.config.GATEWAY_ID, connectionId: connection.id, conversationId };
+    const { occupancy } = enter ? await this.presence.enterConversation(request, this.options(connection)) : await this.presence.leaveConversation(request, this.options(connection));
+    return occupancy;
+  }
+}

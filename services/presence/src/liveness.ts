@@ -1,0 +1,129 @@
+import type { Logger } from '@switchboard/logging';
+import { decodeEnvelope, SYSTEM_SUBJECTS, type NatsConnection, type Subscription } from '@switchboard/nats';
+import { Cause, type ChangeAnnouncer } from './announcer';
+import type { PresenceConfig } from './config';
+import type { ConnectionRef, PresenceStore } from './store';
+
+/** How many users' writes run at once when a whole gateway goes down. */
+const PARALLEL_USERS = 200;
+
+/**
+ * Keeps presence true over time without any client asking:
+ *   - gateway heartbeats (NATS, `sb.sys.gateway.heartbeat`) set a short
+ *     deadline per gateway; the reaper drops every connection of a gateway
+ *     whose heartbeats stopped (or whose lease lapsed) in one sweep;
+ *   - the due sweeper recomputes users whose presence changes with time
+ *     (auto-away, a status or custom message expiring) and announces it.
+ * Both claim their work atomically in Redis, so any number of replicas run
+ * them without announcing anything twice.
+ */
+export class Liveness {
+  private reaper: NodeJS.Timeout | undefined;
+  private sweeper: NodeJS.Timeout | undefined;
+  private heartbeats: Subscription | undefined;
+  private reaping = false;
+  private sweeping = false;
+
+  constructor(
+    private readonly store: PresenceStore,
+    private readonly announcer: ChangeAnnouncer,
+    private readonly nats: NatsConnection,
+    private readonly config: PresenceConfig,
+    private readonly logger: Logger,
+  ) {}
+
+  start(): void {
+    // A queue group: one replica records each heartbeat.
+    this.heartbeats = this.nats.subscribe(SYSTEM_SUBJECTS.gatewayHeartbeat, {
+      queue: 'presence',
+      callback: (err, msg) => {
+        if (err) return;
+        try {
+          const event = decodeEnvelope(msg).envelope.event;
+          if (event?.$case !== 'gatewayHeartbeat') return;
+          const timeout = Math.max(this.config.GATEWAY_HEARTBEAT_TIMEOUT_MS, 2 * Number(event.value.intervalMs));
+          this.store.heartbeat(event.value.gatewayId, Date.now() + timeout).catch((e: unknown) => this.logger.warn({ err: e }, 'could not record a gateway heartbeat'));
+        } catch (e) {
+          this.logger.warn({ err: e }, 'dropping an undecodable heartbeat');
+        }
+      },
+    });
+    this.reaper = setInterval(() => void this.reap(), this.config.REAPER_INTERVAL_MS);
+    this.sweeper = setInterval(() => void this.sweep(), this.config.SWEEP_INTERVAL_MS);
+  }
+
+  stop(): void {
+    clearInterval(this.reaper);
+    clearInterval(this.sweeper);
+    this.heartbeats?.unsubscribe();
+  }
+
+  private async reap(): Promise<void> {
+    if (this.reaping) return;
+    this.reaping = true;
+    try {
+      for (const gatewayId of await this.store.popDeadGateways(Date.now())) {
+        const result = await this.dropGateway(gatewayId, Cause.PRESENCE_CHANGE_CAUSE_GATEWAY_DOWN);
+        this.logger.warn({ gateway: gatewayId, ...result }, 'gateway missed its heartbeats or lease: its connections went offline');
+      }
+    } catch (err) {
+      this.logger.warn({ err }, 'gateway reaper failed; retrying next tick');
+    } finally {
+      this.reaping = false;
+    }
+  }
+
+  private async sweep(): Promise<void> {
+    if (this.sweeping) return;
+    this.sweeping = true;
+    try {
+      for (const tenantId of await this.store.tenants()) {
+        const now = Date.now();
+        const userIds = await this.store.popDueUsers(tenantId, now, 500);
+        await inChunks(userIds, async (userId) => {
+          const snapshot = await this.store.touch(tenantId, userId);
+          const expired = snapshot.manual && [snapshot.manual.statusExpiresAt, snapshot.manual.customMessageExpiresAt].some((at) => at > 0 && at <= now);
+          await this.announcer.announce(tenantId, snapshot, Date.now(), expired ? Cause.PRESENCE_CHANGE_CAUSE_EXPIRED : Cause.PRESENCE_CHANGE_CAUSE_AUTO_AWAY);
+        });
+      }
+    } catch (err) {
+      this.logger.warn({ err }, 'presence sweep failed; retrying next tick');
+    } finally {
+      this.sweeping = false;
+    }
+  }
+
+  /** Every connection the gateway held goes offline at once; occupancy it held is released. */
+  async dropGateway(gatewayId: string, cause: Cause): Promise<{ connections: number; usersOffline: number }> {
+    let connections = 0;
+    let usersOffline = 0;
+    for (const { tenantId, connections: held, occupancy } of await this.store.takeGateway(gatewayId)) {
+      connections += held.length;
+      const byUser = new Map<string, ConnectionRef[]>();
+      const owner = new Map<string, string>();
+      for (const c of held) {
+        owner.set(c.connectionId, c.userId);
+        const refs = byUser.get(c.userId) ?? [];
+        refs.push({ gatewayId, connectionId: c.connectionId, deviceId: c.deviceId });
+        byUser.set(c.userId, refs);
+      }
+      await inChunks([...byUser], async ([userId, refs]) => {
+        const now = Date.now();
+        const snapshot = await this.store.disconnect(tenantId, userId, refs, now);
+        if (snapshot.leases.length === 0) usersOffline += 1;
+        await this.announcer.announce(tenantId, snapshot, now, cause);
+      });
+      const vacated = await this.store.vacate(
+        tenantId,
+        gatewayId,
+        occupancy.filter((o) => owner.has(o.connectionId)).map((o) => ({ ...o, userId: owner.get(o.connectionId)! })),
+      );
+      for (const [conversationId, counts] of vacated) this.announcer.occupancyChanged(tenantId, conversationId, counts);
+    }
+    return { connections, usersOffline };
+  }
+}
+
+async function inChunks<T>(items: T[], work: (item: T) => Promise<void>): Promise<void> {
+  for (let i = 0; i < items.length; i += PARALLEL_USERS) await Promise.all(items.slice(i, i + PARALLEL_USERS).map(work));
+}
