@@ -1,0 +1,333 @@
+// Presence over time and at the gateway boundary, against real Redis and
+// NATS with the built service as its own process: gateway leases, refresh
+// reconciliation, heartbeats and the reaper, auto-away, expiries, history,
+// watch-lists, typing, occupancy and the bad input the issue lists.
+import { errorOf, eventually, infraEnv, launchWithClient, type ServiceProcess } from '@switchboard/devenv';
+import { ErrorCode } from '@switchboard/errors';
+import type { PromiseClient } from '@switchboard/grpc';
+import { newId } from '@switchboard/ids';
+import { connectNats, decodeEnvelope, newEnvelope, publishEnvelope, subjects, SYSTEM_SUBJECTS, type NatsConnection } from '@switchboard/nats';
+import { eventsV1, presenceV1 } from '@switchboard/proto';
+
+const { PresenceStatus } = eventsV1;
+const Cause = presenceV1.PresenceChangeCause;
+type Client = PromiseClient<presenceV1.PresenceServiceClient>;
+
+function device(deviceId: string): presenceV1.DeviceInfo {
+  return { deviceId, platform: presenceV1.DevicePlatform.DEVICE_PLATFORM_IOS, label: 'Phone', appVersion: '2.0', userAgent: 'jest' };
+}
+
+const status = (s: eventsV1.PresenceStatus, extra: Partial<presenceV1.SetStatusRequest> = {}): presenceV1.SetStatusRequest => ({
+  context: undefined,
+  userId: '',
+  status: s,
+  statusExpiresAt: undefined,
+  customMessage: '',
+  customMessageExpiresAt: undefined,
+  ...extra,
+});
+
+describe('presence liveness and features', () => {
+  const tenantId = newId();
+  let service: ServiceProcess;
+  let client: Client;
+  let nats: NatsConnection;
+  const as = (userId: string, deviceId = '') => ({ context: { tenantId, userId, deviceId, internal: false } });
+  const internal = { context: { tenantId, userId: '', deviceId: '', internal: true } };
+  const system = { context: { tenantId: 'sys', userId: '', deviceId: '', internal: true } };
+
+  async function eventsOf(subject: string): Promise<eventsV1.Envelope[]> {
+    const seen: eventsV1.Envelope[] = [];
+    nats.subscribe(subject, {
+      callback: (err, msg) => {
+        if (!err) seen.push(decodeEnvelope(msg).envelope);
+      },
+    });
+    await nats.flush();
+    return seen;
+  }
+
+  /** Every PresenceChanged of a user from now on (read it by calling the result). */
+  async function changesOf(userId: string): Promise<() => eventsV1.PresenceChanged[]> {
+    const envelopes = await eventsOf(subjects.presence(tenantId, userId));
+    return () => envelopes.flatMap((e) => (e.event?.$case === 'presenceChanged' ? [e.event.value] : []));
+  }
+
+  async function presenceOf(userId: string, caller = internal): Promise<presenceV1.UserPresence> {
+    return (await client.getPresence({ context: undefined, userIds: [userId], includeDevices: true }, caller)).presences[0]!;
+  }
+
+  beforeAll(async () => {
+    ({ service, client } = await launchWithClient('presence', presenceV1.PresenceServiceClient, {
+      GATEWAY_HEARTBEAT_TIMEOUT_MS: '600',
+      // Refresh interval (a third of it): 2 s.
+      LEASE_TTL_MS: '6000',
+      TYPING_TTL_MS: '700',
+      TYPING_RATE_POINTS: '3',
+      HISTORY_RETENTION_MS: String(3600_000),
+    }));
+    nats = await connectNats({ servers: infraEnv().NATS_URL!, name: 'presence-liveness-test' });
+  });
+
+  afterAll(async () => {
+    client?.close();
+    await nats?.close();
+    expect(await service?.stop()).toBe(0);
+  });
+
+  it('takes every connection of a gateway offline once its heartbeats stop, and records why', async () => {
+    const gatewayId = `gw-${newId().slice(0, 8)}`;
+    const users = [newId(), newId(), newId()];
+    const beat = () => publishEnvelope(nats, SYSTEM_SUBJECTS.gatewayHeartbeat, newEnvelope('sys', { $case: 'gatewayHeartbeat', value: { gatewayId, connections: 3, draining: false, intervalMs: 100 } }));
+    beat();
+    const beating = setInterval(beat, 100);
+    try {
+      for (const [i, userId] of users.entries()) await client.connectDevice({ context: undefined, gatewayId, connectionId: `c${i}`, device: device(`d${i}`) }, as(userId));
+      // Beating gateway: its users stay online well past the heartbeat timeout.
+      await new Promise((r) => setTimeout(r, 1200));
+      for (const userId of users) expect((await presenceOf(userId)).status).toBe(PresenceStatus.PRESENCE_STATUS_AVAILABLE);
+    } finally {
+      clearInterval(beating);
+    }
+    const changes = await changesOf(users[0]!);
+    for (const userId of users) await eventually(async () => (await presenceOf(userId)).status === PresenceStatus.PRESENCE_STATUS_OFFLINE);
+    await eventually(() => changes().some((c) => c.status === PresenceStatus.PRESENCE_STATUS_OFFLINE));
+    const history = await client.getPresenceHistory({ context: undefined, userId: users[0]!, range: undefined, page: undefined }, internal);
+    expect(history.entries[0]).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_OFFLINE, cause: Cause.PRESENCE_CHANGE_CAUSE_GATEWAY_DOWN, endedAt: undefined });
+    expect(history.entries[1]).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, cause: Cause.PRESENCE_CHANGE_CAUSE_CONNECTED });
+    expect(history.entries[1]!.endedAt).toEqual(history.entries[0]!.startedAt);
+  });
+
+  it('reconciles a refresh: lost connections are asked for again, connections the gateway no longer has are dropped', async () => {
+    const gatewayId = `gw-${newId().slice(0, 8)}`;
+    const kept = newId();
+    const forgotten = newId();
+    await client.connectDevice({ context: undefined, gatewayId, connectionId: 'kept', device: device('d1') }, as(kept));
+    await client.connectDevice({ context: undefined, gatewayId, connectionId: 'forgotten', device: device('d1') }, as(forgotten));
+    const refresh = () =>
+      client.refreshLeases({ context: undefined, gatewayId, tenants: [{ tenantId, connectionIds: ['kept', 'never-registered'], activeConnectionIds: [] }] }, system);
+    const first = await refresh();
+    expect(first.unknown).toEqual([{ tenantId, connectionIds: ['never-registered'] }]);
+    expect((await presenceOf(kept)).status).toBe(PresenceStatus.PRESENCE_STATUS_AVAILABLE);
+    // The other connection is younger than a refresh interval: kept for now (it may have been registered after the list was taken).
+    expect((await presenceOf(forgotten)).status).toBe(PresenceStatus.PRESENCE_STATUS_AVAILABLE);
+    await new Promise((r) => setTimeout(r, 2100));
+    await refresh();
+    expect((await presenceOf(forgotten)).status).toBe(PresenceStatus.PRESENCE_STATUS_OFFLINE);
+    expect((await presenceOf(kept)).status).toBe(PresenceStatus.PRESENCE_STATUS_AVAILABLE);
+    const history = await client.getPresenceHistory({ context: undefined, userId: forgotten, range: undefined, page: undefined }, internal);
+    expect(history.entries[0]!.cause).toBe(Cause.PRESENCE_CHANGE_CAUSE_LEASE_EXPIRED);
+    await client.gatewayDown({ context: undefined, gatewayId, reason: 'test' }, system);
+  });
+
+  it('drops a gateway at once on GatewayDown and reports what it dropped', async () => {
+    const gatewayId = `gw-${newId().slice(0, 8)}`;
+    const alice = newId();
+    const bob = newId();
+    await client.connectDevice({ context: undefined, gatewayId, connectionId: 'a1', device: device('phone') }, as(alice));
+    await client.connectDevice({ context: undefined, gatewayId, connectionId: 'a2', device: device('laptop') }, as(alice));
+    await client.connectDevice({ context: undefined, gatewayId, connectionId: 'b1', device: device('phone') }, as(bob));
+    await client.connectDevice({ context: undefined, gatewayId: 'gw-other', connectionId: 'b2', device: device('laptop') }, as(bob));
+    const result = await client.gatewayDown({ context: undefined, gatewayId, reason: 'test' }, system);
+    expect(result).toEqual({ connections: 3, usersOffline: 1 });
+    expect((await presenceOf(alice)).status).toBe(PresenceStatus.PRESENCE_STATUS_OFFLINE);
+    const bobNow = await presenceOf(bob);
+    expect(bobNow).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 1 });
+    const devices = await client.listDevices({ context: undefined, userId: alice, includeDisconnected: true }, internal);
+    expect(devices.devices.map((d) => [d.device?.deviceId, d.status, d.disconnectedAt instanceof Date])).toEqual(
+      expect.arrayContaining([
+        ['phone', PresenceStatus.PRESENCE_STATUS_OFFLINE, true],
+        ['laptop', PresenceStatus.PRESENCE_STATUS_OFFLINE, true],
+      ]),
+    );
+    await client.gatewayDown({ context: undefined, gatewayId: 'gw-other', reason: 'test' }, system);
+  });
+
+  it('goes away after the inactivity delay, comes back on activity, and lets an explicit status win over both', async () => {
+    const gatewayId = `gw-${newId().slice(0, 8)}`;
+    const carol = newId();
+    const changes = await changesOf(carol);
+    await client.updatePresenceSettings({ context: undefined, userId: '', settings: { autoAwayAfterMs: 1000, hideLastSeen: false } }, as(carol));
+    expect((await client.getPresenceSettings({ context: undefined, userId: '' }, as(carol))).settings).toEqual({ autoAwayAfterMs: 1000, hideLastSeen: false });
+    await client.connectDevice({ context: undefined, gatewayId, connectionId: 'c1', device: device('d1') }, as(carol));
+    await eventually(() => changes().at(-1)?.status === PresenceStatus.PRESENCE_STATUS_AWAY);
+    expect((await presenceOf(carol)).devices[0]!.status).toBe(PresenceStatus.PRESENCE_STATUS_AWAY);
+
+    await client.refreshLeases({ context: undefined, gatewayId, tenants: [{ tenantId, connectionIds: ['c1'], activeConnectionIds: ['c1'] }] }, system);
+    await eventually(() => changes().at(-1)?.status === PresenceStatus.PRESENCE_STATUS_AVAILABLE);
+
+    // Explicit BUSY stays BUSY however idle the devices are.
+    await client.setStatus(status(PresenceStatus.PRESENCE_STATUS_BUSY), as(carol));
+    await new Promise((r) => setTimeout(r, 1500));
+    expect((await presenceOf(carol)).status).toBe(PresenceStatus.PRESENCE_STATUS_BUSY);
+    const history = await client.getPresenceHistory({ context: undefined, userId: '', range: undefined, page: undefined }, as(carol));
+    expect(history.entries.map((e) => [e.status, e.cause])).toEqual([
+      [PresenceStatus.PRESENCE_STATUS_BUSY, Cause.PRESENCE_CHANGE_CAUSE_MANUAL],
+      [PresenceStatus.PRESENCE_STATUS_AVAILABLE, Cause.PRESENCE_CHANGE_CAUSE_ACTIVITY],
+      [PresenceStatus.PRESENCE_STATUS_AWAY, Cause.PRESENCE_CHANGE_CAUSE_AUTO_AWAY],
+      [PresenceStatus.PRESENCE_STATUS_AVAILABLE, Cause.PRESENCE_CHANGE_CAUSE_CONNECTED],
+      // Changing the settings while offline is recorded too.
+      [PresenceStatus.PRESENCE_STATUS_OFFLINE, Cause.PRESENCE_CHANGE_CAUSE_MANUAL],
+    ]);
+    // Other users may not read it.
+    expect((await errorOf(client.getPresenceHistory({ context: undefined, userId: carol, range: undefined, page: undefined }, as(newId())))).code).toBe(
+      ErrorCode.ERROR_CODE_PERMISSION_DENIED,
+    );
+    await client.gatewayDown({ context: undefined, gatewayId, reason: 'test' }, system);
+  });
+
+  it('reverts an expiring status and clears an expiring custom message by itself', async () => {
+    const gatewayId = `gw-${newId().slice(0, 8)}`;
+    const dave = newId();
+    const changes = await changesOf(dave);
+    await client.connectDevice({ context: undefined, gatewayId, connectionId: 'c1', device: device('d1') }, as(dave));
+    const soon = new Date(Date.now() + 800);
+    await client.setStatus(status(PresenceStatus.PRESENCE_STATUS_BUSY, { statusExpiresAt: soon, customMessage: 'On a call', customMessageExpiresAt: soon }), as(dave));
+    await eventually(() => changes().some((c) => c.status === PresenceStatus.PRESENCE_STATUS_BUSY && c.customMessage === 'On a call'));
+    await eventually(() => changes().at(-1)?.status === PresenceStatus.PRESENCE_STATUS_AVAILABLE && changes().at(-1)?.customMessage === '');
+    const history = await client.getPresenceHistory({ context: undefined, userId: dave, range: undefined, page: undefined }, internal);
+    expect(history.entries[0]!.cause).toBe(Cause.PRESENCE_CHANGE_CAUSE_EXPIRED);
+    await client.gatewayDown({ context: undefined, gatewayId, reason: 'test' }, system);
+  });
+
+  it('hides last seen from others when asked, not from the user', async () => {
+    const erin = newId();
+    await client.connectDevice({ context: undefined, gatewayId: 'gw-x', connectionId: 'e1', device: device('d1') }, as(erin));
+    await client.disconnectDevice({ context: undefined, gatewayId: 'gw-x', connectionId: 'e1', deviceId: 'd1', reason: 1 }, as(erin));
+    await client.updatePresenceSettings({ context: undefined, userId: '', settings: { autoAwayAfterMs: 0, hideLastSeen: true } }, as(erin));
+    expect((await presenceOf(erin, as(newId()))).lastSeen).toBeUndefined();
+    expect((await presenceOf(erin, as(erin))).lastSeen).toBeInstanceOf(Date);
+  });
+
+  it('keeps a capped watch-list and announces it to the watcher’s gateways', async () => {
+    const watcher = newId();
+    const userEvents = await eventsOf(subjects.user(tenantId, watcher));
+    const [a, b] = [newId(), newId()];
+    await client.connectDevice({ context: undefined, gatewayId: 'gw-w', connectionId: 'w1', device: device('d1') }, as(a));
+    const watched = await client.watch({ context: undefined, userIds: [a, b, a] }, as(watcher));
+    expect(watched.watchedCount).toBe(2);
+    expect(watched.presences.map((p) => [p.userId, p.status])).toEqual([
+      [a, PresenceStatus.PRESENCE_STATUS_AVAILABLE],
+      [b, PresenceStatus.PRESENCE_STATUS_OFFLINE],
+    ]);
+    await eventually(() => userEvents.some((e) => e.event?.$case === 'presenceWatchChanged' && e.event.value.watching));
+    const listed = await client.listWatched({ context: undefined, page: undefined, includePresence: true }, as(watcher));
+    expect(listed.users.map((u) => u.userId).sort()).toEqual([a, b].sort());
+    expect(listed.users.find((u) => u.userId === a)!.presence!.status).toBe(PresenceStatus.PRESENCE_STATUS_AVAILABLE);
+    expect((await client.unwatch({ context: undefined, userIds: [b] }, as(watcher))).watchedCount).toBe(1);
+
+    const tooMany = Array.from({ length: 500 }, () => newId());
+    const over = await errorOf(client.watch({ context: undefined, userIds: tooMany }, as(watcher)));
+    expect(over.code).toBe(ErrorCode.ERROR_CODE_QUOTA_EXCEEDED);
+    // Nothing was added.
+    expect((await client.listWatched({ context: undefined, page: undefined, includePresence: false }, as(watcher))).users.map((u) => u.userId)).toEqual([a]);
+    await client.gatewayDown({ context: undefined, gatewayId: 'gw-w', reason: 'test' }, system);
+  });
+
+  it('publishes typing with an expiry, answers who types, and rate limits starts', async () => {
+    const conversationId = newId();
+    const [typist, reader] = [newId(), newId()];
+    const conv = await eventsOf(subjects.conversation(tenantId, conversationId));
+    const started = await client.setTyping({ context: undefined, conversationId, typing: true }, as(typist, 'phone'));
+    expect(started.expiresAt!.getTime()).toBeGreaterThan(Date.now());
+    const typists = await client.getTyping({ context: undefined, conversationId }, as(reader));
+    expect(typists.typists).toEqual([expect.objectContaining({ userId: typist, deviceId: 'phone' })]);
+    // The typist does not see themself.
+    expect((await client.getTyping({ context: undefined, conversationId }, as(typist))).typists).toEqual([]);
+    await eventually(() => conv.find((e) => e.event?.$case === 'typingChanged' && e.event.value.typing));
+    const typing = conv.find((e) => e.event?.$case === 'typingChanged')!.event!.value as eventsV1.TypingChanged;
+    expect(typing).toMatchObject({ conversationId, userId: typist, deviceId: 'phone', typing: true });
+    // It lapses by itself: nothing is left after the TTL.
+    await eventually(async () => (await client.getTyping({ context: undefined, conversationId }, as(reader))).typists.length === 0);
+
+    await client.setTyping({ context: undefined, conversationId, typing: true }, as(typist, 'phone'));
+    await client.setTyping({ context: undefined, conversationId, typing: true }, as(typist, 'phone'));
+    const limited = await errorOf(client.setTyping({ context: undefined, conversationId, typing: true }, as(typist, 'phone')));
+    expect(limited.code).toBe(ErrorCode.ERROR_CODE_RATE_LIMITED);
+    expect(limited.retryAfterMs).toBeGreaterThan(0);
+    // Stopping is never limited.
+    expect((await client.setTyping({ context: undefined, conversationId, typing: false }, as(typist, 'phone'))).expiresAt).toBeUndefined();
+  });
+
+  it('counts occupancy per conversation, publishes it, and lists online users of a room and a tenant', async () => {
+    const gatewayId = `gw-${newId().slice(0, 8)}`;
+    const room = newId();
+    const conv = await eventsOf(subjects.conversation(tenantId, room));
+    const [u1, u2] = [newId(), newId()];
+    await client.connectDevice({ context: undefined, gatewayId, connectionId: 'o1', device: device('d1') }, as(u1));
+    await client.connectDevice({ context: undefined, gatewayId, connectionId: 'o2', device: device('d2') }, as(u1));
+    await client.connectDevice({ context: undefined, gatewayId, connectionId: 'o3', device: device('d1') }, as(u2));
+    for (const [conn, user] of [['o1', u1], ['o2', u1], ['o3', u2]] as const) {
+      await client.enterConversation({ context: undefined, gatewayId, connectionId: conn, conversationId: room }, as(user));
+    }
+    const { occupancies } = await client.getOccupancy({ context: undefined, conversationIds: [room, newId()], includeUserIds: true }, internal);
+    expect(occupancies[0]).toEqual({ conversationId: room, onlineCount: 2, connectionCount: 3, userIds: [u1, u2].sort() });
+    expect(occupancies[1]).toMatchObject({ onlineCount: 0, connectionCount: 0 });
+    await eventually(() => conv.some((e) => e.event?.$case === 'occupancyChanged' && e.event.value.connectionCount === 3));
+    const inRoom = await client.listOnlineUsers({ context: undefined, conversationId: room, page: undefined }, internal);
+    expect(inRoom.users.map((u) => u.userId).sort()).toEqual([u1, u2].sort());
+    const inTenant = await client.listOnlineUsers({ context: undefined, conversationId: '', page: { pageSize: 500, pageToken: '' } }, internal);
+    expect(inTenant.users.map((u) => u.userId)).toEqual(expect.arrayContaining([u1, u2]));
+
+    // The gateway dies: its connections leave the room too.
+    await client.gatewayDown({ context: undefined, gatewayId, reason: 'test' }, system);
+    const after = await client.getOccupancy({ context: undefined, conversationIds: [room], includeUserIds: false }, internal);
+    expect(after.occupancies[0]).toMatchObject({ onlineCount: 0, connectionCount: 0 });
+    const stillListed = await client.listOnlineUsers({ context: undefined, conversationId: '', page: { pageSize: 500, pageToken: '' } }, internal);
+    expect(stillListed.users.map((u) => u.userId)).not.toContain(u1);
+  });
+
+  describe('bad input: a specific error and nothing changed', () => {
+    const frank = newId();
+    beforeAll(async () => {
+      await client.connectDevice({ context: undefined, gatewayId: 'gw-bad', connectionId: 'f1', device: device('d1') }, as(frank));
+      await client.setStatus(status(PresenceStatus.PRESENCE_STATUS_BUSY, { customMessage: 'Ward round' }), as(frank));
+    });
+    afterAll(() => client.gatewayDown({ context: undefined, gatewayId: 'gw-bad', reason: 'test' }, system));
+
+    async function unchanged(): Promise<void> {
+      expect(await presenceOf(frank, as(frank))).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_BUSY, customMessage: 'Ward round' });
+    }
+
+    it.each([
+      ['an unknown state', status(99 as eventsV1.PresenceStatus), 'status', /unknown status/],
+      ['a message over the limit', status(PresenceStatus.PRESENCE_STATUS_AWAY, { customMessage: 'x'.repeat(141) }), 'custom_message', /longer than 140/],
+      ['a message with markup', status(PresenceStatus.PRESENCE_STATUS_AWAY, { customMessage: 'hi <img src=x onerror=alert(1)>' }), 'custom_message', /markup/],
+      ['an expiry in the past', status(PresenceStatus.PRESENCE_STATUS_AWAY, { statusExpiresAt: new Date(Date.now() - 1000) }), 'status_expires_at', /future/],
+    ])('%s', async (_name, request, field, message) => {
+      const err = await errorOf(client.setStatus(request, as(frank)));
+      expect(err.code).toBe(ErrorCode.ERROR_CODE_INVALID_ARGUMENT);
+      expect(err.field).toBe(field);
+      expect(err.message).toMatch(message);
+      await unchanged();
+    });
+
+    it('an auto-away delay out of bounds', async () => {
+      const err = await errorOf(client.updatePresenceSettings({ context: undefined, userId: '', settings: { autoAwayAfterMs: 5, hideLastSeen: false } }, as(frank)));
+      expect(err).toMatchObject({ code: ErrorCode.ERROR_CODE_INVALID_ARGUMENT, field: 'settings.auto_away_after_ms' });
+      expect((await client.getPresenceSettings({ context: undefined, userId: '' }, as(frank))).settings!.autoAwayAfterMs).toBe(0);
+    });
+
+    it('another tenant’s users: offline, nothing leaked; another tenant in the body: refused', async () => {
+      const otherTenant = { context: { tenantId: newId(), userId: newId(), deviceId: '', internal: false } };
+      const seen = (await client.getPresence({ context: undefined, userIds: [frank], includeDevices: true }, otherTenant)).presences[0]!;
+      expect(seen).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_OFFLINE, customMessage: '', deviceCount: 0, devices: [] });
+      expect(seen.lastSeen).toBeUndefined();
+      const watchedElsewhere = await client.watch({ context: undefined, userIds: [frank] }, otherTenant);
+      expect(watchedElsewhere.presences[0]!.status).toBe(PresenceStatus.PRESENCE_STATUS_OFFLINE);
+      const crossed = client.setStatus({ ...status(PresenceStatus.PRESENCE_STATUS_AWAY), context: { tenantId: newId(), userId: frank, deviceId: '', internal: false } }, as(frank));
+      expect((await errorOf(crossed)).code).toBe(ErrorCode.ERROR_CODE_PERMISSION_DENIED);
+      await unchanged();
+    });
+
+    it('unsafe ids in watch, typing and occupancy', async () => {
+      expect((await errorOf(client.watch({ context: undefined, userIds: ['a.b'] }, as(frank)))).code).toBe(ErrorCode.ERROR_CODE_INVALID_ARGUMENT);
+      expect((await errorOf(client.watch({ context: undefined, userIds: [] }, as(frank)))).code).toBe(ErrorCode.ERROR_CODE_INVALID_ARGUMENT);
+      expect((await errorOf(client.setTyping({ context: undefined, conversationId: 'c>', typing: true }, as(frank)))).code).toBe(ErrorCode.ERROR_CODE_INVALID_ARGUMENT);
+      expect((await errorOf(client.getOccupancy({ context: undefined, conversationIds: ['*'], includeUserIds: false }, as(frank)))).code).toBe(
+        ErrorCode.ERROR_CODE_INVALID_ARGUMENT,
+      );
+      await unchanged();
+    });
+  });
+});
