@@ -1,0 +1,289 @@
+// Presence through the whole mesh: three gateway processes, presence, real
+// Redis and NATS, real WebSocket clients. What users notice: who is online,
+// with which status, on every device; a crashed gateway or a restarted
+// Redis never leaves anyone wrongly online or offline; typing stops by
+// itself; nothing crosses tenants.
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+import * as path from 'node:path';
+import { DEV_JWT_SECRET, SwitchboardClient, mintDevToken } from '@switchboard/client';
+import { eventually, freePort, infraEnv, launchService, repoRoot, startMesh, type Mesh, type ServiceProcess } from '@switchboard/devenv';
+import { ErrorCode, type SwitchboardError } from '@switchboard/errors';
+import { newId } from '@switchboard/ids';
+import { eventsV1, type framesV1 } from '@switchboard/proto';
+
+const { PresenceStatus } = eventsV1;
+const GATEWAY_ENV = { GATEWAY_HEARTBEAT_MS: '300', PRESENCE_REFRESH_MS: '1000', PRESENCE_COALESCE_MS: '50' };
+const tenant = `t${newId().slice(0, 12)}`;
+const user = (name: string) => `${name}-${newId().slice(0, 8)}`;
+
+let mesh: Mesh;
+const clients: SwitchboardClient[] = [];
+const extraGateways: ServiceProcess[] = [];
+
+interface Device {
+  client: SwitchboardClient;
+  /** Every presence change pushed to this device, in order. */
+  changes: eventsV1.PresenceChanged[];
+  typing: framesV1.TypingEvent[];
+  occupancy: framesV1.OccupancyEvent[];
+}
+
+async function connect(url: string, userId: string, options: { deviceId?: string; tenantId?: string } = {}): Promise<Device> {
+  const client = new SwitchboardClient({
+    url,
+    token: () => mintDevToken({ secret: DEV_JWT_SECRET, tenantId: options.tenantId ?? tenant, userId, ...(options.deviceId ? { deviceId: options.deviceId } : {}) }),
+    reconnect: { enabled: false },
+  });
+  clients.push(client);
+  const device: Device = { client, changes: [], typing: [], occupancy: [] };
+  client.on('frame', (frame: framesV1.ServerFrame) => {
+    if (frame.kind?.$case === 'presence') device.changes.push(...frame.kind.value.changes);
+    if (frame.kind?.$case === 'typing') device.typing.push(frame.kind.value);
+    if (frame.kind?.$case === 'occupancy') device.occupancy.push(frame.kind.value);
+  });
+  await client.connect();
+  return device;
+}
+
+const gw = (index: number) => mesh.gateways[index]!.url;
+
+/** The latest status a device was told for a user. */
+const lastStatus = (device: Device, userId: string) => device.changes.filter((c) => c.userId === userId).at(-1)?.status;
+
+async function presence(device: Device, userIds: string[]) {
+  const reply = await device.client.request({ $case: 'getPresence', value: { userIds } });
+  return reply.value.presences;
+}
+
+async function failure(call: Promise<unknown>): Promise<SwitchboardError> {
+  return call.then(
+    () => {
+      throw new Error('expected the request to fail');
+    },
+    (err: SwitchboardError) => err,
+  );
+}
+
+/** Two users who share a direct conversation (so each receives the other's presence). */
+async function pair(a: Device, bName: string, b: Device): Promise<string> {
+  const ack = await a.client.sendMessage({ recipientUserId: bName, text: 'hello' });
+  // Both sides joined: the recipient got the message, so its gateway subscribed the conversation's members.
+  await eventually(() => b.client.deliveryStats().delivered > 0 || undefined, 10_000, 'message delivered');
+  return ack.conversationId;
+}
+
+beforeAll(async () => {
+  mesh = await startMesh({
+    gateways: 3,
+    ports: 'free',
+    env: { LOG_LEVEL: 'warn', TYPING_TTL_MS: '800', TYPING_RATE_POINTS: '3', TYPING_RATE_WINDOW_S: '30' },
+    gatewayEnv: GATEWAY_ENV,
+  });
+}, 120_000);
+
+afterAll(async () => {
+  await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
+  await Promise.all(extraGateways.map((g) => g.stop()));
+  await mesh?.stop();
+});
+
+it('shows a clean disconnect to the other member at once, with last seen', async () => {
+  const [aliceId, bobId] = [user('alice'), user('bob')];
+  const alice = await connect(gw(0), aliceId);
+  const bob = await connect(gw(1), bobId);
+  await pair(alice, bobId, bob);
+  expect((await presence(bob, [aliceId]))[0]).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 1 });
+
+  await alice.client.close();
+  await eventually(() => lastStatus(bob, aliceId) === PresenceStatus.PRESENCE_STATUS_OFFLINE, 5000, 'bob sees alice offline');
+  const seen = (await presence(bob, [aliceId]))[0]!;
+  expect(seen).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_OFFLINE, deviceCount: 0 });
+  expect(seen.lastSeen).toBeInstanceOf(Date);
+  // Bob sees the public face: no devices, no chosen status.
+  expect(seen.devices).toEqual([]);
+});
+
+it('merges three devices with conflicting updates: the latest explicit choice wins, and every device sees it', async () => {
+  const frankId = user('frank');
+  const graceId = user('grace');
+  const phone = await connect(gw(0), frankId, { deviceId: 'phone' });
+  const laptop = await connect(gw(1), frankId, { deviceId: 'laptop' });
+  const tablet = await connect(gw(2), frankId, { deviceId: 'tablet' });
+  const grace = await connect(gw(0), graceId);
+  const watched = await grace.client.request({ $case: 'watchPresence', value: { userIds: [frankId] } });
+  expect(watched.value.presences[0]).toMatchObject({ userId: frankId, status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 3 });
+
+  await phone.client.request({ $case: 'setPresence', value: { status: PresenceStatus.PRESENCE_STATUS_BUSY, customMessage: 'In clinic', customMessageExpiresAt: undefined } });
+  const reply = await laptop.client.request({ $case: 'setPresence', value: { status: PresenceStatus.PRESENCE_STATUS_AWAY, customMessage: '', customMessageExpiresAt: undefined } });
+  // The laptop's choice replaced the phone's as a whole (status and message).
+  expect(reply.value.presences[0]).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AWAY, manualStatus: PresenceStatus.PRESENCE_STATUS_AWAY, customMessage: '' });
+  for (const device of [phone, laptop, tablet, grace]) {
+    await eventually(() => lastStatus(device, frankId) === PresenceStatus.PRESENCE_STATUS_AWAY, 5000, 'every device sees away');
+  }
+  // Changes within the coalescing window reach a device as one: the busy step may be folded into the away one, never reordered.
+  const seenByGrace = grace.changes.filter((c) => c.userId === frankId).map((c) => [c.status, c.customMessage]);
+  expect(seenByGrace.at(-1)).toEqual([PresenceStatus.PRESENCE_STATUS_AWAY, '']);
+  expect([1, 2]).toContain(seenByGrace.length);
+
+  await tablet.client.request({ $case: 'setPresence', value: { status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, customMessage: '', customMessageExpiresAt: undefined } });
+  for (const device of [phone, laptop, tablet, grace]) {
+    await eventually(() => lastStatus(device, frankId) === PresenceStatus.PRESENCE_STATUS_AVAILABLE, 5000, 'every device sees available');
+  }
+  await phone.client.close();
+  await eventually(async () => (await presence(grace, [frankId]))[0]!.deviceCount === 2 || undefined, 5000, 'one device fewer');
+  expect((await presence(laptop, [frankId]))[0]).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 2 });
+});
+
+it('takes the users of a SIGKILLed gateway offline for their watchers, and a restarted gateway leaves no stale device', async () => {
+  const carolId = user('carol');
+  const daveId = user('dave');
+  const carol = await connect(gw(2), carolId, { deviceId: 'desk' });
+  const dave = await connect(gw(0), daveId);
+  await dave.client.request({ $case: 'watchPresence', value: { userIds: [carolId] } });
+  expect((await presence(dave, [carolId]))[0]!.status).toBe(PresenceStatus.PRESENCE_STATUS_AVAILABLE);
+
+  await mesh.gateways[2]!.process.kill();
+  await eventually(() => lastStatus(dave, carolId) === PresenceStatus.PRESENCE_STATUS_OFFLINE, 10_000, 'dave sees carol offline');
+  expect((await presence(dave, [carolId]))[0]).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_OFFLINE, deviceCount: 0 });
+  void carol;
+
+  // The same gateway id comes back: carol reconnects through it and counts once.
+  const opsPort = await freePort();
+  const wsPort = await freePort();
+  const restarted = await launchService({
+    service: 'gateway',
+    name: 'gateway-3-restarted',
+    env: {
+      ...infraEnv(),
+      LOG_LEVEL: 'warn',
+      ...GATEWAY_ENV,
+      PORT: String(wsPort),
+      GRPC_PORT: String(await freePort()),
+      GATEWAY_ID: 'gateway-3',
+      SHUTDOWN_DEADLINE_MS: '4000',
+      MESSAGING_ADDR: mesh.addresses.messaging,
+      PRESENCE_ADDR: mesh.addresses.presence,
+    },
+    opsPort,
+  });
+  extraGateways.push(restarted);
+  const carolAgain = await connect(`ws://127.0.0.1:${wsPort}/ws`, carolId, { deviceId: 'desk' });
+  await eventually(() => lastStatus(dave, carolId) === PresenceStatus.PRESENCE_STATUS_AVAILABLE, 5000, 'dave sees carol back');
+  expect((await presence(carolAgain, [carolId]))[0]).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 1 });
+  await restarted.stop();
+  await eventually(() => lastStatus(dave, carolId) === PresenceStatus.PRESENCE_STATUS_OFFLINE, 5000, 'a drained gateway takes carol offline');
+});
+
+it('delivers typing to the conversation only, stops it by itself, limits it, and refuses conversations the user is not in', async () => {
+  const [henryId, ivyId, outsiderId] = [user('henry'), user('ivy'), user('outsider')];
+  const henry = await connect(gw(0), henryId);
+  const ivy = await connect(gw(1), ivyId);
+  const outsider = await connect(gw(1), outsiderId);
+  const conversationId = await pair(henry, ivyId, ivy);
+
+  const entered = await ivy.client.request({ $case: 'enterConversation', value: { conversationId } });
+  expect(entered.value.occupancy).toMatchObject({ conversationId, onlineCount: 1, connectionCount: 1 });
+  await eventually(() => henry.occupancy.some((o) => o.occupancies.some((x) => x.conversationId === conversationId && x.onlineCount === 1)), 5000, 'henry sees occupancy');
+
+  await henry.client.request({ $case: 'typing', value: { conversationId, typing: true } });
+  await eventually(() => ivy.typing.some((t) => t.userId === henryId && t.typing), 5000, 'ivy sees henry typing');
+  // Henry never sends the stop: it ends by itself.
+  await eventually(() => ivy.typing.at(-1)?.typing === false, 5000, 'typing stops by itself');
+  expect(ivy.typing.map((t) => [t.conversationId, t.userId, t.typing])).toEqual([
+    [conversationId, henryId, true],
+    [conversationId, henryId, false],
+  ]);
+  expect(henry.typing).toEqual([]);
+  expect(outsider.typing).toEqual([]);
+
+  const notMember = await failure(outsider.client.request({ $case: 'typing', value: { conversationId, typing: true } }));
+  expect(notMember.code).toBe(ErrorCode.ERROR_CODE_NOT_FOUND);
+  const notMemberEnter = await failure(outsider.client.request({ $case: 'enterConversation', value: { conversationId } }));
+  expect(notMemberEnter.code).toBe(ErrorCode.ERROR_CODE_NOT_FOUND);
+
+  await henry.client.request({ $case: 'typing', value: { conversationId, typing: true } });
+  await henry.client.request({ $case: 'typing', value: { conversationId, typing: true } });
+  const limited = await failure(henry.client.request({ $case: 'typing', value: { conversationId, typing: true } }));
+  expect(limited.code).toBe(ErrorCode.ERROR_CODE_RATE_LIMITED);
+  // The connection lives on.
+  expect((await henry.client.ping()).rttMs).toBeGreaterThanOrEqual(0);
+  await new Promise((r) => setTimeout(r, 300));
+  expect(ivy.typing.filter((t) => t.typing)).toHaveLength(3);
+});
+
+it('refuses bad presence frames with specific errors and changes nothing', async () => {
+  const judyId = user('judy');
+  const judy = await connect(gw(0), judyId);
+  await judy.client.request({ $case: 'setPresence', value: { status: PresenceStatus.PRESENCE_STATUS_BUSY, customMessage: 'Surgery', customMessageExpiresAt: undefined } });
+  const cases: [framesV1.SetPresence, string][] = [
+    [{ status: 42 as eventsV1.PresenceStatus, customMessage: '', customMessageExpiresAt: undefined }, 'status'],
+    [{ status: PresenceStatus.PRESENCE_STATUS_AWAY, customMessage: 'y'.repeat(500), customMessageExpiresAt: undefined }, 'custom_message'],
+    [{ status: PresenceStatus.PRESENCE_STATUS_AWAY, customMessage: '<b>back soon</b>', customMessageExpiresAt: undefined }, 'custom_message'],
+  ];
+  for (const [value, field] of cases) {
+    const err = await failure(judy.client.request({ $case: 'setPresence', value }));
+    expect(err).toMatchObject({ code: ErrorCode.ERROR_CODE_INVALID_ARGUMENT, field });
+  }
+  const unsafe = await failure(judy.client.request({ $case: 'getPresence', value: { userIds: ['x.>'] } }));
+  expect(unsafe.code).toBe(ErrorCode.ERROR_CODE_INVALID_ARGUMENT);
+  const own = (await presence(judy, [judyId]))[0]!;
+  expect(own).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_BUSY, customMessage: 'Surgery' });
+});
+
+it('never shows presence across tenants, even for the same user ids', async () => {
+  const sharedId = user('kate');
+  const otherTenant = `t${newId().slice(0, 12)}`;
+  const kate = await connect(gw(1), sharedId);
+  const stranger = await connect(gw(0), user('stranger'), { tenantId: otherTenant });
+  const namesake = await connect(gw(0), sharedId, { tenantId: otherTenant });
+  const watched = await stranger.client.request({ $case: 'watchPresence', value: { userIds: [sharedId] } });
+  // Only the other tenant's namesake (online) is visible, never kate.
+  expect(watched.value.presences[0]).toMatchObject({ userId: sharedId, status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, customMessage: '' });
+  await kate.client.request({ $case: 'setPresence', value: { status: PresenceStatus.PRESENCE_STATUS_BUSY, customMessage: 'Tenant A only', customMessageExpiresAt: undefined } });
+  await eventually(() => lastStatus(kate, sharedId) === PresenceStatus.PRESENCE_STATUS_BUSY, 5000, 'kate sees herself busy');
+  await kate.client.close();
+  await new Promise((r) => setTimeout(r, 500));
+  expect(stranger.changes.filter((c) => c.customMessage === 'Tenant A only' || c.status !== PresenceStatus.PRESENCE_STATUS_AVAILABLE)).toEqual([]);
+  expect((await presence(stranger, [sharedId]))[0]).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, customMessage: '' });
+  void namesake;
+});
+
+it('rebuilds presence from the gateways’ live connections after Redis restarts empty', async () => {
+  const leoId = user('leo');
+  const miaId = user('mia');
+  const leo = await connect(gw(0), leoId, { deviceId: 'ward-pc' });
+  const mia = await connect(gw(1), miaId);
+  expect((await presence(mia, [leoId]))[0]!.status).toBe(PresenceStatus.PRESENCE_STATUS_AVAILABLE);
+
+  restartRedisEmpty();
+  // Right after the restart presence knows nobody; within seconds the gateways have re-registered everyone.
+  await eventually(
+    async () => {
+      try {
+        const [seen] = await presence(mia, [leoId]);
+        return seen!.status === PresenceStatus.PRESENCE_STATUS_AVAILABLE && seen!.deviceCount === 1;
+      } catch {
+        return false;
+      }
+    },
+    20_000,
+    'leo online again',
+  );
+  const own = await leo.client.request({ $case: 'getPresence', value: { userIds: [leoId] } });
+  expect(own.value.presences[0]).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 1 });
+  // And a clean disconnect still works on the rebuilt state.
+  await leo.client.close();
+  await eventually(async () => (await presence(mia, [leoId]))[0]!.status === PresenceStatus.PRESENCE_STATUS_OFFLINE, 5000, 'leo offline');
+});
+
+/** SIGKILL (nothing saved), drop the snapshot, start it again: Redis comes back empty. */
+function restartRedisEmpty(): void {
+  const dir = path.join(repoRoot, '.data', 'infra', 'redis');
+  const pid = Number(readFileSync(path.join(dir, 'redis.pid'), 'utf8').trim());
+  process.kill(pid, 'SIGKILL');
+  spawnSync('bash', ['-c', `while kill -0 ${pid} 2>/dev/null; do sleep 0.05; done`]);
+  if (existsSync(path.join(dir, 'dump.rdb'))) rmSync(path.join(dir, 'dump.rdb'));
+  const up = spawnSync('bash', [path.join(repoRoot, 'libs', 'devenv', 'infra', 'infra.sh'), 'up'], { env: process.env, encoding: 'utf8' });
+  if (up.status !== 0) throw new Error(`infra.sh up failed: ${up.stderr}`);
+}
