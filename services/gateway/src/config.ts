@@ -40,7 +40,7 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       MAX_FRAME_BYTES: env.positiveInt(64 * 1024),
       HEARTBEAT_INTERVAL_MS: env.positiveInt(25_000),
       /** How often this gateway tells the mesh it is alive. */
-      GATEWAY_HEARTBEAT_MS: env.positiveInt(500),
+      GATEWAY_HEARTBEAT_MS: env.positiveInt(250),
       /** How often this gateway renews all its connections' presence leases, in one call. */
       PRESENCE_REFRESH_MS: env.positiveInt(5000),
       /** Presence changes to one connection within this window go out as one frame. */

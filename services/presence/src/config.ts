@@ -9,7 +9,7 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       /** A gateway's connections stay online this long after its last RefreshLeases (gateways refresh every third of it). */
       LEASE_TTL_MS: env.positiveInt(15_000),
       /** A gateway whose heartbeats stop for this long is declared dead and all its connections go offline. */
-      GATEWAY_HEARTBEAT_TIMEOUT_MS: env.positiveInt(1500),
+      GATEWAY_HEARTBEAT_TIMEOUT_MS: env.positiveInt(1000),
       /** How often dead gateways are looked for. */
       REAPER_INTERVAL_MS: env.positiveInt(200),
       /** How often users whose presence changes with time (auto-away, expiries) are recomputed. */

@@ -41,7 +41,8 @@ export class Liveness {
         try {
           const event = decodeEnvelope(msg).envelope.event;
           if (event?.$case !== 'gatewayHeartbeat') return;
-          const timeout = Math.max(this.config.GATEWAY_HEARTBEAT_TIMEOUT_MS, 2 * Number(event.value.intervalMs));
+          // At least three missed beats, so one late beat never takes a gateway's users offline.
+          const timeout = Math.max(this.config.GATEWAY_HEARTBEAT_TIMEOUT_MS, 3 * Number(event.value.intervalMs));
           this.store.heartbeat(event.value.gatewayId, Date.now() + timeout).catch((e: unknown) => this.logger.warn({ err: e }, 'could not record a gateway heartbeat'));
         } catch (e) {
           this.logger.warn({ err: e }, 'dropping an undecodable heartbeat');
@@ -63,8 +64,9 @@ export class Liveness {
     this.reaping = true;
     try {
       for (const gatewayId of await this.store.popDeadGateways(Date.now())) {
+        const started = performance.now();
         const result = await this.dropGateway(gatewayId, Cause.PRESENCE_CHANGE_CAUSE_GATEWAY_DOWN);
-        this.logger.warn({ gateway: gatewayId, ...result }, 'gateway missed its heartbeats or lease: its connections went offline');
+        this.logger.warn({ gateway: gatewayId, ...result, ms: Math.round(performance.now() - started) }, 'gateway missed its heartbeats or lease: its connections went offline');
       }
     } catch (err) {
       this.logger.warn({ err }, 'gateway reaper failed; retrying next tick');

@@ -145,11 +145,7 @@ export function presenceService(
         const active = tenant.activeConnectionIds.map((id) => assertSafeId(id, 'tenants.active_connection_ids'));
         const owners = await store.ownersOf(tenant.tenantId, gatewayId, active);
         if (owners.length === 0) continue;
-        const previous = await store.recordActivity(tenant.tenantId, owners, now);
-        // Only users who may have been auto-away need a recomputation: the rest stay available.
-        for (const [userId, lastActive] of previous) {
-          const snapshot = (await store.read(tenant.tenantId, [userId]))[0]!;
-          if (lastActive + snapshot.settings.autoAwayAfterMs > now) continue;
+        for (const userId of await store.recordActivity(tenant.tenantId, owners, now)) {
           await announcer.announce(tenant.tenantId, await store.touch(tenant.tenantId, userId), now, Cause.PRESENCE_CHANGE_CAUSE_ACTIVITY);
         }
       }

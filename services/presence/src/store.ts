@@ -359,16 +359,22 @@ export class PresenceStore {
     });
   }
 
-  /** Records user activity per device; returns the previous activity of each user (for noticing a return from auto-away). */
-  async recordActivity(tenantId: string, owners: { userId: string; deviceId: string }[], now: number): Promise<Map<string, number>> {
+  /**
+   * Records user activity per device. Returns the users who may have been
+   * auto-away until now (their previous activity is older than their delay):
+   * only those need their presence recomputed.
+   */
+  async recordActivity(tenantId: string, owners: { userId: string; deviceId: string }[], now: number): Promise<string[]> {
     const users = [...new Set(owners.map((o) => o.userId))];
     const pipeline = this.redis.pipeline();
-    for (const userId of users) pipeline.hvals(keys(tenantId, userId).active);
+    for (const userId of users) pipeline.hvals(keys(tenantId, userId).active).hget(keys(tenantId, userId).settings, 'autoAwayAfterMs');
     for (const { userId, deviceId } of owners) pipeline.hset(keys(tenantId, userId).active, deviceId, now);
     const results = unwrap(await pipeline.exec());
-    const previous = new Map<string, number>();
-    users.forEach((userId, index) => previous.set(userId, Math.max(0, ...(results[index] as string[]).map(Number))));
-    return previous;
+    return users.filter((_, index) => {
+      const previous = Math.max(0, ...(results[index * 2] as string[]).map(Number));
+      const delay = Number(results[index * 2 + 1] ?? 0) || this.defaultAutoAwayMs;
+      return previous + delay <= now;
+    });
   }
 
   async tenants(): Promise<string[]> {
