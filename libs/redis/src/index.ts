@@ -8,9 +8,11 @@ export { Redis };
  * (Redis restarting makes the service not-ready, not dead) and fails commands
  * fast while disconnected instead of queueing them without bound.
  */
-export function createRedis(url: string, name: string): Redis {
+export function createRedis(url: string, name: string, options: { autoPipelining?: boolean } = {}): Redis {
   return new Redis(url, {
     connectionName: name,
+    // Commands issued in one event-loop turn leave in one write (bursts such as a whole gateway going offline).
+    enableAutoPipelining: options.autoPipelining ?? false,
     lazyConnect: true,
     maxRetriesPerRequest: 2,
     enableOfflineQueue: true,

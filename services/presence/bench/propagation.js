@@ -67,7 +67,8 @@ async function parent() {
     }
     await Promise.all(children.map((c) => once(c, 'ready')));
     console.log(`${users} users connected over ${gateways} gateways by ${processes} processes in ${((Date.now() - started) / 1000).toFixed(1)} s; each watches ${watches}`);
-    await new Promise((r) => setTimeout(r, 3000));
+    // Let the last connections' first refresh pass.
+    await new Promise((r) => setTimeout(r, 8000));
 
     // Idle: what keeping everyone online costs Redis (leases, heartbeats, sweeps), with nobody changing anything.
     const idleBefore = await redisCalls(redis);
@@ -192,6 +193,8 @@ function child() {
       // Which users this process's devices watch, to count the crash deliveries expected.
       process.send({ type: 'ready' });
     } else if (msg.type === 'run') {
+      // Only the measured window counts (not the connection storm of the setup).
+      for (const h of Object.values(histograms)) h.reset();
       const end = Date.now() + msg.seconds * 1000;
       const statusEvery = 1000 / msg.changesPerSecond;
       const churnEvery = 60_000 / (msg.churnPerMinute * mine.length);

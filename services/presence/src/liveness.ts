@@ -5,7 +5,7 @@ import type { PresenceConfig } from './config';
 import type { ConnectionRef, PresenceStore } from './store';
 
 /** How many users' writes run at once when a whole gateway goes down. */
-const PARALLEL_USERS = 200;
+const PARALLEL_USERS = 500;
 
 /**
  * Keeps presence true over time without any client asking:

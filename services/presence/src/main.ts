@@ -21,7 +21,7 @@ async function main(): Promise<void> {
   const redis = await host.dependency(
     'Redis',
     async () => {
-      const client = createRedis(config.REDIS_URL, SERVICE);
+      const client = createRedis(config.REDIS_URL, SERVICE, { autoPipelining: true });
       // Without a listener ioredis prints every reconnect failure; readiness reports the outage instead.
       client.on('error', (err) => logger.debug({ err }, 'redis connection error'));
       await client.connect();

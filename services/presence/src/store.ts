@@ -196,6 +196,8 @@ export class PresenceStore {
     // A connection registered again (after a presence restart) keeps one member.
     tx.zadd(k.leases, now, leaseMember(ref));
     tx.hset(k.devices, ref.deviceId, JSON.stringify(device));
+    // Connecting is activity: the first frames after it never count as a return from auto-away.
+    tx.hset(k.active, ref.deviceId, now);
     tx.hset(k.meta, 'lastSeen', now);
     tx.hset(gatewayKey(tenantId, ref.gatewayId), ref.connectionId, `${userId}:${ref.deviceId}:${now}`);
     const snapshot = await this.commit(tx, tenantId, userId);
@@ -218,7 +220,8 @@ export class PresenceStore {
     }
     // The user was online until this moment, whichever connection remains.
     tx.hset(k.meta, 'lastSeen', now);
-    const snapshot = await this.commit(tx, tenantId, userId);
+    // Retention was refreshed when these connected; a whole gateway's users drop at once, so keep it lean.
+    const snapshot = await this.commit(tx, tenantId, userId, false);
     const remaining = new Set(snapshot.leases.map((l) => l.deviceId));
     const gone = [...new Set(refs.map((r) => r.deviceId))].filter((d) => !remaining.has(d) && snapshot.devices.has(d));
     if (gone.length > 0) {
@@ -483,10 +486,10 @@ export class PresenceStore {
   }
 
   /** Runs the writes, bumps the version, refreshes retention and reads the result, all in one MULTI. */
-  private async commit(tx: ReturnType<Redis['multi']>, tenantId: string, userId: string): Promise<Snapshot> {
+  private async commit(tx: ReturnType<Redis['multi']>, tenantId: string, userId: string, refreshRetention = true): Promise<Snapshot> {
     const k = keys(tenantId, userId);
     tx.hincrby(k.meta, 'version', 1);
-    for (const key of [k.devices, k.leases, k.status, k.meta, k.active, k.settings]) tx.expire(key, this.retentionS);
+    if (refreshRetention) for (const key of [k.devices, k.leases, k.status, k.meta, k.active, k.settings]) tx.expire(key, this.retentionS);
     queueSnapshotReads(tx, k);
     const results = unwrap(await tx.exec());
     return this.parseSnapshot(userId, results.slice(-READS_PER_USER));
