@@ -41,6 +41,7 @@ async function main(): Promise<void> {
   server.presence = presenceLink;
   frames.presence = presenceLink;
   fanout.hooks = presenceLink;
+  await presenceLink.forgetPreviousLife();
   const beat = () =>
     publishEnvelope(
       nats,
@@ -57,7 +58,7 @@ async function main(): Promise<void> {
   await host.serve(grpc.servable(config.HOST, config.GRPC_PORT, 2000), {
     name: 'websockets',
     start: async () => {
-      await presenceLink.start();
+      presenceLink.start();
       const wsPort = await server.listen();
       return { wsPort, url: `ws://${config.HOST}:${wsPort}/ws` };
     },

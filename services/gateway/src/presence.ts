@@ -128,13 +128,21 @@ export class PresenceLink {
     return { context: { tenantId: connection.tenantId, userId: connection.userId, deviceId: connection.identity.deviceId, internal: false }, deadlineMs: this.config.BACKEND_DEADLINE_MS };
   }
 
-  /** A restarted gateway first clears whatever its previous life left registered, then renews leases every interval. */
-  async start(): Promise<void> {
+  /**
+   * A restarted gateway (same id) first clears whatever its previous life
+   * left registered; before the gateway serves anything (and before it
+   * reports ready), so no new connection is registered and then wiped.
+   */
+  async forgetPreviousLife(): Promise<void> {
     try {
       await this.presence.gatewayDown({ context: undefined, gatewayId: this.config.GATEWAY_ID, reason: 'gateway starting' }, this.internal);
     } catch (err) {
       this.logger.warn({ err }, 'presence unreachable at start; leases are registered once it answers');
     }
+  }
+
+  /** Renews leases every interval, and at once when presence asks for a resync. */
+  start(): void {
     this.refreshTimer = setInterval(() => void this.refresh(), this.config.PRESENCE_REFRESH_MS);
     this.resync = this.nats.subscribe(SYSTEM_SUBJECTS.presenceResync, { callback: () => void this.refresh() });
   }

@@ -149,8 +149,7 @@ it('takes the users of a SIGKILLed gateway offline for their watchers, and a res
   void carol;
 
   // The same gateway id comes back: carol reconnects through it and counts once.
-  const opsPort = await freePort();
-  const wsPort = await freePort();
+  const [opsPort, wsPort, grpcPort] = await distinctFreePorts(3);
   const restarted = await launchService({
     service: 'gateway',
     name: 'gateway-3-restarted',
@@ -159,7 +158,7 @@ it('takes the users of a SIGKILLed gateway offline for their watchers, and a res
       LOG_LEVEL: 'warn',
       ...GATEWAY_ENV,
       PORT: String(wsPort),
-      GRPC_PORT: String(await freePort()),
+      GRPC_PORT: String(grpcPort),
       GATEWAY_ID: 'gateway-3',
       SHUTDOWN_DEADLINE_MS: '4000',
       MESSAGING_ADDR: mesh.addresses.messaging,
@@ -276,6 +275,13 @@ it('rebuilds presence from the gateways’ live connections after Redis restarts
   await leo.client.close();
   await eventually(async () => (await presence(mia, [leoId]))[0]!.status === PresenceStatus.PRESENCE_STATUS_OFFLINE, 5000, 'leo offline');
 });
+
+/** Free ports that are also distinct from each other (the OS may hand the same free port out twice in a row). */
+async function distinctFreePorts(count: number): Promise<number[]> {
+  const ports = new Set<number>();
+  while (ports.size < count) ports.add(await freePort());
+  return [...ports];
+}
 
 /** SIGKILL (nothing saved), drop the snapshot, start it again: Redis comes back empty. */
 function restartRedisEmpty(): void {
