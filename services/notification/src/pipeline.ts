@@ -25,6 +25,14 @@ function preview(text: string): string {
   return text.length > PREVIEW_LENGTH ? `${text.slice(0, PREVIEW_LENGTH - 1)}…` : text;
 }
 
+/**
+ * Message metadata key by which the service that posted a message says it
+ * notifies the audience itself (room's announcements go through Notify with
+ * their title); the message pipeline then leaves the message alone, so
+ * nobody is told twice.
+ */
+export const NOTIFIED_BY_METADATA = 'notified_by';
+
 /** One notification to create: a source (message event or request) and a user. */
 export interface Planned {
   notificationId: string;
@@ -51,7 +59,7 @@ export interface Planned {
  */
 export function plannedForMessage(tenantId: string, eventId: string, occurredAt: Date, created: eventsV1.MessageCreated): Planned[] {
   const message = created.message;
-  if (!message || message.deleted || message.kind === MessageKind.MESSAGE_KIND_SYSTEM) return [];
+  if (!message || message.deleted || message.kind === MessageKind.MESSAGE_KIND_SYSTEM || message.metadata[NOTIFIED_BY_METADATA]) return [];
   const mentioned = new Set(message.mentions);
   const recipients = [...new Set(created.memberIds)].filter((userId) => userId !== message.senderId && isSafeId(userId));
   const text = message.text ? preview(message.text) : 'Sent an attachment';

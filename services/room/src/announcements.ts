@@ -52,7 +52,8 @@ export class Announcer {
             text: input.text,
             attachments: [],
             mentions: [],
-            metadata: { announcement_title: input.title },
+            // Room tells the members itself (Notify below, with the title): notification's message pipeline skips it.
+            metadata: { announcement_title: input.title, notified_by: 'room' },
           },
           { context: { tenantId, userId: authorId, deviceId: '', internal: true } },
         );
