@@ -7,6 +7,16 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       ...infraSettings.postgres(),
       ...infraSettings.nats(),
       ...infraSettings.kafka(),
+      /** The room service: asked on every post and read of a room conversation. */
+      ROOM_ADDR: env.string('127.0.0.1:50054'),
+      /** Deadline of a permission check with the room service. */
+      ROOM_DEADLINE_MS: env.positiveInt(2000),
+      /** Consumer group that feeds the room membership replica from Kafka sb.events (one per deployment). */
+      ROOM_EVENTS_GROUP_ID: env.string('messaging-rooms'),
+      /** How long a deleted room's history is kept before it is purged. */
+      DELETED_ROOM_RETENTION_MS: env.positiveInt(30 * 24 * 3600 * 1000),
+      /** How often due purges of deleted rooms run. */
+      ROOM_PURGE_INTERVAL_MS: env.positiveInt(60_000),
       /** Longest message text accepted, in characters. */
       MAX_TEXT_LENGTH: env.positiveInt(16_384),
       /** Largest page a history or sync call returns. */

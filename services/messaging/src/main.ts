@@ -1,12 +1,14 @@
-import { GrpcServer } from '@switchboard/grpc';
+import { createClient, GrpcServer } from '@switchboard/grpc';
 import { createIdempotentProducer, createKafka } from '@switchboard/kafka';
 import { connectNats, natsReady, SYSTEM_SUBJECTS } from '@switchboard/nats';
 import { OutboxRelay, outboxWaker } from '@switchboard/outbox';
 import { openDatabase } from '@switchboard/postgres';
-import { messagingV1 } from '@switchboard/proto';
+import { messagingV1, roomV1 } from '@switchboard/proto';
 import { runMain, ServiceHost } from '@switchboard/runtime';
 import { readConfig } from './config';
 import { path } from './paths';
+import { RoomAccess } from './room-access';
+import { RoomReplica, runRoomEvents } from './room-replica';
 import { messagingService } from './service';
 import { MessageStore } from './store';
 
@@ -63,9 +65,31 @@ async function main(): Promise<void> {
   host.lifecycle.onShutdown('outbox wake-ups', waker.close);
   const outboxWritten = waker.written;
 
+  // The room membership replica, fed from Kafka sb.events, and the purge of deleted rooms' history.
+  const replica = new RoomReplica(pool, config.DELETED_ROOM_RETENTION_MS, host.telemetry.meter);
+  let stopRoomEvents: () => Promise<void> = async () => undefined;
+  host.runner(
+    'room events',
+    () => {
+      stopRoomEvents = runRoomEvents(kafka.consumer({ groupId: config.ROOM_EVENTS_GROUP_ID }), replica, logger);
+    },
+    () => stopRoomEvents(),
+  );
+  const purge = setInterval(() => {
+    replica.purgeDue().catch((err: unknown) => logger.warn({ err }, 'purging deleted rooms failed; next interval retries'));
+  }, config.ROOM_PURGE_INTERVAL_MS);
+  host.lifecycle.onShutdown('room purge', () => clearInterval(purge));
+  const rooms = createClient(roomV1.RoomServiceClient, config.ROOM_ADDR);
+  host.lifecycle.onShutdown('room client', () => rooms.close());
+
   // 4. Servers.
   const grpc = new GrpcServer({ logger });
-  grpc.addService('switchboard.messaging.v1.MessagingService', messagingV1.MessagingServiceService, messagingService(new MessageStore(pool, { maxConcurrent: config.SEND_CONCURRENCY, maxBatch: config.SEND_BATCH_MAX, meter: host.telemetry.meter }, outboxWritten), config, logger));
+  grpc.addService('switchboard.messaging.v1.MessagingService', messagingV1.MessagingServiceService, messagingService(
+      new MessageStore(pool, { maxConcurrent: config.SEND_CONCURRENCY, maxBatch: config.SEND_BATCH_MAX, meter: host.telemetry.meter }, outboxWritten),
+      new RoomAccess(rooms, config.ROOM_DEADLINE_MS),
+      config,
+      logger,
+    ));
   await host.serve(grpc.servable(config.HOST, config.GRPC_PORT, config.SHUTDOWN_DEADLINE_MS / 2));
 }
 

@@ -2,8 +2,9 @@ import { InvalidArgumentError, PermissionDeniedError } from '@switchboard/errors
 import { actingUser, unary, viewer, type CallContext } from '@switchboard/grpc';
 import { assertSafeId, audienceConversationId, audienceConversationsOf, MAX_AUDIENCE_ROLE_LENGTH } from '@switchboard/ids';
 import type { Logger } from '@switchboard/logging';
-import { messagingV1 } from '@switchboard/proto';
+import { messagingV1, type roomV1 } from '@switchboard/proto';
 import type { MessagingConfig } from './config';
+import { Permission, type RoomAccess } from './room-access';
 import type { MessageStore, NewMessage, Reader } from './store';
 
 const { ConversationKind, MessageKind, Direction } = messagingV1;
@@ -11,11 +12,6 @@ const { ConversationKind, MessageKind, Direction } = messagingV1;
 /** The acting user as a reader: their conversations plus the audiences of their roles. */
 function readerOf(ctx: CallContext): Reader {
   return { userId: actingUser(ctx), granted: audienceConversationsOf(ctx.roles) };
-}
-
-/** Like readerOf, but an internal caller without a user reads anything of its tenant. */
-function optionalReader(ctx: CallContext): Reader | undefined {
-  return viewer(ctx) === undefined ? undefined : readerOf(ctx);
 }
 
 /** The checks every new message passes, whatever its target. */
@@ -68,7 +64,47 @@ function pageSize(requested: number, config: MessagingConfig, fallback = 50): nu
   return Math.min(requested || fallback, config.MAX_PAGE_SIZE);
 }
 
-export function messagingService(store: MessageStore, config: MessagingConfig, logger: Logger): Partial<messagingV1.MessagingServiceServer> {
+export function messagingService(store: MessageStore, rooms: RoomAccess, config: MessagingConfig, logger: Logger): Partial<messagingV1.MessagingServiceServer> {
+  const ROOM = ConversationKind.CONVERSATION_KIND_ROOM;
+
+  /**
+   * A room conversation (or an id this replica does not know, which may be a
+   * room whose membership is still on its way) is checked with the room
+   * service; undefined means it is not a room and its member rows decide.
+   */
+  async function roomGrant(ctx: CallContext, conversationId: string, userId: string, permissions: roomV1.Permission[]) {
+    const kind = await store.conversationKind(ctx.tenant.tenantId, conversationId);
+    if (kind !== undefined && kind !== ROOM) return undefined;
+    const grant = await rooms.require(ctx.tenant.tenantId, conversationId, userId, permissions, ctx.tenant.internal);
+    if (kind === undefined) await store.ensureConversation(ctx.tenant.tenantId, conversationId, ROOM);
+    return grant;
+  }
+
+  /** The reader of one conversation, with what the room service allows when it is a room. */
+  async function readerFor(ctx: CallContext, conversationId: string): Promise<Reader> {
+    const reader = readerOf(ctx);
+    const grant = await roomGrant(ctx, conversationId, reader.userId, [Permission.PERMISSION_READ]);
+    if (!grant) return reader;
+    return {
+      ...reader,
+      granted: [...reader.granted, conversationId],
+      ...(grant.visibleFrom ? { visibleFrom: new Map([[conversationId, grant.visibleFrom]]) } : {}),
+    };
+  }
+
+  /** Like readerFor, but an internal caller without a user reads anything of its tenant. */
+  async function optionalReaderFor(ctx: CallContext, conversationId: string): Promise<Reader | undefined> {
+    return viewer(ctx) === undefined ? undefined : readerFor(ctx, conversationId);
+  }
+
+  /** Users write text; announcements need the room's announce permission, system messages come from internal callers only. */
+  function kindPermissions(ctx: CallContext, kind: messagingV1.MessageKind): roomV1.Permission[] {
+    if (kind === MessageKind.MESSAGE_KIND_SYSTEM && !ctx.tenant.internal) {
+      throw new PermissionDeniedError('only internal callers send system messages', { field: 'kind' });
+    }
+    return kind === MessageKind.MESSAGE_KIND_ANNOUNCEMENT ? [Permission.PERMISSION_POST, Permission.PERMISSION_ANNOUNCE] : [Permission.PERMISSION_POST];
+  }
+
   return {
     sendMessage: unary('SendMessage', logger, async (req: messagingV1.SendMessageRequest, ctx) => {
       const senderId = actingUser(ctx);
@@ -82,13 +118,26 @@ export function messagingService(store: MessageStore, config: MessagingConfig, l
       } else {
         target = { conversationId: assertSafeId(req.target.value, 'conversation_id') };
       }
-      const ack = await store.send(ctx.tenant.tenantId, target, message);
+      const permissions = kindPermissions(ctx, message.kind);
+      const grant = 'conversationId' in target ? await roomGrant(ctx, target.conversationId, senderId, permissions) : undefined;
+      if (!grant && message.kind === MessageKind.MESSAGE_KIND_ANNOUNCEMENT && !ctx.tenant.internal) {
+        throw new PermissionDeniedError('announcements are posted in rooms (or broadcast with SendBroadcast)', { field: 'kind' });
+      }
+      const ack = await store.send(ctx.tenant.tenantId, target, message, grant ? { kind: ROOM } : undefined);
       return { ack };
     }),
 
     sendBroadcast: unary('SendBroadcast', logger, async (req: messagingV1.SendBroadcastRequest, ctx) => {
       // Internal systems name themselves as the sender in context.user_id.
       const senderId = actingUser(ctx);
+      if (req.audience?.$case === 'roomId') {
+        // Every member of a room: the room's own conversation, by those who may announce there.
+        const roomId = assertSafeId(req.audience.value, 'room_id');
+        const message = newMessage({ ...req, attachments: [], mentions: [] }, senderId, config, MessageKind.MESSAGE_KIND_ANNOUNCEMENT);
+        const grant = await roomGrant(ctx, roomId, senderId, [Permission.PERMISSION_ANNOUNCE]);
+        if (!grant) throw new InvalidArgumentError(`${roomId} is not a room`, { field: 'room_id' });
+        return { ack: await store.send(ctx.tenant.tenantId, { conversationId: roomId }, message, { kind: ROOM }) };
+      }
       if (req.audience?.$case !== 'audienceId') {
         throw new InvalidArgumentError('name an audience_id ("all" or "role:<role>") or a room_id', { field: 'audience' });
       }
@@ -112,7 +161,7 @@ export function messagingService(store: MessageStore, config: MessagingConfig, l
     getHistory: unary('GetHistory', logger, async (req: messagingV1.GetHistoryRequest, ctx) => {
       const conversationId = assertSafeId(req.conversationId, 'conversation_id');
       const backward = req.direction === Direction.DIRECTION_BACKWARD;
-      return store.history(ctx.tenant.tenantId, conversationId, optionalReader(ctx), req.fromSeq, backward, pageSize(req.limit, config));
+      return store.history(ctx.tenant.tenantId, conversationId, await optionalReaderFor(ctx, conversationId), req.fromSeq, backward, pageSize(req.limit, config));
     }),
 
     sync: unary('Sync', logger, async (req: messagingV1.SyncRequest, ctx) => {
@@ -130,7 +179,7 @@ export function messagingService(store: MessageStore, config: MessagingConfig, l
 
     getConversation: unary('GetConversation', logger, async (req: messagingV1.GetConversationRequest, ctx) => {
       const conversationId = assertSafeId(req.conversationId, 'conversation_id');
-      return { conversation: await store.getConversation(ctx.tenant.tenantId, conversationId, optionalReader(ctx)) };
+      return { conversation: await store.getConversation(ctx.tenant.tenantId, conversationId, await optionalReaderFor(ctx, conversationId)) };
     }),
 
     listConversations: unary('ListConversations', logger, async (req: messagingV1.ListConversationsRequest, ctx) => {
@@ -156,19 +205,19 @@ export function messagingService(store: MessageStore, config: MessagingConfig, l
 
     markDelivered: unary('MarkDelivered', logger, async (req: messagingV1.MarkDeliveredRequest, ctx) => {
       const conversationId = assertSafeId(req.conversationId, 'conversation_id');
-      const receipt = await store.markReceipt(ctx.tenant.tenantId, conversationId, readerOf(ctx), ctx.tenant.deviceId, req.seq, 'delivered');
+      const receipt = await store.markReceipt(ctx.tenant.tenantId, conversationId, await readerFor(ctx, conversationId), ctx.tenant.deviceId, req.seq, 'delivered');
       return receipt;
     }),
 
     markRead: unary('MarkRead', logger, async (req: messagingV1.MarkReadRequest, ctx) => {
       const conversationId = assertSafeId(req.conversationId, 'conversation_id');
-      const receipt = await store.markReceipt(ctx.tenant.tenantId, conversationId, readerOf(ctx), ctx.tenant.deviceId, req.seq, 'read');
+      const receipt = await store.markReceipt(ctx.tenant.tenantId, conversationId, await readerFor(ctx, conversationId), ctx.tenant.deviceId, req.seq, 'read');
       return receipt;
     }),
 
     getReceipts: unary('GetReceipts', logger, async (req: messagingV1.GetReceiptsRequest, ctx) => {
       const conversationId = assertSafeId(req.conversationId, 'conversation_id');
-      return { receipts: await store.receipts(ctx.tenant.tenantId, conversationId, optionalReader(ctx)) };
+      return { receipts: await store.receipts(ctx.tenant.tenantId, conversationId, await optionalReaderFor(ctx, conversationId)) };
     }),
 
     getUnreadCounts: unary('GetUnreadCounts', logger, async (_req: messagingV1.GetUnreadCountsRequest, ctx) => {

@@ -32,7 +32,12 @@ export interface SendRequest {
 export interface Reader {
   userId: string;
   granted: readonly string[];
+  /** Per granted room: the earliest message time the reader may see (rooms that hide history from new members). */
+  visibleFrom?: ReadonlyMap<string, Date>;
 }
+
+/** Conversation kinds never change, so a replica remembers them; this many at most. */
+const KIND_CACHE_SIZE = 100_000;
 
 export interface NewMessage {
   senderId: string;
@@ -155,7 +160,7 @@ const CONVERSATION_COLUMNS = `c.tenant_id, c.conversation_id, c.kind, c.last_seq
 const READABLE = `readable AS (
   SELECT m.conversation_id FROM conversation_members m
   JOIN conversations rc ON rc.tenant_id = m.tenant_id AND rc.conversation_id = m.conversation_id
-  WHERE m.tenant_id = $1 AND m.user_id = $2 AND rc.kind <> ${BROADCAST}
+  WHERE m.tenant_id = $1 AND m.user_id = $2 AND rc.kind <> ${BROADCAST} AND rc.deleted_at IS NULL
   UNION SELECT unnest($3::text[])
 )`;
 
@@ -170,6 +175,7 @@ const VIEWER_COLUMNS = `${CONVERSATION_COLUMNS}, COALESCE(me.read_seq, 0) AS rea
  */
 export class MessageStore {
   private readonly batcher: SendBatcher;
+  private readonly kinds = new Map<string, messagingV1.ConversationKind>();
 
   /**
    * `outboxWritten` runs after a commit that wrote outbox rows, so the relay
@@ -198,6 +204,27 @@ export class MessageStore {
     const ack = await this.batcher.submit(granted ? { tenantId, target, message, granted } : { tenantId, target, message });
     if (!ack.duplicate) this.outboxWritten();
     return ack;
+  }
+
+  /** Creates a conversation the caller was allowed into (a room whose membership has not reached this replica yet). */
+  async ensureConversation(tenantId: string, conversationId: string, kind: messagingV1.ConversationKind): Promise<void> {
+    await withTenantTransaction(this.pool, tenantId, (db) =>
+      db.query(`INSERT INTO conversations (tenant_id, conversation_id, kind) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`, [tenantId, conversationId, kind]),
+    );
+  }
+
+  /** A conversation's kind, or undefined when this tenant has no such conversation (yet). */
+  async conversationKind(tenantId: string, conversationId: string): Promise<messagingV1.ConversationKind | undefined> {
+    const key = `${tenantId}/${conversationId}`;
+    const known = this.kinds.get(key);
+    if (known !== undefined) return known;
+    const { rows } = await withTenantTransaction(this.pool, tenantId, (db) =>
+      db.query<{ kind: number }>(`SELECT kind FROM conversations WHERE tenant_id = $1 AND conversation_id = $2`, [tenantId, conversationId]),
+    );
+    if (!rows[0]) return undefined;
+    if (this.kinds.size >= KIND_CACHE_SIZE) this.kinds.clear();
+    this.kinds.set(key, rows[0].kind);
+    return rows[0].kind;
   }
 
   /**
@@ -365,15 +392,20 @@ export class MessageStore {
   async history(tenantId: string, conversationId: string, reader: Reader | undefined, fromSeq: number, backward: boolean, limit: number) {
     return withTenantTransaction(this.pool, tenantId, async (db) => {
       if (reader) await this.requireAccess(db, tenantId, conversationId, reader);
+      // A room that hides its history from new members: nothing from before the reader joined.
+      const visibleFrom = reader?.visibleFrom?.get(conversationId) ?? null;
       const { rows } = backward
         ? await db.query<MessageRow>(
             `SELECT * FROM messages WHERE tenant_id = $1 AND conversation_id = $2 AND ($3::bigint = 0 OR seq < $3)
+               AND ($5::timestamptz IS NULL OR created_at >= $5)
              ORDER BY seq DESC LIMIT $4`,
-            [tenantId, conversationId, fromSeq, limit + 1],
+            [tenantId, conversationId, fromSeq, limit + 1, visibleFrom],
           )
         : await db.query<MessageRow>(
-            `SELECT * FROM messages WHERE tenant_id = $1 AND conversation_id = $2 AND seq > $3 ORDER BY seq ASC LIMIT $4`,
-            [tenantId, conversationId, fromSeq, limit + 1],
+            `SELECT * FROM messages WHERE tenant_id = $1 AND conversation_id = $2 AND seq > $3
+               AND ($5::timestamptz IS NULL OR created_at >= $5)
+             ORDER BY seq ASC LIMIT $4`,
+            [tenantId, conversationId, fromSeq, limit + 1, visibleFrom],
           );
       const hasMore = rows.length > limit;
       const page = rows.slice(0, limit).map(toMessage);
@@ -393,8 +425,10 @@ export class MessageStore {
         `WITH ${READABLE}
          SELECT m.* FROM messages m
          JOIN readable r ON r.conversation_id = m.conversation_id
+         LEFT JOIN conversation_members me ON me.tenant_id = m.tenant_id AND me.conversation_id = m.conversation_id AND me.user_id = $2
          LEFT JOIN unnest($4::text[], $5::bigint[]) AS p(conversation_id, last_seq) ON p.conversation_id = m.conversation_id
          WHERE m.tenant_id = $1 AND m.seq > COALESCE(p.last_seq, 0)
+           AND (me.history_visible_from IS NULL OR m.created_at >= me.history_visible_from)
          ORDER BY m.conversation_id, m.seq
          LIMIT $6`,
         [tenantId, reader.userId, reader.granted, [...positions.keys()], [...positions.values()], limit + 1],
@@ -525,7 +559,7 @@ export class MessageStore {
     const { rows } = await db.query<{ kind: number; member: boolean }>(
       `SELECT c.kind, EXISTS (SELECT 1 FROM conversation_members m
                               WHERE m.tenant_id = c.tenant_id AND m.conversation_id = c.conversation_id AND m.user_id = $3) AS member
-       FROM conversations c WHERE c.tenant_id = $1 AND c.conversation_id = $2`,
+       FROM conversations c WHERE c.tenant_id = $1 AND c.conversation_id = $2 AND c.deleted_at IS NULL`,
       [tenantId, conversationId, reader.userId],
     );
     const conversation = rows[0];
