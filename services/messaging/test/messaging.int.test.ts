@@ -6,7 +6,7 @@ import type { PromiseClient } from '@switchboard/grpc';
 import { newId } from '@switchboard/ids';
 import { connectNats, decodeEnvelope, subjects, type NatsConnection } from '@switchboard/nats';
 import { createPool, withTenantTransaction } from '@switchboard/postgres';
-import { eventsV1, messagingV1 } from '@switchboard/proto';
+import { eventsV1, messagingV1, roomV1 } from '@switchboard/proto';
 
 type Messaging = PromiseClient<messagingV1.MessagingServiceClient>;
 
@@ -32,13 +32,19 @@ function send(client: Messaging, from: string, target: { conversationId: string 
 }
 
 
-describe('messaging service (real PostgreSQL, NATS, Kafka)', () => {
+describe('messaging service (real PostgreSQL, NATS, Kafka, room service)', () => {
+  let room: ServiceProcess;
+  let roomAddress: string;
   let service: ServiceProcess;
   let client: Messaging;
   let nats: NatsConnection;
 
   beforeAll(async () => {
-    ({ service, client } = await launchWithClient('messaging', messagingV1.MessagingServiceClient, { OUTBOX_POLL_MS: '200' }));
+    // Messaging asks the room service about any conversation id it does not know.
+    const rooms = await launchWithClient('room', roomV1.RoomServiceClient);
+    rooms.client.close();
+    ({ service: room, address: roomAddress } = rooms);
+    ({ service, client } = await launchWithClient('messaging', messagingV1.MessagingServiceClient, { OUTBOX_POLL_MS: '200', ROOM_ADDR: roomAddress }));
     nats = await connectNats({ servers: env.NATS_URL!, name: 'messaging-test' });
   });
 
@@ -46,6 +52,7 @@ describe('messaging service (real PostgreSQL, NATS, Kafka)', () => {
     client?.close();
     await nats?.close();
     expect(await service?.stop()).toBe(0);
+    expect(await room?.stop()).toBe(0);
   });
 
   it('commits a direct message with the conversation sequence and acknowledges it', async () => {
@@ -143,7 +150,7 @@ describe('messaging service (real PostgreSQL, NATS, Kafka)', () => {
   });
 
   it('stores one copy when two messaging replicas commit the same client id at once', async () => {
-    const second = await launchWithClient('messaging', messagingV1.MessagingServiceClient, { OUTBOX_POLL_MS: '200' });
+    const second = await launchWithClient('messaging', messagingV1.MessagingServiceClient, { OUTBOX_POLL_MS: '200', ROOM_ADDR: roomAddress });
     try {
       const { ack } = await send(client, 'race-a', { recipientUserId: 'race-b' }, 'start');
       const conversationId = ack!.conversationId;
