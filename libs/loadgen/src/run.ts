@@ -59,6 +59,7 @@ export const DEFAULT_OPTIONS: LoadOptions = {
   drainS: 30,
 };
 
+// Spawned scripts are the built ones (also when this module runs from source under ts-jest).
 const MAX_CLIENTS_PER_WORKER = 19_000;
 
 export interface EdgeMemory {
@@ -181,7 +182,7 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
     }));
     const workerCount = Math.max(options.workers || Math.max(2, Math.ceil(options.connections / 2500)), Math.ceil(options.connections / MAX_CLIENTS_PER_WORKER));
     for (let w = 0; w < workerCount; w += 1) {
-      const child = fork(path.join(__dirname, 'worker.js'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+      const child = fork(path.join(__dirname, '..', 'dist', 'worker.js'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
       const worker: Worker = { index: w, child, clients: specs.filter((_, i) => i % workerCount === w), waiters: [], progress: 0 };
       child.on('message', (message: FromWorker) => {
         if (message.type === 'progress') worker.progress = message.connected;

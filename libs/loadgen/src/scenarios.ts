@@ -10,7 +10,7 @@ export type Scenario = { description: string; runs: Partial<LoadOptions>[] };
 export const SCENARIOS: Record<string, Scenario> = {
   connections: {
     description: 'ramp one gateway to 15,000 authenticated connections: memory per 1,000 and idle CPU',
-    runs: [{ label: 'connections', target: 'switchboard', gateways: 1, connections: 15_000, rampPerSecond: 500, pattern: 'idle', idleS: 30 }],
+    runs: (['switchboard', 'socketio'] as const).map((target) => ({ label: `connections-${target}`, target, gateways: 1, connections: 15_000, rampPerSecond: 500, pattern: 'idle' as const, idleS: 30 })),
   },
   direct: {
     description: '10,000 clients (5,000 pairs on two gateways), 100,000 direct messages per minute: latency and loss',
@@ -25,24 +25,30 @@ export const SCENARIOS: Record<string, Scenario> = {
   },
   spike: {
     description: 'a minute of steady direct messages, a minute at twice the rate, a minute steady again',
-    runs: [{ label: 'spike', target: 'switchboard', gateways: 2, connections: 10_000, pattern: 'direct', perMinute: 50_000, durationS: 180, spike: { atS: 60, durationS: 60, factor: 2 } }],
+    runs: [{ label: 'spike', target: 'switchboard', gateways: 2, connections: 2_000, pattern: 'direct', perMinute: 6_000, durationS: 180, spike: { atS: 60, durationS: 60, factor: 2 } }],
   },
   churn: {
     description: 'direct messages while 10% of the clients reconnect every minute (and sync what they missed)',
-    runs: [{ label: 'churn', target: 'switchboard', gateways: 2, connections: 4_000, pattern: 'direct', perMinute: 12_000, durationS: 120, churnPerMinute: 0.1 }],
+    runs: [{ label: 'churn', target: 'switchboard', gateways: 2, connections: 2_000, pattern: 'direct', perMinute: 6_000, durationS: 120, churnPerMinute: 0.1 }],
   },
   scale: {
     description: 'the same direct-message load through 1, 2 and 3 gateways (every pair crosses gateways when there are several)',
-    runs: [1, 2, 3].map((gateways) => ({ label: `scale-${gateways}`, target: 'switchboard' as const, gateways, connections: 6_000, pattern: 'direct' as const, perMinute: 30_000, durationS: 60 })),
+    runs: [1, 2, 3].map((gateways) => ({ label: `scale-${gateways}`, target: 'switchboard' as const, gateways, connections: 2_000, pattern: 'direct' as const, perMinute: 6_000, durationS: 60 })),
   },
   soak: {
     description: 'a bounded soak (memory must stay flat); --duration 86400 runs the same for 24 hours',
-    runs: [{ label: 'soak', target: 'switchboard', gateways: 2, connections: 2_000, pattern: 'direct', perMinute: 12_000, durationS: 600 }],
+    runs: [{ label: 'soak', target: 'switchboard', gateways: 2, connections: 2_000, pattern: 'direct', perMinute: 6_000, durationS: 600 }],
+  },
+  sweep: {
+    description: 'latency against offered direct-message load, Switchboard (two gateways) and Socket.IO (two instances): the latency plot',
+    runs: [3_000, 6_000, 12_000, 24_000].flatMap((perMinute) =>
+      (['switchboard', 'socketio'] as const).map((target) => ({ label: `sweep-${target}-${perMinute}`, target, gateways: 2, connections: 2_000, pattern: 'direct' as const, perMinute, durationS: 30 })),
+    ),
   },
   baseline: {
     description: 'the same direct-message and fan-out load against Switchboard (two gateways) and Socket.IO + redis-adapter (two instances), in one run',
     runs: (['switchboard', 'socketio'] as const).flatMap((target) => [
-      { label: `baseline-direct-${target}`, target, gateways: 2, connections: 4_000, pattern: 'direct' as const, perMinute: 12_000, durationS: 60 },
+      { label: `baseline-direct-${target}`, target, gateways: 2, connections: 4_000, pattern: 'direct' as const, perMinute: 6_000, durationS: 60 },
       { label: `baseline-fanout-${target}`, target, gateways: 2, connections: 2_000, pattern: 'room' as const, roomSize: 100, perMinute: 600, durationS: 60 },
     ]),
   },

@@ -86,7 +86,7 @@ export async function startSocketio(options: { instances: number }): Promise<Tar
   try {
     for (let i = 0; i < options.instances; i += 1) {
       const port = await freePort();
-      const child = spawn(process.execPath, [path.join(__dirname, 'socketio-server.js')], {
+      const child = spawn(process.execPath, [path.join(__dirname, '..', 'dist', 'socketio-server.js')], {
         env: { ...process.env, PORT: String(port), REDIS_URL: env.REDIS_URL, DATABASE_URL: env.DATABASE_URL },
         stdio: ['ignore', 'pipe', 'pipe'],
       });
