@@ -35,6 +35,8 @@ interface Flags {
   messageBytes?: number;
   idle?: number;
   label?: string;
+  profile?: string;
+  gatewayEnv?: string[];
 }
 
 function overrides(flags: Flags): Partial<LoadOptions> {
@@ -53,6 +55,8 @@ function overrides(flags: Flags): Partial<LoadOptions> {
   if (flags.messageBytes !== undefined) o.messageBytes = flags.messageBytes;
   if (flags.idle !== undefined) o.idleS = flags.idle;
   if (flags.label) o.label = flags.label;
+  if (flags.profile) o.profileDir = flags.profile;
+  if (flags.gatewayEnv) o.gatewayEnv = Object.fromEntries(flags.gatewayEnv.map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
   return o;
 }
 
@@ -60,6 +64,7 @@ async function execute(runs: Partial<LoadOptions>[], flags: Flags): Promise<void
   mkdirSync(flags.out, { recursive: true });
   for (const run of runs) {
     const options = { ...scaled(run, flags.scale ?? 1), ...overrides(flags) };
+    if (options.profileDir) mkdirSync(options.profileDir, { recursive: true });
     const result = await runLoad(options);
     const file = path.join(flags.out, `${result.label}.json`);
     writeFileSync(file, `${JSON.stringify(result, null, 1)}\n`);
@@ -84,7 +89,9 @@ function withRunFlags(command: Command): Command {
     .option('--source-addresses <n>', 'loopback source addresses 127.0.0.1..n', int('source addresses'))
     .option('--message-bytes <n>', 'text bytes per message', int('message bytes'))
     .option('--idle <seconds>', 'quiet seconds after the ramp (idle CPU window)', int('idle'))
-    .option('--label <label>', 'name of the run (and its JSON file)');
+    .option('--label <label>', 'name of the run (and its JSON file)')
+    .option('--profile <dir>', "CPU and heap profiles of the first gateway (over the inspector) into this directory")
+    .option('--gateway-env <KEY=VALUE...>', 'extra environment for the gateways (e.g. WS_COMPRESSION=true)');
 }
 
 const program = new Command('sb-load').description('Switchboard load generator: scenarios, the Socket.IO baseline, plots');

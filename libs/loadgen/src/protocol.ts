@@ -72,6 +72,8 @@ export interface WorkerReport {
   cpuMs: number;
   rssBytes: number;
   scheduleDone: boolean;
+  /** Open connections by the URL they went to (per gateway / instance). */
+  openByUrl: Record<string, number>;
 }
 
 export type FromWorker =

@@ -33,6 +33,9 @@ export function summaryOf(r: LoadResult): string {
   }
   if (r.churn.reconnects > 0) lines.push(`   churn: ${r.churn.reconnects} reconnects, reconnect p50 ${r.churn.reconnectLatency.p50Ms} ms p99 ${r.churn.reconnectLatency.p99Ms} ms`);
   lines.push(`   load generator: ${r.loadgen.workers} workers, ${(r.loadgen.cpuMs / 1000).toFixed(1)} s CPU, ${mb(r.loadgen.rssBytes)} RSS`);
+  for (const [kind, lines2] of Object.entries(r.profiles ?? {})) {
+    lines.push(`   ${kind} profile of the first gateway (top):`, ...lines2.slice(0, 10).map((l) => `     ${String(l.share).padStart(5)}%  ${l.where}`));
+  }
   const errors = Object.entries(r.errors);
   if (errors.length > 0) lines.push(`   errors: ${errors.map(([k, v]) => `${v} x ${k}`).join('; ')}`);
   return lines.join('\n');

@@ -3,6 +3,7 @@ import { cpus, totalmem } from 'node:os';
 import * as path from 'node:path';
 import { DEV_JWT_SECRET } from '@switchboard/client';
 import { mergeEncoded, summarize, type LatencySummary } from './histogram';
+import { cpuTop, heapTop, InspectorSession, saveProfile, type ProfileLine } from './profiler';
 import { load1, sample, type ProcSample } from './procstat';
 import { scheduledCount, type FromWorker, type RateSegment, type SenderAssignment, type ToWorker, type WorkerReport } from './protocol';
 import { gatewayHeap, startSocketio, startSwitchboard, type Target } from './targets';
@@ -37,6 +38,8 @@ export interface LoadOptions {
   /** Most seconds to wait for outstanding deliveries after the schedule ends. */
   drainS: number;
   gatewayEnv?: Record<string, string>;
+  /** Directory for CPU (load phase) and heap (ramp) profiles of the first gateway, taken over the inspector. */
+  profileDir?: string;
   /** Progress lines (default: stderr). */
   log?: (line: string) => void;
 }
@@ -102,6 +105,8 @@ export interface LoadResult {
   cpu: { servicesMs: number; infraMs: number; perDeliveredUs: number; byProcess: Record<string, number> };
   loadgen: { workers: number; cpuMs: number; rssBytes: number };
   samples: { t: number; connected: number; edgeRssBytes: number; load1: number }[];
+  /** Where the first gateway's live heap (sampled over the ramp) and CPU (over the load) went. */
+  profiles?: { heap?: ProfileLine[]; cpu?: ProfileLine[] };
   errors: Record<string, number>;
 }
 
@@ -160,8 +165,12 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
   const loadStart = load1();
   const tenantId = `load${Date.now().toString(36)}`;
   log(`[${options.label}] starting ${options.target} with ${options.gateways} ${options.target === 'switchboard' ? 'gateway(s)' : 'instance(s)'} (load ${loadStart})`);
+  const profiling = options.profileDir !== undefined && options.target === 'switchboard';
+  const gatewayEnv = { ...options.gatewayEnv, ...(profiling ? { NODE_OPTIONS: `${options.gatewayEnv?.NODE_OPTIONS ?? ''} --inspect=127.0.0.1:0`.trim() } : {}) };
   const target: Target =
-    options.target === 'switchboard' ? await startSwitchboard({ gateways: options.gateways, ...(options.gatewayEnv ? { gatewayEnv: options.gatewayEnv } : {}) }) : await startSocketio({ instances: options.gateways });
+    options.target === 'switchboard' ? await startSwitchboard({ gateways: options.gateways, gatewayEnv }) : await startSocketio({ instances: options.gateways });
+  const profiles: NonNullable<LoadResult['profiles']> = {};
+  let inspector: InspectorSession | undefined;
   const workers: Worker[] = [];
   try {
     // Plan the clients: user i connects to entry i % gateways, so the two ends of a pair are on different gateways.
@@ -215,6 +224,11 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
     const emptyRss = edges.map((p) => sample(p.pid).rssBytes);
     const emptyHeap = await Promise.all(edges.map((p) => (p.opsPort ? gatewayHeap(p.opsPort) : undefined)));
     const samples: LoadResult['samples'] = [];
+    if (profiling) {
+      inspector = await InspectorSession.attach(edges[0]!.output ?? []);
+      await inspector.call('HeapProfiler.enable');
+      await inspector.call('HeapProfiler.startSampling', { samplingInterval: 8192 });
+    }
     const t0 = Date.now();
     const sampler = setInterval(() => {
       samples.push({ t: (Date.now() - t0) / 1000, connected: workers.reduce((n, w) => n + w.progress, 0), edgeRssBytes: edgeRss(), load1: load1() });
@@ -240,12 +254,14 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
     await sleep(options.idleS * 1000);
     const idleMs = Date.now() - idleClock;
     const afterRampLoad = load1();
-    global.gc?.();
+    const openByUrl: Record<string, number> = {};
+    for (const r of await collect(workers)) for (const [url, n] of Object.entries(r.openByUrl)) openByUrl[url] = (openByUrl[url] ?? 0) + n;
     const edgeMemory: EdgeMemory[] = await Promise.all(
       edges.map(async (p, i) => {
         const now = sample(p.pid);
         const heapAfter = p.opsPort ? await gatewayHeap(p.opsPort) : undefined;
-        const conns = specs.filter((s) => s.url === target.urls[i]).length;
+        // Per connection actually open at the end of the idle window (a failed connect costs nothing).
+        const conns = openByUrl[target.urls[i]!] ?? 0;
         const perThousand = (bytes: number) => Math.round(((bytes / Math.max(1, conns)) * 1000 * 10) / 2 ** 20) / 10;
         return {
           name: p.name,
@@ -260,6 +276,12 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
         };
       }),
     );
+    if (inspector) {
+      await inspector.call('HeapProfiler.collectGarbage');
+      const { profile } = await inspector.call<{ profile: Parameters<typeof heapTop>[0] }>('HeapProfiler.stopSampling');
+      saveProfile(path.join(options.profileDir!, `${options.label}.${edges[0]!.name}.heapprofile`), profile);
+      profiles.heap = heapTop(profile);
+    }
     for (const e of edgeMemory) log(`[${options.label}] ${e.name}: ${e.connections} connections, ${e.rssPerThousandMB} MB RSS per 1,000, idle CPU ${e.idleCpuPercent}%`);
 
     const segments = segmentsOf(options);
@@ -301,6 +323,11 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
 
       for (const p of target.processes) before.set(p.name, sample(p.pid));
       for (const p of target.infra) before.set(p.name, sample(p.pid, p.tree));
+      if (inspector) {
+        await inspector.call('Profiler.enable');
+        await inspector.call('Profiler.setSamplingInterval', { interval: 500 });
+        await inspector.call('Profiler.start');
+      }
       const startMs = performance.timeOrigin + performance.now() + 1000;
       loadClock = Date.now() + 1000;
       log(`[${options.label}] sending ${scheduled} messages over ${options.durationS} s (${segments.map((s) => `${s.perMinute}/min for ${s.durationMs / 1000} s`).join(', ')})`);
@@ -319,6 +346,11 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
     }
     const endClock = Date.now();
     clearInterval(sampler);
+    if (inspector && options.pattern !== 'idle') {
+      const { profile } = await inspector.call<{ profile: Parameters<typeof cpuTop>[0] }>('Profiler.stop');
+      saveProfile(path.join(options.profileDir!, `${options.label}.${edges[0]!.name}.cpuprofile`), profile);
+      profiles.cpu = cpuTop(profile);
+    }
     const cpuByProcess: Record<string, number> = {};
     let servicesMs = 0;
     let infraMs = 0;
@@ -361,10 +393,12 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
       cpu: { servicesMs, infraMs, perDeliveredUs: t.delivered > 0 ? Math.round(((servicesMs + infraMs) * 1000) / t.delivered) : 0, byProcess: cpuByProcess },
       loadgen: { workers: workers.length, cpuMs: Math.round(reports.reduce((n, r) => n + r.cpuMs, 0)), rssBytes: reports.reduce((n, r) => n + r.rssBytes, 0) },
       samples,
+      ...(profiling ? { profiles } : {}),
       errors,
     };
     return result;
   } finally {
+    inspector?.close();
     await Promise.all(
       workers.map(
         (worker) =>

@@ -10,7 +10,7 @@ export type Scenario = { description: string; runs: Partial<LoadOptions>[] };
 export const SCENARIOS: Record<string, Scenario> = {
   connections: {
     description: 'ramp one gateway to 15,000 authenticated connections: memory per 1,000 and idle CPU',
-    runs: (['switchboard', 'socketio'] as const).map((target) => ({ label: `connections-${target}`, target, gateways: 1, connections: 15_000, rampPerSecond: 500, pattern: 'idle' as const, idleS: 30 })),
+    runs: (['switchboard', 'socketio'] as const).map((target) => ({ label: `connections-${target}`, target, gateways: 1, connections: 15_000, rampPerSecond: 200, pattern: 'idle' as const, idleS: 30 })),
   },
   direct: {
     description: '10,000 clients (5,000 pairs on two gateways), 100,000 direct messages per minute: latency and loss',

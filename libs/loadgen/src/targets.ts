@@ -12,6 +12,8 @@ export interface ServerProcess {
   edge: boolean;
   /** The gateway's ops port (its /metrics has the V8 heap). */
   opsPort?: number;
+  /** What the process printed (the inspector URL when profiling). */
+  output?: string[];
 }
 
 export interface InfraProcess {
@@ -54,7 +56,7 @@ export async function startSwitchboard(options: { gateways: number; gatewayEnv?:
   return {
     kind: 'switchboard',
     urls: mesh.gateways.map((g) => g.url),
-    processes: mesh.services.map((s) => ({ name: s.name, pid: s.child.pid!, edge: s.name.startsWith('gateway'), opsPort: s.opsPort })),
+    processes: mesh.services.map((s) => ({ name: s.name, pid: s.child.pid!, edge: s.name.startsWith('gateway'), opsPort: s.opsPort, output: s.output })),
     infra: infraProcesses(['postgres', 'redis', 'nats', 'kafka']),
     async createRooms(tenantId, memberLists) {
       const ids: string[] = [];

@@ -221,7 +221,10 @@ async function reconnect(device: Device): Promise<void> {
 
 function report(): void {
   const cpu = process.cpuUsage(cpuStart);
+  const openByUrl: Record<string, number> = {};
+  for (const device of devices) if (device.connection) openByUrl[device.spec.url] = (openByUrl[device.spec.url] ?? 0) + 1;
   send({
+    openByUrl,
     type: 'report',
     worker: init.worker,
     counts: { ...counts },
