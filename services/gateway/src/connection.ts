@@ -2,6 +2,10 @@ import type WebSocket from 'ws';
 import type { eventsV1, framesV1 } from '@switchboard/proto';
 import type { Identity } from './auth';
 import { encodeServerFrame, type Encoding } from './codec';
+import { TimerWheel } from './timer-wheel';
+
+/** Token expiries of every connection of this process, on one timer (checked each second). */
+const tokenExpiries = new TimerWheel<Connection>(1000);
 
 /** Close codes of the protocol (docs/protocol.md). */
 export const CLOSE = {
@@ -27,7 +31,6 @@ export class Connection {
   readonly conversations = new Set<string>();
   /** Receipt updates waiting for the coalescing window, latest per (conversation, user). */
   pendingReceipts: Map<string, eventsV1.ReceiptUpdated> | undefined;
-  private expiryTimer: NodeJS.Timeout | undefined;
 
   constructor(
     readonly id: string,
@@ -106,13 +109,10 @@ export class Connection {
 
   /** Ends the connection when its token expires (a refresh frame will move this later). */
   scheduleExpiry(onExpired: () => void): void {
-    const ms = this.identity.expiresAt.getTime() - Date.now();
-    // setTimeout cannot wait longer than ~24.8 days; such tokens are checked again at that point.
-    this.expiryTimer = setTimeout(onExpired, Math.max(0, Math.min(ms, 2 ** 31 - 1)));
-    this.expiryTimer.unref();
+    tokenExpiries.schedule(this, this.identity.expiresAt.getTime(), onExpired);
   }
 
   clearExpiry(): void {
-    clearTimeout(this.expiryTimer);
+    tokenExpiries.cancel(this);
   }
 }

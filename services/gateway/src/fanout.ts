@@ -7,6 +7,7 @@ import type { Counter } from '@switchboard/telemetry';
 import { encodeServerFrame, type Encoding } from './codec';
 import type { Connection } from './connection';
 import type { ConversationSubscriptions, Rooms } from './rooms';
+import { TimerWheel } from './timer-wheel';
 
 type Messaging = PromiseClient<messagingV1.MessagingServiceClient>;
 
@@ -34,6 +35,14 @@ export class Fanout implements ConversationSubscriptions {
   private readonly interests = new Map<string, Interest>();
   private readonly inFlight = new Map<string, Promise<unknown>>();
   hooks: FanoutHooks | undefined;
+  /** Receipt windows of all connections on one timer. */
+  private readonly receiptWindows: TimerWheel<Connection>;
+  /**
+   * A message pushed to many sockets is encoded once per encoding and the
+   * same bytes go to each (the event's decoded message object is shared by
+   * every target of one dispatch, so it keys the cache).
+   */
+  private readonly encodedMessages = new WeakMap<messagingV1.Message, Partial<Record<Encoding, string | Buffer>>>();
 
   constructor(
     private readonly nats: NatsConnection,
@@ -43,7 +52,9 @@ export class Fanout implements ConversationSubscriptions {
     private readonly backendDeadlineMs: number,
     private readonly receiptWindowMs: number,
     private readonly rooms: Rooms,
-  ) {}
+  ) {
+    this.receiptWindows = new TimerWheel(Math.max(10, Math.floor(receiptWindowMs / 2)));
+  }
 
   get subjectCount(): number {
     return this.interests.size;
@@ -70,6 +81,7 @@ export class Fanout implements ConversationSubscriptions {
   }
 
   detach(connection: Connection): void {
+    this.receiptWindows.cancel(connection);
     this.remove(subjects.user(connection.tenantId, connection.userId), connection);
     for (const conversationId of connection.conversations) {
       this.remove(subjects.conversation(connection.tenantId, conversationId), connection);
@@ -191,11 +203,11 @@ export class Fanout implements ConversationSubscriptions {
       return;
     }
     connection.pendingReceipts = new Map([[key, receipt]]);
-    setTimeout(() => {
+    this.receiptWindows.schedule(connection, Date.now() + this.receiptWindowMs, () => {
       const receipts = [...(connection.pendingReceipts?.values() ?? [])];
       connection.pendingReceipts = undefined;
       if (receipts.length > 0) connection.push({ requestId: '', kind: { $case: 'receipt', value: { receipts } } });
-    }, this.receiptWindowMs).unref();
+    });
   }
 
   /** Sends one frame to many connections, encoding it once per encoding. */
@@ -300,7 +312,10 @@ export class Fanout implements ConversationSubscriptions {
     const last = connection.delivered.get(message.conversationId);
     if (last !== undefined && message.seq <= last) return;
     connection.delivered.set(message.conversationId, message.seq);
-    connection.push({ requestId: '', kind: { $case: 'message', value: { message } } });
+    const frame: framesV1.ServerFrame = { requestId: '', kind: { $case: 'message', value: { message } } };
+    let encoded = this.encodedMessages.get(message);
+    if (!encoded) this.encodedMessages.set(message, (encoded = {}));
+    connection.push(frame, (encoded[connection.encoding] ??= encodeServerFrame(frame, connection.encoding)));
     this.delivered.add(1);
   }
 
