@@ -25,6 +25,7 @@ interface Flags {
   gateways?: number;
   connections?: number;
   ramp?: number;
+  maxPending?: number;
   pattern?: LoadOptions['pattern'];
   roomSize?: number;
   rate?: number;
@@ -45,6 +46,7 @@ function overrides(flags: Flags): Partial<LoadOptions> {
   if (flags.gateways !== undefined) o.gateways = flags.gateways;
   if (flags.connections !== undefined) o.connections = flags.connections;
   if (flags.ramp !== undefined) o.rampPerSecond = flags.ramp;
+  if (flags.maxPending !== undefined) o.maxPendingConnects = flags.maxPending;
   if (flags.pattern) o.pattern = flags.pattern;
   if (flags.roomSize !== undefined) o.roomSize = flags.roomSize;
   if (flags.rate !== undefined) o.perMinute = flags.rate;
@@ -80,6 +82,7 @@ function withRunFlags(command: Command): Command {
     .option('--gateways <n>', 'gateways (Switchboard) or instances (Socket.IO)', int('gateways'))
     .option('--connections <n>', 'client connections', int('connections'))
     .option('--ramp <perSecond>', 'new connections per second', int('ramp'))
+    .option('--max-pending <n>', 'most handshakes waiting at once (closed-loop ramp)', int('max pending'))
     .option('--pattern <pattern>', 'idle | direct | room')
     .option('--room-size <n>', 'members per room', int('room size'))
     .option('--rate <perMinute>', 'messages per minute (steady)', int('rate'))

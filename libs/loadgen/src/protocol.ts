@@ -15,6 +15,8 @@ export interface WorkerInit {
   clients: ClientSpec[];
   /** Connections opened per second by this worker during the ramp. */
   rampPerSecond: number;
+  /** Most handshakes this worker has waiting at once. */
+  maxPendingConnects: number;
   /** Share of this worker's connections closed and reopened per minute during the load. */
   churnPerMinute: number;
   /** Text bytes per message. */

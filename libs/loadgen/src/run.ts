@@ -30,6 +30,8 @@ export interface LoadOptions {
   churnPerMinute: number;
   /** Seconds of quiet after the ramp, over which idle CPU is measured. */
   idleS: number;
+  /** Most handshakes waiting at once over all workers (closed-loop ramp). */
+  maxPendingConnects: number;
   /** Load-generator worker processes; 0 picks one per 2,500 connections (2 at least). */
   workers: number;
   /** Loopback source addresses 127.0.0.1 … 127.0.0.N. */
@@ -50,6 +52,7 @@ export const DEFAULT_OPTIONS: LoadOptions = {
   gateways: 2,
   connections: 1000,
   rampPerSecond: 500,
+  maxPendingConnects: 128,
   pattern: 'direct',
   roomSize: 100,
   perMinute: 6000,
@@ -106,7 +109,7 @@ export interface LoadResult {
   loadgen: { workers: number; cpuMs: number; rssBytes: number };
   samples: { t: number; connected: number; edgeRssBytes: number; load1: number }[];
   /** Where the first gateway's live heap (sampled over the ramp) and CPU (over the load) went. */
-  profiles?: { heap?: ProfileLine[]; cpu?: ProfileLine[] };
+  profiles?: { heap?: ProfileLine[]; idleCpu?: ProfileLine[]; cpu?: ProfileLine[] };
   errors: Record<string, number>;
 }
 
@@ -211,6 +214,7 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
           tenantId,
           clients: worker.clients,
           rampPerSecond: options.rampPerSecond / workerCount,
+          maxPendingConnects: Math.max(1, Math.floor(options.maxPendingConnects / workerCount)),
           churnPerMinute: options.churnPerMinute,
           messageBytes: options.messageBytes,
         });
@@ -249,6 +253,11 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
     log(`[${options.label}] ${connected} connected, ${connectFailed} failed in ${rampSeconds.toFixed(1)} s`);
 
     // Idle: memory per connection and CPU with nothing to do.
+    if (inspector) {
+      await inspector.call('Profiler.enable');
+      await inspector.call('Profiler.setSamplingInterval', { interval: 500 });
+      await inspector.call('Profiler.start');
+    }
     const idleStart = edges.map((p) => sample(p.pid));
     const idleClock = Date.now();
     await sleep(options.idleS * 1000);
@@ -277,6 +286,9 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
       }),
     );
     if (inspector) {
+      const idle = await inspector.call<{ profile: Parameters<typeof cpuTop>[0] }>('Profiler.stop');
+      saveProfile(path.join(options.profileDir!, `${options.label}.${edges[0]!.name}.idle.cpuprofile`), idle.profile);
+      profiles.idleCpu = cpuTop(idle.profile);
       await inspector.call('HeapProfiler.collectGarbage');
       const { profile } = await inspector.call<{ profile: Parameters<typeof heapTop>[0] }>('HeapProfiler.stopSampling');
       saveProfile(path.join(options.profileDir!, `${options.label}.${edges[0]!.name}.heapprofile`), profile);

@@ -48,12 +48,14 @@ export function switchboardTransport(options: { secret: string; tenantId: string
             return;
         }
       };
+      let welcomed = false;
       await new Promise<void>((resolve, reject) => {
         let settled = false;
         ws.on('message', (data, isBinary) => {
           if (!isBinary) return;
           const frame = framesV1.ServerFrame.decode(data as Buffer);
           if (!settled && frame.kind?.$case === 'welcome') {
+            welcomed = true;
             settled = true;
             resolve();
             return;
@@ -75,7 +77,9 @@ export function switchboardTransport(options: { secret: string; tenantId: string
           if (!settled) {
             settled = true;
             reject(new Error(`closed before welcome: ${code}`));
+            return;
           }
+          if (!welcomed) return;
           for (const waiter of syncs.values()) waiter(new Error('closed'));
           syncs.clear();
           handlers.closed();

@@ -104,11 +104,16 @@ async function connectAll(): Promise<void> {
   const started = nowMs();
   const progress = setInterval(() => send({ type: 'progress', worker: init.worker, connected: counts.connected, failed: counts.connectFailed }), 500);
   const attempts: Promise<void>[] = [];
+  let inFlight = 0;
   for (let i = 0; i < devices.length; i += 1) {
     const due = started + i * intervalMs;
     const wait = due - nowMs();
     if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+    // Closed loop: at most this many handshakes waiting, as clients that wait for an answer would;
+    // an open-loop storm only measures how many handshakes time out on a machine this small.
+    while (inFlight >= init.maxPendingConnects) await new Promise((r) => setTimeout(r, 5));
     counts.connectAttempts += 1;
+    inFlight += 1;
     attempts.push(
       open(devices[i]!, histograms.connect).then(
         () => void (counts.connected += 1),
@@ -116,7 +121,7 @@ async function connectAll(): Promise<void> {
           counts.connectFailed += 1;
           countError(`connect: ${err.message}`);
         },
-      ),
+      ).finally(() => (inFlight -= 1)),
     );
   }
   await Promise.all(attempts);

@@ -86,10 +86,12 @@ export class Connection {
   coalescer: { mark(connection: Connection): void } | undefined;
 
   /** Recently pushed notification ids (bounded), so a re-published notification is not shown twice. */
-  private readonly recentNotifications = new Set<string>();
+  private recentNotifications: Set<string> | undefined;
 
   /** True the first time an id is seen on this connection (among the last 256). */
   firstSight(notificationId: string): boolean {
+    // Made on the first notification: most connections never get one.
+    this.recentNotifications ??= new Set();
     if (this.recentNotifications.has(notificationId)) return false;
     this.recentNotifications.add(notificationId);
     if (this.recentNotifications.size > 256) this.recentNotifications.delete(this.recentNotifications.values().next().value!);

@@ -157,15 +157,16 @@ export class GatewayServer {
     const connection = new Connection(newId(), ws, { ...identity, deviceId: device.deviceId ?? `conn-${newId().slice(0, 12)}` }, encoding);
     connection.coalescer = this.coalescer;
     this.connections.add(connection);
-    const log = this.logger.child({ connection: connection.id, tenant: identity.tenantId, user: identity.userId });
+    // Made when first needed: a child logger per idle connection was 6% of the gateway's heap (docs/benchmarks.md).
+    const log = () => this.logger.child({ connection: connection.id, tenant: identity.tenantId, user: identity.userId });
     ws.on('pong', () => (connection.alive = true));
-    ws.on('error', (err) => log.debug({ err }, 'socket error'));
+    ws.on('error', (err) => log().debug({ err }, 'socket error'));
     ws.on('close', (code, reason) => {
       this.connections.delete(connection);
       connection.clearExpiry();
       this.fanout.detach(connection);
       void this.presence?.detach(connection, disconnectReason(code));
-      log.debug({ code, reason: reason.toString() }, 'closed');
+      log().debug({ code, reason: reason.toString() }, 'closed');
     });
     this.presence?.prepare(connection, device.info);
     // Frames that arrive while subscriptions are set up wait for them.
@@ -178,7 +179,7 @@ export class GatewayServer {
     try {
       await ready;
     } catch (err) {
-      log.error({ err }, 'could not set up subscriptions');
+      log().error({ err }, 'could not set up subscriptions');
       connection.close(CLOSE.internal, 'backend unavailable, reconnect later');
       return;
     }
