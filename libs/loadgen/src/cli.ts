@@ -26,6 +26,9 @@ interface Flags {
   connections?: number;
   ramp?: number;
   maxPending?: number;
+  spikeFactor?: number;
+  spikeAt?: number;
+  spikeDuration?: number;
   pattern?: LoadOptions['pattern'];
   roomSize?: number;
   rate?: number;
@@ -37,6 +40,7 @@ interface Flags {
   idle?: number;
   label?: string;
   profile?: string;
+  serviceLog?: string;
   gatewayEnv?: string[];
 }
 
@@ -52,12 +56,14 @@ function overrides(flags: Flags): Partial<LoadOptions> {
   if (flags.rate !== undefined) o.perMinute = flags.rate;
   if (flags.duration !== undefined) o.durationS = flags.duration;
   if (flags.churn !== undefined) o.churnPerMinute = flags.churn;
+  if (flags.spikeFactor !== undefined) o.spike = { factor: flags.spikeFactor, atS: flags.spikeAt ?? 60, durationS: flags.spikeDuration ?? 60 };
   if (flags.workers !== undefined) o.workers = flags.workers;
   if (flags.sourceAddresses !== undefined) o.sourceAddresses = flags.sourceAddresses;
   if (flags.messageBytes !== undefined) o.messageBytes = flags.messageBytes;
   if (flags.idle !== undefined) o.idleS = flags.idle;
   if (flags.label) o.label = flags.label;
   if (flags.profile) o.profileDir = flags.profile;
+  if (flags.serviceLog) o.serviceLog = flags.serviceLog;
   if (flags.gatewayEnv) o.gatewayEnv = Object.fromEntries(flags.gatewayEnv.map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
   return o;
 }
@@ -87,12 +93,16 @@ function withRunFlags(command: Command): Command {
     .option('--room-size <n>', 'members per room', int('room size'))
     .option('--rate <perMinute>', 'messages per minute (steady)', int('rate'))
     .option('--duration <seconds>', 'seconds of load', int('duration'))
+    .option('--spike-factor <n>', 'a stretch at n times the rate', int('spike factor'))
+    .option('--spike-at <seconds>', 'when the spike starts (default 60)', int('spike start'))
+    .option('--spike-duration <seconds>', 'how long it lasts (default 60)', int('spike duration'))
     .option('--churn <share>', 'share of connections reconnecting per minute (0-1)', fraction('churn'))
     .option('--workers <n>', 'load-generator processes (0: one per 2,500 connections)', int('workers'))
     .option('--source-addresses <n>', 'loopback source addresses 127.0.0.1..n', int('source addresses'))
     .option('--message-bytes <n>', 'text bytes per message', int('message bytes'))
     .option('--idle <seconds>', 'quiet seconds after the ramp (idle CPU window)', int('idle'))
     .option('--label <label>', 'name of the run (and its JSON file)')
+    .option('--service-log <file>', "append the Switchboard services' log lines to this file")
     .option('--profile <dir>', "CPU and heap profiles of the first gateway (over the inspector) into this directory")
     .option('--gateway-env <KEY=VALUE...>', 'extra environment for the gateways (e.g. WS_COMPRESSION=true)');
 }

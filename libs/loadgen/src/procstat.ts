@@ -35,6 +35,8 @@ export function sample(pid: number, tree = false): ProcSample {
       // Fields after the command (which may contain spaces) start at state, field 3.
       const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
       cpuMs += ((Number(fields[11]) + Number(fields[12])) / TICKS) * 1000;
+      // The root of a tree also carries what its exited children used (PostgreSQL backends come and go).
+      if (tree && p === pid) cpuMs += ((Number(fields[13]) + Number(fields[14])) / TICKS) * 1000;
       rssBytes += Number(fields[21]) * PAGE;
     } catch {
       // The process (a short-lived backend) is gone: it counts as nothing.

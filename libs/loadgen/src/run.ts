@@ -40,6 +40,8 @@ export interface LoadOptions {
   /** Most seconds to wait for outstanding deliveries after the schedule ends. */
   drainS: number;
   gatewayEnv?: Record<string, string>;
+  /** File the services' log lines (warnings and errors) are appended to. */
+  serviceLog?: string;
   /** Directory for CPU (load phase) and heap (ramp) profiles of the first gateway, taken over the inspector. */
   profileDir?: string;
   /** Progress lines (default: stderr). */
@@ -171,10 +173,17 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
   const profiling = options.profileDir !== undefined && options.target === 'switchboard';
   const gatewayEnv = { ...options.gatewayEnv, ...(profiling ? { NODE_OPTIONS: `${options.gatewayEnv?.NODE_OPTIONS ?? ''} --inspect=127.0.0.1:0`.trim() } : {}) };
   const target: Target =
-    options.target === 'switchboard' ? await startSwitchboard({ gateways: options.gateways, gatewayEnv }) : await startSocketio({ instances: options.gateways });
+    options.target === 'switchboard' ? await startSwitchboard({ gateways: options.gateways, gatewayEnv, ...(options.serviceLog ? { serviceLog: options.serviceLog } : {}) }) : await startSocketio({ instances: options.gateways });
   const profiles: NonNullable<LoadResult['profiles']> = {};
   let inspector: InspectorSession | undefined;
   const workers: Worker[] = [];
+  // Ctrl-C or a kill still stops what this run started (the services run in their own process groups).
+  const abort = () => {
+    for (const worker of workers) worker.child.kill('SIGKILL');
+    void target.stop().finally(() => process.exit(130));
+  };
+  process.once('SIGINT', abort);
+  process.once('SIGTERM', abort);
   try {
     // Plan the clients: user i connects to entry i % gateways, so the two ends of a pair are on different gateways.
     const userIds = Array.from({ length: options.connections }, (_, i) => `u${i}`);
@@ -410,6 +419,8 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
     };
     return result;
   } finally {
+    process.off('SIGINT', abort);
+    process.off('SIGTERM', abort);
     inspector?.close();
     await Promise.all(
       workers.map(

@@ -41,8 +41,8 @@ export const SCENARIOS: Record<string, Scenario> = {
   },
   sweep: {
     description: 'latency against offered direct-message load, Switchboard (two gateways) and Socket.IO (two instances): the latency plot',
-    runs: [6_000, 12_000, 24_000].flatMap((perMinute) =>
-      (['switchboard', 'socketio'] as const).map((target) => ({ label: `sweep-${target}-${perMinute}`, target, gateways: 2, connections: 2_000, pattern: 'direct' as const, perMinute, durationS: 30 })),
+    runs: [1_200, 3_000, 6_000].flatMap((perMinute) =>
+      (['switchboard', 'socketio'] as const).map((target) => ({ label: `sweep-${target}-${perMinute}`, target, gateways: 2, connections: 1_000, pattern: 'direct' as const, perMinute, durationS: 30 })),
     ),
   },
   baseline: {

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { freePort, infraEnv, repoRoot, startMesh, type Mesh } from '@switchboard/devenv';
 import { createClient } from '@switchboard/grpc';
@@ -50,8 +50,14 @@ function infraProcesses(kinds: string[]): InfraProcess[] {
   return out;
 }
 
-export async function startSwitchboard(options: { gateways: number; gatewayEnv?: Record<string, string> }): Promise<Target> {
-  const mesh: Mesh = await startMesh({ gateways: options.gateways, ports: 'free', env: { LOG_LEVEL: 'warn' }, ...(options.gatewayEnv ? { gatewayEnv: options.gatewayEnv } : {}) });
+export async function startSwitchboard(options: { gateways: number; gatewayEnv?: Record<string, string>; serviceLog?: string }): Promise<Target> {
+  const mesh: Mesh = await startMesh({
+    gateways: options.gateways,
+    ports: 'free',
+    env: { LOG_LEVEL: 'warn' },
+    ...(options.gatewayEnv ? { gatewayEnv: options.gatewayEnv } : {}),
+    ...(options.serviceLog ? { onLine: (name: string, line: string) => appendFileSync(options.serviceLog!, `${name} | ${line}\n`) } : {}),
+  });
   const rooms = createClient(roomV1.RoomServiceClient, mesh.addresses.room);
   return {
     kind: 'switchboard',

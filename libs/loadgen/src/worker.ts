@@ -47,7 +47,8 @@ function send(message: FromWorker): void {
 }
 
 function countError(text: string): void {
-  const key = text.slice(0, 120);
+  // gRPC's deadline messages carry timings; without them the same failure adds up under one key.
+  const key = text.replace(/ after [0-9.]+s.*$/, '').slice(0, 120);
   errors[key] = (errors[key] ?? 0) + 1;
 }
 
@@ -146,8 +147,12 @@ function sendOne(assignment: SenderAssignment, runId: string, n: number, intende
 async function warmUp(message: WarmUp): Promise<void> {
   warmRun = message.run;
   const before = { acked: counts.acked, failed: counts.failed };
-  message.senders.forEach((assignment) => sendOne(assignment, warmRun, assignment.sender, nowMs()));
-  const deadline = Date.now() + 60_000;
+  // Paced: a few sends in flight at a time, so creating thousands of conversations is not itself a storm.
+  const deadline = Date.now() + 120_000;
+  for (const assignment of message.senders) {
+    while (pending.size >= 8 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
+    sendOne(assignment, warmRun, assignment.sender, nowMs());
+  }
   while (pending.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
   const result = { acked: counts.acked - before.acked, failed: counts.failed - before.failed };
   // Warm-up sends are not part of the measured counts.
