@@ -32,7 +32,7 @@ export class TokenVerifier {
   constructor(private readonly config: GatewayConfig) {
     if (config.JWT_JWKS_URL) {
       // jose caches the key set and refetches it when a token names an unknown kid.
-      this.key = createRemoteJWKSet(new URL(config.JWT_JWKS_URL), { cooldownDuration: config.JWT_JWKS_COOLDOWN_MS, cacheMaxAge: 10 * 60_000 });
+      this.key = createRemoteJWKSet(new URL(config.JWT_JWKS_URL), { cooldownDuration: config.JWT_JWKS_COOLDOWN_MS, cacheMaxAge: config.JWT_JWKS_CACHE_MAX_AGE_MS });
       this.algorithms = ['RS256', 'ES256'];
     } else {
       this.key = new TextEncoder().encode(config.JWT_SECRET);

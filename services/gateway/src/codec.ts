@@ -15,6 +15,23 @@ export function encodeServerFrame(frame: framesV1.ServerFrame, encoding: Encodin
     : Buffer.from(framesV1.ServerFrame.encode(frame).finish());
 }
 
+/** No client frame nests deeper than a handful of levels; deeper input is an attack, refused before it is walked. */
+const MAX_JSON_DEPTH = 16;
+
+/** Depth of a parsed JSON value, walked without recursion (a hostile frame cannot exhaust the stack). */
+function nestingDepth(root: unknown): number {
+  let deepest = 0;
+  const stack: [unknown, number][] = [[root, 1]];
+  while (stack.length > 0) {
+    const [value, depth] = stack.pop()!;
+    if (typeof value !== 'object' || value === null) continue;
+    if (depth > deepest) deepest = depth;
+    if (deepest > MAX_JSON_DEPTH) return deepest;
+    for (const child of Object.values(value)) stack.push([child, depth + 1]);
+  }
+  return deepest;
+}
+
 /**
  * Decodes one client frame. Text frames are JSON on a JSON connection and
  * binary frames protobuf on a proto connection; anything else is refused with
@@ -38,6 +55,7 @@ export function decodeClientFrame(data: Buffer, isBinary: boolean, encoding: Enc
     if (typeof json !== 'object' || json === null || Array.isArray(json)) {
       throw new InvalidArgumentError('a frame is a JSON object');
     }
+    if (nestingDepth(json) > MAX_JSON_DEPTH) throw new InvalidArgumentError(`a frame nests deeper than ${MAX_JSON_DEPTH} levels`);
     frame = framesV1.ClientFrame.fromJSON(json);
   } else {
     try {

@@ -1,5 +1,6 @@
 import { hostname } from 'node:os';
 import { env, infraSettings, loadConfig, serviceSettings, z } from '@switchboard/config';
+import { limitSettings } from '@switchboard/limits';
 
 export const DEV_JWT_SECRET = 'switchboard-dev-secret-change-me';
 
@@ -8,6 +9,8 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
     {
       ...serviceSettings({ grpcPort: 50051, opsPort: 9101, shutdownDeadlineMs: 30_000 }),
       ...infraSettings.nats(),
+      ...infraSettings.redis(),
+      ...limitSettings(),
       /** WebSocket port (path /ws). */
       PORT: env.port(8080),
       GATEWAY_ID: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'expected 1-64 characters of A-Z, a-z, 0-9, _ or -').default(`${hostname().replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 40)}-${process.pid}`),
@@ -24,6 +27,24 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       JWT_ISSUER: env.optionalString(),
       JWT_AUDIENCE: env.optionalString(),
       JWT_CLOCK_TOLERANCE_S: env.positiveInt(30),
+      /** Longest a fetched JWKS is trusted: a key removed from the set stops working within this. */
+      JWT_JWKS_CACHE_MAX_AGE_MS: env.positiveInt(5 * 60_000),
+      /** After its token expires a connection has this long to send refresh_token before it closes with 4001. */
+      TOKEN_EXPIRY_GRACE_MS: env.positiveInt(30_000),
+      /** PEM certificate chain and key: the WebSocket port speaks TLS 1.3 (wss://) when both are set. */
+      TLS_CERT_FILE: env.optionalString(),
+      TLS_KEY_FILE: env.optionalString(),
+      /** A client must complete its TLS handshake and upgrade request within this (slowloris). */
+      HANDSHAKE_TIMEOUT_MS: env.positiveInt(10_000),
+      /** Frames one connection may send per second; beyond it RATE_LIMITED, beyond twice it close 4008. */
+      CONNECTION_FRAMES_PER_SECOND: env.positiveInt(200),
+      /** Bytes waiting in a connection's send buffer above which typing and presence pushes are shed. */
+      SEND_BUFFER_SHED_BYTES: env.positiveInt(256 * 1024),
+      /** Above this every push is dropped, the client's frames wait unread, and it is told to resync when it catches up. */
+      SEND_BUFFER_MAX_BYTES: env.positiveInt(1024 * 1024),
+      /** Tenants always reported by name in per-tenant metrics; others take the free places up to TENANT_METRIC_LIMIT, then "(other)". */
+      METRICS_TENANTS: env.list([]),
+      TENANT_METRIC_LIMIT: env.positiveInt(20),
       /** Origins allowed at the handshake (browser clients); empty allows any. */
       ALLOWED_ORIGINS: env.list([]),
       /**

@@ -6,6 +6,8 @@ import { TimerWheel } from './timer-wheel';
 
 /** Token expiries of every connection of this process, on one timer (checked each second). */
 const tokenExpiries = new TimerWheel<Connection>(1000);
+import type { ConnectionCounters } from './limits';
+import type { SendBuffer } from './send-buffer';
 
 /** Close codes of the protocol (docs/protocol.md). */
 export const CLOSE = {
@@ -18,6 +20,8 @@ export const CLOSE = {
   serviceRestart: 1012,
   tokenExpired: 4001,
   revoked: 4003,
+  rateLimited: 4008,
+  tenantConnections: 4029,
 } as const;
 
 /** One authenticated WebSocket and what the gateway knows about it. */
@@ -31,6 +35,13 @@ export class Connection {
   readonly conversations = new Set<string>();
   /** Receipt updates waiting for the coalescing window, latest per (conversation, user). */
   pendingReceipts: Map<string, eventsV1.ReceiptUpdated> | undefined;
+  /** Bounds the pushes queued for a slow reader (send-buffer.ts). */
+  sendBuffer: SendBuffer | undefined;
+  /** Over the send buffer's high-water mark: pushes are dropped until it drains, then `resync` is sent. */
+  lagging = false;
+  droppedPushes = 0;
+  /** Counted since the last limits tick (limits.ts). */
+  counters: ConnectionCounters = { frames: 0, messages: 0, bytesIn: 0, bytesOut: 0 };
 
   constructor(
     readonly id: string,
@@ -66,6 +77,7 @@ export class Connection {
 
   /** Queues a push; the Coalescer sends what queued up within its window as one message. */
   push(frame: framesV1.ServerFrame, encoded?: string | Buffer): void {
+    if (this.sendBuffer && !this.sendBuffer.admit(this, frame)) return;
     this.pendingPushes.push(encoded === undefined ? { frame } : { frame, encoded });
     this.coalescer?.mark(this);
   }
@@ -100,7 +112,16 @@ export class Connection {
 
   /** Sends a frame already encoded for this connection's encoding (fan-out encodes once per encoding). */
   sendEncoded(data: string | Buffer): void {
-    if (this.open) this.socket.send(data);
+    if (!this.open) return;
+    this.counters.bytesOut += typeof data === 'string' ? Buffer.byteLength(data) : data.length;
+    this.socket.send(data);
+  }
+
+  /** The counters since the last call, reset. */
+  takeCounters(): ConnectionCounters {
+    const counted = this.counters;
+    this.counters = { frames: 0, messages: 0, bytesIn: 0, bytesOut: 0 };
+    return counted;
   }
 
   close(code: number, reason: string): void {
@@ -109,9 +130,17 @@ export class Connection {
     this.socket.close(code, reason);
   }
 
-  /** Ends the connection when its token expires (a refresh frame will move this later). */
-  scheduleExpiry(onExpired: () => void): void {
-    tokenExpiries.schedule(this, this.identity.expiresAt.getTime(), onExpired);
+  /**
+   * When the token expires the client is told (`token_expiring`) and has
+   * `graceMs` to send `refresh_token`; then `onExpired` closes it. A refresh
+   * calls this again with the new expiry. One timer wheel for all connections.
+   */
+  scheduleExpiry(graceMs: number, onExpired: () => void): void {
+    const expiresAt = this.identity.expiresAt;
+    tokenExpiries.schedule(this, expiresAt.getTime(), () => {
+      this.send({ requestId: '', kind: { $case: 'tokenExpiring', value: { expiredAt: expiresAt, closesInMs: graceMs } } });
+      tokenExpiries.schedule(this, Date.now() + graceMs, onExpired);
+    });
   }
 
   clearExpiry(): void {

@@ -94,8 +94,10 @@ export class FrameHandler {
         return this.presence.reply(connection, kind);
       case 'subscribeEvents':
       case 'unsubscribeEvents':
-      case 'refreshToken':
         throw new UnsupportedError(`${kind.$case} frames are reserved and not served yet`, { field: kind.$case });
+      case 'refreshToken':
+        // Served by GatewayServer (session.ts): it changes the connection, not a backend.
+        throw new UnsupportedError('refresh_token is served by the gateway itself', { field: kind.$case });
     }
   }
 }

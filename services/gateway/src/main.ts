@@ -1,15 +1,19 @@
 import { createClient, GrpcServer } from '@switchboard/grpc';
 import { connectNats, natsReady, newEnvelope, publishEnvelope, SYSTEM_SUBJECTS } from '@switchboard/nats';
+import { ConnectionSlots, limitDefaults, LocalRate, SharedRateLimits, TenantLimitStore, UsageCounters } from '@switchboard/limits';
 import { gatewayV1, messagingV1, presenceV1, roomV1 } from '@switchboard/proto';
+import { createRedis } from '@switchboard/redis';
 import { runMain, ServiceHost } from '@switchboard/runtime';
 import { gatewayAdminService } from './admin';
 import { TokenVerifier } from './auth';
 import { readConfig } from './config';
 import { Fanout } from './fanout';
 import { FrameHandler } from './frames';
+import { GatewayLimits } from './limits';
 import { Rooms } from './rooms';
 import { PresenceLink } from './presence';
 import { GatewayServer } from './server';
+import { tenantAdminService } from './tenant-admin';
 
 const SERVICE = 'gateway';
 
@@ -25,6 +29,29 @@ async function main(): Promise<void> {
     () => connectNats({ servers: config.NATS_URL, name: `${SERVICE}-${config.GATEWAY_ID}`, onStatus: (event) => logger.info({ event }, 'nats connection') }),
     { close: (nc) => nc.drain(), ready: natsReady },
   );
+  // Tenant limits, shared budgets and usage live in Redis, shared by every gateway.
+  const redis = await host.dependency(
+    'Redis',
+    async () => {
+      const client = createRedis(config.REDIS_URL, `${SERVICE}-${config.GATEWAY_ID}`);
+      client.on('error', (err) => logger.debug({ err }, 'redis connection error'));
+      await client.connect();
+      return client;
+    },
+    { close: (r) => r.quit(), ready: (r) => r.ping() },
+  );
+  const slots = new ConnectionSlots(redis);
+  const limits = new GatewayLimits(
+    new TenantLimitStore(redis, limitDefaults(config), config.TENANT_LIMITS_CACHE_MS),
+    new SharedRateLimits(redis),
+    slots,
+    new UsageCounters(redis),
+    new LocalRate(config.CONNECTION_FRAMES_PER_SECOND),
+    new LocalRate(config.CONNECTION_FRAMES_PER_SECOND),
+    config,
+    logger,
+    telemetry.meter,
+  );
   const messaging = createClient(messagingV1.MessagingServiceClient, config.MESSAGING_ADDR);
   host.lifecycle.onShutdown('messaging client', () => messaging.close());
   const room = createClient(roomV1.RoomServiceClient, config.ROOM_ADDR);
@@ -36,7 +63,7 @@ async function main(): Promise<void> {
   // 3. Background runners: the heartbeat that tells the mesh this gateway lives.
   const fanout = new Fanout(nats, messaging, logger, telemetry.meter.createCounter('gateway_messages_delivered_total', { description: 'Messages written to sockets' }), config.BACKEND_DEADLINE_MS, config.RECEIPT_COALESCE_MS, rooms);
   const frames = new FrameHandler(messaging, logger, config.BACKEND_DEADLINE_MS, telemetry.meter, rooms);
-  const server = new GatewayServer(config, new TokenVerifier(config), fanout, frames, logger, telemetry.meter);
+  const server = new GatewayServer(config, new TokenVerifier(config), fanout, frames, logger, telemetry.meter, limits);
   const presenceLink = new PresenceLink(presence, nats, fanout, () => server.connections, config, logger);
   server.presence = presenceLink;
   frames.presence = presenceLink;
@@ -54,13 +81,13 @@ async function main(): Promise<void> {
   // 4. Servers: gRPC admin, then WebSockets last so clients arrive to a ready
   // gateway; on SIGTERM the WebSockets drain first while everything behind them still works.
   const grpc = new GrpcServer({ logger });
-  grpc.addService('switchboard.gateway.v1.GatewayAdminService', gatewayV1.GatewayAdminServiceService, gatewayAdminService(server, config, logger));
+  grpc.addService('switchboard.gateway.v1.GatewayAdminService', gatewayV1.GatewayAdminServiceService, { ...gatewayAdminService(server, config, logger), ...tenantAdminService(limits, slots, logger) });
   await host.serve(grpc.servable(config.HOST, config.GRPC_PORT, 2000), {
     name: 'websockets',
     start: async () => {
       presenceLink.start();
       const wsPort = await server.listen();
-      return { wsPort, url: `ws://${config.HOST}:${wsPort}/ws` };
+      return { wsPort, url: `${server.scheme}://${config.HOST}:${wsPort}/ws` };
     },
     stop: async () => {
       await server.drain(Math.floor(config.SHUTDOWN_DEADLINE_MS * 0.7), beat);

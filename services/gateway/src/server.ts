@@ -1,4 +1,6 @@
-import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { readFileSync } from 'node:fs';
+import { createServer, type IncomingMessage, type RequestListener, type Server } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type RawData, type WebSocket } from 'ws';
@@ -13,6 +15,10 @@ import { Coalescer } from './coalescer';
 import { CLOSE, Connection } from './connection';
 import type { Fanout } from './fanout';
 import type { FrameHandler } from './frames';
+import type { GatewayLimits, Refusal } from './limits';
+import { SendBuffer } from './send-buffer';
+import { refreshToken } from './session';
+import { validateClientFrame } from './validate';
 import { deviceFromRequest, disconnectReason, type PresenceLink } from './presence';
 
 const WS_PATH = '/ws';
@@ -30,6 +36,8 @@ export class GatewayServer {
   private readonly http: Server;
   private readonly wss: WebSocketServer;
   private heartbeat: NodeJS.Timeout | undefined;
+  private limitsTick: NodeJS.Timeout | undefined;
+  private readonly sendBuffer: SendBuffer;
   private draining = false;
   private readonly coalescer: Coalescer;
   private readonly rejected;
@@ -44,10 +52,12 @@ export class GatewayServer {
     private readonly handler: FrameHandler,
     private readonly logger: Logger,
     meter: Meter,
+    private readonly limits: GatewayLimits,
   ) {
-    this.http = createServer((_req, res) => {
+    this.http = createHttpServer(config, (_req, res) => {
       res.writeHead(426, { 'content-type': 'text/plain' }).end(`connect with a WebSocket to ${WS_PATH}\n`);
     });
+    this.sendBuffer = new SendBuffer(config.SEND_BUFFER_SHED_BYTES, config.SEND_BUFFER_MAX_BYTES);
     this.wss = new WebSocketServer({
       noServer: true,
       maxPayload: config.MAX_FRAME_BYTES,
@@ -85,6 +95,11 @@ export class GatewayServer {
     });
   }
 
+  /** `wss` when the WebSocket port speaks TLS. */
+  get scheme(): 'ws' | 'wss' {
+    return this.config.TLS_CERT_FILE ? 'wss' : 'ws';
+  }
+
   get isDraining(): boolean {
     return this.draining;
   }
@@ -95,6 +110,7 @@ export class GatewayServer {
       this.http.listen(this.config.PORT, this.config.HOST, resolve);
     });
     this.heartbeat = setInterval(() => this.tick(), this.config.HEARTBEAT_INTERVAL_MS);
+    this.limitsTick = setInterval(() => void this.limits.tick(this.connections), 1000);
     return (this.http.address() as AddressInfo).port;
   }
 
@@ -156,6 +172,12 @@ export class GatewayServer {
   private async accept(ws: WebSocket, identity: Identity, encoding: Encoding, device: ReturnType<typeof deviceFromRequest>): Promise<void> {
     const connection = new Connection(newId(), ws, { ...identity, deviceId: device.deviceId ?? `conn-${newId().slice(0, 12)}` }, encoding);
     connection.coalescer = this.coalescer;
+    connection.sendBuffer = this.sendBuffer;
+    const admission = await this.limits.admitConnection(connection);
+    if (!admission.admitted) {
+      connection.close(CLOSE.tenantConnections, admission.reason);
+      return;
+    }
     this.connections.add(connection);
     // Made when first needed: a child logger per idle connection was 6% of the gateway's heap (docs/benchmarks.md).
     const log = () => this.logger.child({ connection: connection.id, tenant: identity.tenantId, user: identity.userId });
@@ -164,6 +186,8 @@ export class GatewayServer {
     ws.on('close', (code, reason) => {
       this.connections.delete(connection);
       connection.clearExpiry();
+      this.limits.release(connection);
+      this.limits.forget(connection);
       this.fanout.detach(connection);
       void this.presence?.detach(connection, disconnectReason(code));
       log().debug({ code, reason: reason.toString() }, 'closed');
@@ -175,7 +199,7 @@ export class GatewayServer {
       connection.alive = true;
       void ready.then(() => this.onFrame(connection, data as Buffer, isBinary)).catch(() => undefined);
     });
-    connection.scheduleExpiry(() => connection.close(CLOSE.tokenExpired, 'token expired'));
+    connection.scheduleExpiry(this.config.TOKEN_EXPIRY_GRACE_MS, () => connection.close(CLOSE.tokenExpired, 'token expired'));
     try {
       await ready;
     } catch (err) {
@@ -194,7 +218,7 @@ export class GatewayServer {
           tenantId: identity.tenantId,
           deviceId: connection.identity.deviceId,
           heartbeatIntervalMs: this.config.HEARTBEAT_INTERVAL_MS,
-          maxFrameBytes: this.config.MAX_FRAME_BYTES,
+          maxFrameBytes: await this.limits.maxFrameBytes(identity.tenantId),
           tokenExpiresAt: identity.expiresAt,
         },
       },
@@ -202,17 +226,43 @@ export class GatewayServer {
   }
 
   private async onFrame(connection: Connection, data: Buffer, isBinary: boolean): Promise<void> {
+    const refused = await this.limits.beforeDecode(connection, data.length);
+    if (refused) return this.refuseFrame(connection, '', refused);
     let frame;
     try {
       frame = decodeClientFrame(data, isBinary, connection.encoding);
     } catch (err) {
       this.frames.add(1, { kind: 'invalid' });
+      this.limits.invalidFrame(connection);
       const error = err instanceof SwitchboardError ? err.toProto() : { code: 1, message: 'invalid frame', field: '', retryAfterMs: 0 };
       connection.send({ requestId: '', kind: { $case: 'error', value: error } });
       return;
     }
     this.frames.add(1, { kind: frame.kind!.$case });
+    try {
+      validateClientFrame(frame.kind!);
+    } catch (err) {
+      this.limits.invalidFrame(connection);
+      return this.refuseFrame(connection, frame.requestId, { error: err as SwitchboardError });
+    }
+    const limited = await this.limits.afterDecode(connection, frame);
+    if (limited) return this.refuseFrame(connection, frame.requestId, limited);
+    if (frame.kind!.$case === 'refreshToken') {
+      try {
+        await refreshToken(connection, frame.kind!.value.token, this.verifier, this.config.TOKEN_EXPIRY_GRACE_MS, () => connection.close(CLOSE.tokenExpired, 'token expired'));
+        connection.send({ requestId: frame.requestId, kind: { $case: 'ok', value: {} } });
+      } catch (err) {
+        this.refuseFrame(connection, frame.requestId, { error: err as SwitchboardError });
+      }
+      return;
+    }
     await this.handler.handle(connection, frame);
+  }
+
+  /** Answers a refused frame with its error (retry_after_ms for rate limits) and closes the connection when the refusal says so. */
+  private refuseFrame(connection: Connection, requestId: string, refusal: Refusal): void {
+    connection.send({ requestId, kind: { $case: 'error', value: refusal.error.toProto() } });
+    if (refusal.close) connection.close(refusal.close.code, refusal.close.reason);
   }
 
   /** Connections of one user (all tenants' users are distinct by tenant id). */
@@ -239,10 +289,29 @@ export class GatewayServer {
 
   async close(): Promise<void> {
     clearInterval(this.heartbeat);
+    clearInterval(this.limitsTick);
+    await this.limits.tick(this.connections);
     for (const connection of this.connections) connection.socket.terminate();
     await new Promise<void>((resolve) => this.http.close(() => resolve()));
     this.http.closeAllConnections();
   }
+}
+
+/**
+ * The server under the WebSocket port: TLS 1.3 only when a certificate is
+ * configured. A client must finish its TLS handshake and its upgrade request
+ * within HANDSHAKE_TIMEOUT_MS, so half-open handshakes (slowloris) cannot
+ * hold sockets.
+ */
+function createHttpServer(config: GatewayConfig, listener: RequestListener): Server {
+  const timeouts = { headersTimeout: config.HANDSHAKE_TIMEOUT_MS, requestTimeout: config.HANDSHAKE_TIMEOUT_MS, connectionsCheckingInterval: Math.min(1000, config.HANDSHAKE_TIMEOUT_MS) };
+  if (config.TLS_CERT_FILE && config.TLS_KEY_FILE) {
+    return createTlsServer(
+      { ...timeouts, cert: readFileSync(config.TLS_CERT_FILE), key: readFileSync(config.TLS_KEY_FILE), minVersion: 'TLSv1.3', handshakeTimeout: config.HANDSHAKE_TIMEOUT_MS },
+      listener,
+    );
+  }
+  return createServer(timeouts, listener);
 }
 
 const STATUS_TEXT: Record<number, string> = {

@@ -1,3 +1,4 @@
+import { messageContent } from '@switchboard/content';
 import { InvalidArgumentError, PermissionDeniedError } from '@switchboard/errors';
 import { actingUser, unary, viewer, type CallContext } from '@switchboard/grpc';
 import { assertSafeId, audienceConversationId, audienceConversationsOf, MAX_AUDIENCE_ROLE_LENGTH } from '@switchboard/ids';
@@ -25,18 +26,17 @@ function newMessage(
   if (req.text.length === 0 && req.attachments.length === 0) {
     throw new InvalidArgumentError('a message needs text or an attachment', { field: 'text' });
   }
-  if (req.text.length > config.MAX_TEXT_LENGTH) {
-    throw new InvalidArgumentError(`text is longer than ${config.MAX_TEXT_LENGTH} characters`, { field: 'text' });
-  }
+  // The content policy: bounds, and text stored HTML-inert (docs/security.md).
+  const content = messageContent(req, { maxTextLength: config.MAX_TEXT_LENGTH });
   req.mentions.forEach((mention) => assertSafeId(mention, 'mentions'));
   return {
     senderId,
     clientMessageId,
     kind: req.kind === MessageKind.MESSAGE_KIND_UNSPECIFIED ? defaultKind : req.kind,
-    text: req.text,
-    attachments: req.attachments,
-    mentions: req.mentions,
-    metadata: req.metadata,
+    text: content.text,
+    attachments: content.attachments,
+    mentions: content.mentions,
+    metadata: content.metadata,
   };
 }
 

@@ -1,0 +1,112 @@
+import { infraEnv } from '@switchboard/devenv';
+import { newId } from '@switchboard/ids';
+import { createRedis, type Redis } from '@switchboard/redis';
+import { ConnectionSlots, SharedRateLimits, TenantLimitStore, UsageCounters, type TenantLimits } from '../src';
+
+const defaults: TenantLimits = { maxConnections: 3, messagesPerSecondPerUser: 5, messagesPerSecondPerTenant: 8, bytesPerSecondPerTenant: 1000, maxFrameBytes: 4096, maxRoomSize: 10 };
+// Two clients stand for two gateway processes sharing one Redis.
+let gatewayA: Redis;
+let gatewayB: Redis;
+const tenant = () => `t${newId().slice(0, 12)}`;
+
+beforeAll(async () => {
+  const url = infraEnv()['REDIS_URL']!;
+  gatewayA = createRedis(url, 'limits-test-a');
+  gatewayB = createRedis(url, 'limits-test-b');
+  await Promise.all([gatewayA.connect(), gatewayB.connect()]);
+});
+afterAll(async () => {
+  await Promise.all([gatewayA.quit(), gatewayB.quit()]);
+});
+
+describe('tenant limits in Redis', () => {
+  it('gives the defaults until a tenant has an override, and every process sees the override', async () => {
+    const t = tenant();
+    const storeA = new TenantLimitStore(gatewayA, defaults, 1);
+    const storeB = new TenantLimitStore(gatewayB, defaults, 1);
+    expect(await storeB.get(t)).toEqual(defaults);
+    await storeA.set(t, { maxConnections: 50, maxRoomSize: 3 });
+    await new Promise((r) => setTimeout(r, 5));
+    expect(await storeB.get(t)).toEqual({ ...defaults, maxConnections: 50, maxRoomSize: 3 });
+    expect(await storeB.get(tenant())).toEqual(defaults);
+    await storeA.set(t, { maxConnections: 0 });
+    await new Promise((r) => setTimeout(r, 5));
+    expect((await storeB.get(t)).maxConnections).toBe(defaults.maxConnections);
+  });
+
+  it('refuses a negative or fractional limit and changes nothing', async () => {
+    const t = tenant();
+    const store = new TenantLimitStore(gatewayA, defaults, 1);
+    await expect(store.set(t, { maxConnections: 10, messagesPerSecondPerUser: -1 })).rejects.toThrow(/messagesPerSecondPerUser/);
+    await expect(store.set(t, { maxFrameBytes: 1.5 })).rejects.toThrow(/maxFrameBytes/);
+    expect(await store.overrides(t)).toEqual({});
+  });
+});
+
+describe('shared budgets', () => {
+  it('one per-second budget spans both processes, and the refusal says when to retry', async () => {
+    const t = tenant();
+    const ratesA = new SharedRateLimits(gatewayA);
+    const ratesB = new SharedRateLimits(gatewayB);
+    const decisions = [];
+    for (let i = 0; i < 10; i += 1) decisions.push(await (i % 2 ? ratesA : ratesB).consume('user-messages', t, 'alice', 1, 5));
+    expect(decisions.filter((d) => d.allowed)).toHaveLength(5);
+    const refused = decisions.find((d) => !d.allowed) as { retryAfterMs: number };
+    expect(refused.retryAfterMs).toBeGreaterThan(0);
+    expect(refused.retryAfterMs).toBeLessThanOrEqual(1000);
+    // Another user of the same tenant, and the same user id in another tenant, have their own budgets.
+    expect(await ratesA.consume('user-messages', t, 'bob', 1, 5)).toEqual({ allowed: true });
+    expect(await ratesA.consume('user-messages', tenant(), 'alice', 1, 5)).toEqual({ allowed: true });
+  });
+
+  it('counts bytes as points', async () => {
+    const t = tenant();
+    const rates = new SharedRateLimits(gatewayA);
+    expect((await rates.consume('tenant-bytes', t, '', 600, 1000)).allowed).toBe(true);
+    expect((await rates.consume('tenant-bytes', t, '', 600, 1000)).allowed).toBe(false);
+  });
+});
+
+describe('connection slots', () => {
+  it('admits at most the limit across processes, frees a slot on release, and lets slots of a dead process lapse', async () => {
+    const t = tenant();
+    const slotsA = new ConnectionSlots(gatewayA, 300);
+    const slotsB = new ConnectionSlots(gatewayB, 300);
+    const results = await Promise.all(['c1', 'c2', 'c3', 'c4', 'c5'].map((id, i) => (i % 2 ? slotsA : slotsB).acquire(t, id, 3)));
+    expect(results.filter((r) => r.admitted)).toHaveLength(3);
+    expect(await slotsA.held(t)).toBe(3);
+    const admitted = ['c1', 'c2', 'c3', 'c4', 'c5'].filter((_, i) => results[i]!.admitted);
+    await slotsB.release(t, admitted[0]!);
+    expect((await slotsA.acquire(t, 'c6', 3)).admitted).toBe(true);
+    // Nobody renews: the slots lapse and the tenant may connect again.
+    await new Promise((r) => setTimeout(r, 350));
+    expect(await slotsA.held(t)).toBe(0);
+    expect((await slotsB.acquire(t, 'c7', 3)).admitted).toBe(true);
+  });
+
+  it('keeps renewed slots', async () => {
+    const t = tenant();
+    const slots = new ConnectionSlots(gatewayA, 300);
+    await slots.acquire(t, 'c1', 3);
+    for (let i = 0; i < 4; i += 1) {
+      await new Promise((r) => setTimeout(r, 100));
+      await slots.renew(new Map([[t, ['c1']]]));
+    }
+    expect(await slots.held(t)).toBe(1);
+  });
+});
+
+describe('usage counters', () => {
+  it('sum what every process counted', async () => {
+    const t = tenant();
+    const usageA = new UsageCounters(gatewayA);
+    const usageB = new UsageCounters(gatewayB);
+    usageA.add(t, 'messages', 3);
+    usageB.add(t, 'messages', 4);
+    usageB.add(t, 'rejected:rate_user');
+    await Promise.all([usageA.flush(), usageB.flush()]);
+    const usage = await usageA.read(t);
+    expect(usage.counters).toEqual({ messages: 7, 'rejected:rate_user': 1 });
+    expect(usage.since).toBeInstanceOf(Date);
+  });
+});
