@@ -10,8 +10,8 @@ import type { GatewayServer } from './server';
 export function gatewayAdminService(server: GatewayServer, config: GatewayConfig, logger: Logger): Partial<gatewayV1.GatewayAdminServiceServer> {
   return {
     getStats: unary('GetStats', logger, async (_req: gatewayV1.GetStatsRequest, ctx) => {
-      // A user's token never reaches this API; tenant-scoped callers see only their tenant.
-      const mine = [...server.connections].filter((c) => ctx.tenant.internal || c.tenantId === ctx.tenant.tenantId);
+      // Every call acts within one tenant, internal callers too: no tenant sees another's figures.
+      const mine = [...server.connections].filter((c) => c.tenantId === ctx.tenant.tenantId);
       const byTenant = new Map<string, number>();
       for (const connection of mine) byTenant.set(connection.tenantId, (byTenant.get(connection.tenantId) ?? 0) + 1);
       return {

@@ -121,8 +121,12 @@ export class GatewayLimits {
     this.slots.release(connection.tenantId, connection.id).catch((err) => this.logger.warn({ err }, 'could not release a connection slot'));
   }
 
-  /** Before a frame is decoded: its size against the tenant's limit, the connection's frame budget, the tenant's bandwidth. */
-  async beforeDecode(connection: Connection, bytes: number): Promise<Refusal | undefined> {
+  /**
+   * A decoded frame against its size limit, the connection's frame budget and
+   * the tenant's bandwidth (after decoding, so the refusal carries the
+   * request id; decoding is bounded by the gateway's MAX_FRAME_BYTES).
+   */
+  async admitFrame(connection: Connection, bytes: number): Promise<Refusal | undefined> {
     connection.counters.frames += 1;
     connection.counters.bytesIn += bytes;
     const limits = await this.limitsOf(connection.tenantId);
@@ -144,8 +148,8 @@ export class GatewayLimits {
     return undefined;
   }
 
-  /** After decoding: messages against the user's and the tenant's message budgets. */
-  async afterDecode(connection: Connection, frame: framesV1.ClientFrame): Promise<Refusal | undefined> {
+  /** A valid frame that is a message, against the user's and the tenant's message budgets. */
+  async admitMessage(connection: Connection, frame: framesV1.ClientFrame): Promise<Refusal | undefined> {
     if (!MESSAGE_KINDS.has(frame.kind!.$case)) return undefined;
     const limits = await this.limitsOf(connection.tenantId);
     const user = await this.shared('user-messages', connection.tenantId, connection.userId, 1, limits.messagesPerSecondPerUser);

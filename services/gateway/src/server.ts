@@ -77,7 +77,19 @@ export class GatewayServer {
           }
         : false,
     });
-    this.http.on('upgrade', (req, socket, head) => void this.upgrade(req, socket, head));
+    // Node's headersTimeout does not cover a socket that never sends a byte: every
+    // socket must reach its upgrade within HANDSHAKE_TIMEOUT_MS or is destroyed.
+    const pending = new WeakMap<object, NodeJS.Timeout>();
+    this.http.on(config.TLS_CERT_FILE ? 'secureConnection' : 'connection', (socket: Duplex) => {
+      const timer = setTimeout(() => socket.destroy(), config.HANDSHAKE_TIMEOUT_MS);
+      timer.unref();
+      pending.set(socket, timer);
+      socket.once('close', () => clearTimeout(timer));
+    });
+    this.http.on('upgrade', (req, socket, head) => {
+      clearTimeout(pending.get(socket));
+      void this.upgrade(req, socket, head);
+    });
     this.coalescer = new Coalescer(config.FRAME_COALESCE_MS);
     this.rejected = meter.createCounter('gateway_handshakes_rejected_total', { description: 'Refused WebSocket handshakes by reason' });
     this.frames = meter.createCounter('gateway_frames_received_total', { description: 'Client frames received by kind' });
@@ -226,26 +238,29 @@ export class GatewayServer {
   }
 
   private async onFrame(connection: Connection, data: Buffer, isBinary: boolean): Promise<void> {
-    const refused = await this.limits.beforeDecode(connection, data.length);
-    if (refused) return this.refuseFrame(connection, '', refused);
     let frame;
     try {
       frame = decodeClientFrame(data, isBinary, connection.encoding);
     } catch (err) {
       this.frames.add(1, { kind: 'invalid' });
+      // Undecodable frames count against the connection's budgets too (a garbage flood is still a flood).
+      const refused = await this.limits.admitFrame(connection, data.length);
+      if (refused) return this.refuseFrame(connection, '', refused);
       this.limits.invalidFrame(connection);
       const error = err instanceof SwitchboardError ? err.toProto() : { code: 1, message: 'invalid frame', field: '', retryAfterMs: 0 };
       connection.send({ requestId: '', kind: { $case: 'error', value: error } });
       return;
     }
     this.frames.add(1, { kind: frame.kind!.$case });
+    const refused = await this.limits.admitFrame(connection, data.length);
+    if (refused) return this.refuseFrame(connection, frame.requestId, refused);
     try {
       validateClientFrame(frame.kind!);
     } catch (err) {
       this.limits.invalidFrame(connection);
       return this.refuseFrame(connection, frame.requestId, { error: err as SwitchboardError });
     }
-    const limited = await this.limits.afterDecode(connection, frame);
+    const limited = await this.limits.admitMessage(connection, frame);
     if (limited) return this.refuseFrame(connection, frame.requestId, limited);
     if (frame.kind!.$case === 'refreshToken') {
       try {
