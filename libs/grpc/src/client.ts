@@ -1,8 +1,9 @@
-import { credentials, Metadata, type CallOptions as GrpcCallOptions, type Client, type ClientUnaryCall, type ServiceError } from '@grpc/grpc-js';
+import { Metadata, type CallOptions as GrpcCallOptions, type Client, type ClientUnaryCall, type ServiceError } from '@grpc/grpc-js';
 import type { commonV1 } from '@switchboard/proto';
 import { injectTraceContext } from '@switchboard/telemetry';
 import { fromServiceError } from './errors';
 import { rolesToMetadata, tenantToMetadata } from './tenant';
+import { channelCredentials } from './tls';
 
 export interface CallOptions {
   /** The tenant context the call acts for. */
@@ -35,10 +36,10 @@ const DEFAULT_DEADLINE_MS = 5000;
  * SwitchboardError mapped from the status.
  */
 export function createClient<C extends Client>(
-  Ctor: new (address: string, creds: ReturnType<typeof credentials.createInsecure>, options?: object) => C,
+  Ctor: new (address: string, creds: ReturnType<typeof channelCredentials>, options?: object) => C,
   address: string,
 ): PromiseClient<C> {
-  const client = new Ctor(address, credentials.createInsecure(), {
+  const client = new Ctor(address, channelCredentials(), {
     'grpc.keepalive_time_ms': 30_000,
     'grpc.keepalive_timeout_ms': 10_000,
     'grpc.enable_retries': 1,

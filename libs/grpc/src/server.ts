@@ -1,10 +1,11 @@
 import { readFileSync } from 'node:fs';
-import { Server, ServerCredentials, type ServiceDefinition, type UntypedServiceImplementation } from '@grpc/grpc-js';
+import { Server, type ServiceDefinition, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { loadFileDescriptorSetFromBuffer } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import type { Logger } from '@switchboard/logging';
 import { descriptorSetPath } from '@switchboard/proto';
 import { HealthImplementation } from 'grpc-health-check';
+import { serverCredentials } from './tls';
 
 export interface GrpcServerOptions {
   logger: Logger;
@@ -45,7 +46,7 @@ export class GrpcServer {
     const descriptors = loadFileDescriptorSetFromBuffer(readFileSync(descriptorSetPath));
     new ReflectionService(descriptors, { services: this.serviceNames }).addToServer(this.server);
     return new Promise((resolve, reject) => {
-      this.server.bindAsync(`${host}:${port}`, ServerCredentials.createInsecure(), (err, boundPort) => {
+      this.server.bindAsync(`${host}:${port}`, serverCredentials(), (err, boundPort) => {
         if (err) reject(new Error(`gRPC cannot listen on ${host}:${port}: ${err.message}`, { cause: err }));
         else resolve(boundPort);
       });

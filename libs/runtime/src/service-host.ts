@@ -1,3 +1,4 @@
+import { configureGrpcTls } from '@switchboard/grpc';
 import { createLogger, type Logger } from '@switchboard/logging';
 import { startTelemetry, type Telemetry } from '@switchboard/telemetry';
 import { Lifecycle } from './lifecycle';
@@ -10,6 +11,9 @@ export interface HostSettings {
   LOG_LEVEL: string;
   OTEL_EXPORTER_OTLP_ENDPOINT?: string | undefined;
   SHUTDOWN_DEADLINE_MS: number;
+  GRPC_TLS_CA_FILE?: string | undefined;
+  GRPC_TLS_CERT_FILE?: string | undefined;
+  GRPC_TLS_KEY_FILE?: string | undefined;
 }
 
 export interface Dependency<T> {
@@ -52,6 +56,8 @@ export class ServiceHost {
     const logger = createLogger({ service: name, level: settings.LOG_LEVEL, ...(options.logFields ? { base: options.logFields } : {}) });
     const lifecycle = new Lifecycle({ logger, shutdownDeadlineMs: settings.SHUTDOWN_DEADLINE_MS });
     lifecycle.handleSignals();
+    // Mutual TLS for every gRPC server and client of the process, when configured.
+    configureGrpcTls(settings);
     const telemetry = startTelemetry({
       serviceName: name,
       otlpEndpoint: settings.OTEL_EXPORTER_OTLP_ENDPOINT,
