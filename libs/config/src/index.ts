@@ -80,7 +80,13 @@ export function serviceSettings(defaults: { grpcPort: number; opsPort: number; s
     LOG_LEVEL: env.logLevel(),
     OTEL_EXPORTER_OTLP_ENDPOINT: env.optionalString(),
     SHUTDOWN_DEADLINE_MS: env.positiveInt(defaults.shutdownDeadlineMs ?? 10_000),
-    /** Mutual TLS between services (PEM files, all three or none): the CA, this service's certificate and key. */
+    ...grpcTlsSettings(),
+  };
+}
+
+/** Mutual TLS between services (PEM files, all three or none): the CA, this service's certificate and key. */
+export function grpcTlsSettings() {
+  return {
     GRPC_TLS_CA_FILE: env.optionalString(),
     GRPC_TLS_CERT_FILE: env.optionalString(),
     GRPC_TLS_KEY_FILE: env.optionalString(),

@@ -28,7 +28,7 @@ export function limitSettings() {
     TENANT_MESSAGES_PER_SECOND: env.positiveInt(5_000),
     TENANT_BYTES_PER_SECOND: env.positiveInt(16 * 1024 * 1024),
     TENANT_MAX_FRAME_BYTES: env.positiveInt(64 * 1024),
-    TENANT_MAX_ROOM_SIZE: env.positiveInt(5_000),
+    TENANT_MAX_ROOM_SIZE: env.positiveInt(10_000),
     /** How long a service keeps a tenant's limits before reading them again (an override takes effect within this). */
     TENANT_LIMITS_CACHE_MS: env.positiveInt(1000),
   };

@@ -1,4 +1,4 @@
-import { env, loadConfig, z } from '@switchboard/config';
+import { env, grpcTlsSettings, loadConfig, z } from '@switchboard/config';
 
 export function readConfig(source: NodeJS.ProcessEnv = process.env) {
   return loadConfig(
@@ -24,6 +24,7 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       LOG_LEVEL: env.logLevel(),
       OTEL_EXPORTER_OTLP_ENDPOINT: env.optionalString(),
       SHUTDOWN_DEADLINE_MS: env.positiveInt(10_000),
+      ...grpcTlsSettings(),
       /** Largest page a list call returns. */
       MAX_PAGE_SIZE: env.positiveInt(200),
       /** Messages and requests older than this when consumed notify nobody (a new consumer group reads the log from its start). */

@@ -1,4 +1,5 @@
 import { env, infraSettings, loadConfig, serviceSettings } from '@switchboard/config';
+import { limitSettings } from '@switchboard/limits';
 
 export function readConfig(source: NodeJS.ProcessEnv = process.env) {
   return loadConfig(
@@ -7,6 +8,9 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       ...infraSettings.postgres(),
       ...infraSettings.nats(),
       ...infraSettings.kafka(),
+      /** Tenant limits (max_room_size) set through the gateway admin API live in Redis. */
+      ...infraSettings.redis(),
+      ...limitSettings(),
       /** Messaging (announcements are posted into the room's conversation) and notification (members are told). */
       MESSAGING_ADDR: env.string('127.0.0.1:50052'),
       NOTIFICATION_ADDR: env.string('127.0.0.1:50055'),

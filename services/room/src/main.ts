@@ -1,9 +1,11 @@
 import { createClient, GrpcServer } from '@switchboard/grpc';
 import { createIdempotentProducer, createKafka } from '@switchboard/kafka';
+import { limitDefaults, TenantLimitStore } from '@switchboard/limits';
 import { connectNats, natsReady, SYSTEM_SUBJECTS } from '@switchboard/nats';
 import { OutboxRelay, outboxWaker } from '@switchboard/outbox';
 import { openDatabase } from '@switchboard/postgres';
 import { messagingV1, notificationV1, roomV1 } from '@switchboard/proto';
+import { createRedis } from '@switchboard/redis';
 import { runMain, ServiceHost } from '@switchboard/runtime';
 import { Announcer } from './announcements';
 import { readConfig } from './config';
@@ -36,6 +38,26 @@ async function main(): Promise<void> {
       }),
     { close: (p) => p.end(), ready: (p) => p.query('SELECT 1') },
   );
+  // Tenant limits (max_room_size): not a readiness condition, the defaults apply while Redis is away.
+  const redis = await host.dependency(
+    'Redis',
+    async () => {
+      const client = createRedis(config.REDIS_URL, SERVICE);
+      client.on('error', (err) => logger.debug({ err }, 'redis connection error'));
+      await client.connect();
+      return client;
+    },
+    { close: (r) => r.quit() },
+  );
+  const tenantLimits = new TenantLimitStore(redis, limitDefaults(config), config.TENANT_LIMITS_CACHE_MS);
+  const tenantMaxMembers = async (tenantId: string) => {
+    try {
+      return (await tenantLimits.get(tenantId)).maxRoomSize;
+    } catch (err) {
+      logger.warn({ err, tenant: tenantId }, 'tenant limits unreadable: using the default room size');
+      return tenantLimits.defaults.maxRoomSize;
+    }
+  };
   const nats = await host.dependency(
     'NATS',
     () => connectNats({ servers: config.NATS_URL, name: SERVICE, onStatus: (event) => logger.info({ event }, 'nats connection') }),
@@ -70,7 +92,7 @@ async function main(): Promise<void> {
   host.runner('outbox relay', () => relay.start(), () => relay.stop());
   const waker = outboxWaker(relay, nats, SYSTEM_SUBJECTS.roomOutboxWake);
   host.lifecycle.onShutdown('outbox wake-ups', waker.close);
-  const store = new RoomStore(pool, { maxMembers: config.MAX_ROOM_MEMBERS, maxPins: config.MAX_PINS, deletedRetentionMs: config.DELETED_ROOM_RETENTION_MS }, waker.written);
+  const store = new RoomStore(pool, { maxMembers: config.MAX_ROOM_MEMBERS, tenantMaxMembers, maxPins: config.MAX_PINS, deletedRetentionMs: config.DELETED_ROOM_RETENTION_MS }, waker.written);
   const purger = new Purger(store, config.PURGE_INTERVAL_MS, logger);
   host.runner('purge of deleted rooms', () => purger.start(), () => purger.stop());
 

@@ -45,8 +45,10 @@ export interface RoomPatch {
 }
 
 export interface StoreLimits {
-  /** The tenant-wide member limit; a room's own limit may only be lower. */
+  /** The deployment's member limit; a tenant's and a room's own limit may only be lower. */
   maxMembers: number;
+  /** The tenant's room size (libs/limits, shared with the gateways' admin API); the deployment's limit when absent. */
+  tenantMaxMembers?: (tenantId: string) => Promise<number>;
   maxPins: number;
   /** How long a deleted room's rows are kept before the purge removes them. */
   deletedRetentionMs: number;
@@ -405,6 +407,9 @@ export class RoomStore {
 
   /** Creates the room with its owner and first members; a retry with the same request id returns the first room and records nothing. */
   async create(tenantId: string, room: NewRoom): Promise<roomV1.Room> {
+    const size = new Set([room.ownerId, ...room.memberIds]).size;
+    const limit = await this.memberLimit(tenantId, { settings: room.settings } as roomV1.Room);
+    if (size > limit) throw new QuotaExceededError(`a room of ${size} members is more than the limit of ${limit}`, { field: 'member_ids' });
     return this.tx(tenantId, async (db, emit) => {
       const roomId = newId();
       const inserted = await db.query(
@@ -627,8 +632,9 @@ export class RoomStore {
 
   // ---------------------------------------------------------------- membership
 
-  private memberLimit(room: roomV1.Room): number {
-    return Math.min(room.settings?.memberLimit || this.limits.maxMembers, this.limits.maxMembers);
+  private async memberLimit(tenantId: string, room: roomV1.Room): Promise<number> {
+    const ceiling = Math.min(this.limits.maxMembers, (await this.limits.tenantMaxMembers?.(tenantId)) ?? this.limits.maxMembers);
+    return Math.min(room.settings?.memberLimit || ceiling, ceiling);
   }
 
   /** Inserts members (the room row is locked by the caller) and records their JOINED events. */
@@ -643,7 +649,7 @@ export class RoomStore {
     actorId: string,
   ): Promise<roomV1.Member[]> {
     if (userIds.length === 0) return [];
-    const limit = this.memberLimit(room);
+    const limit = await this.memberLimit(tenantId, room);
     if (room.memberCount + userIds.length > limit) {
       throw new QuotaExceededError(`room ${room.roomId} is full: ${room.memberCount} of ${limit} members`, { field: 'room_id' });
     }

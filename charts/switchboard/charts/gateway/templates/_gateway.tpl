@@ -1,5 +1,5 @@
 {{/* What the gateway connects to, and its own settings beyond .Values.config. */}}
-{{- define "gateway.uses" -}}nats{{- end -}}
+{{- define "gateway.uses" -}}redis nats{{- end -}}
 {{- define "gateway.backends" -}}messaging presence room{{- end -}}
 
 {{- define "gateway.extraConfigData" }}

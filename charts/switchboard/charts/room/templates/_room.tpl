@@ -1,5 +1,5 @@
-{{/* The infrastructure room connects to (Kafka: its outbox relay) and the services it calls (announcements: messaging, notification). */}}
-{{- define "room.uses" -}}postgres nats kafka{{- end -}}
+{{/* The infrastructure room connects to (Kafka: its outbox relay; Redis: tenant limits) and the services it calls (announcements: messaging, notification). */}}
+{{- define "room.uses" -}}postgres redis nats kafka{{- end -}}
 {{- define "room.backends" -}}messaging notification{{- end -}}
 {{- define "room.extraConfigData" -}}{{- end -}}
 {{- define "room.extraSecretRefs" -}}{{- end -}}
