@@ -989,6 +989,14 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
       case 'reconnect':
         this.onReconnectRequested(conn, kind.value);
         break;
+      case 'tokenExpiring':
+        // The token expired: a fresh one within the grace keeps the connection (else it closes with 4001).
+        void this.refreshToken(conn);
+        break;
+      case 'resync':
+        // The gateway dropped pushes for us (we read too slowly): catch up by sequence.
+        if (conn === this.current && !this.syncing) void this.resume(conn);
+        break;
       case 'error':
         // An error about no request in particular (e.g. a frame it could not parse).
         this.report(SwitchboardError.fromProto(kind.value));
@@ -998,6 +1006,16 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
         break;
       default:
         break;
+    }
+  }
+
+  private async refreshToken(conn: Connection): Promise<void> {
+    const source = this.options.token;
+    if (typeof source === 'string' || conn !== this.current) return;
+    try {
+      await this.request({ $case: 'refreshToken', value: { token: await source() } });
+    } catch (err) {
+      this.report(err instanceof SwitchboardError ? err : new UnauthenticatedError('token refresh failed', { cause: err }));
     }
   }
 

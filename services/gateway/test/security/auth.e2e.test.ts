@@ -1,7 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { SignJWT, base64url, exportJWK, exportSPKI, generateKeyPair } from 'jose';
-import { DEV_JWT_SECRET } from '@switchboard/client';
+import { DEV_JWT_SECRET, SwitchboardClient } from '@switchboard/client';
 import { startMesh, type Mesh, type ServiceProcess } from '@switchboard/devenv';
 import { newId } from '@switchboard/ids';
 import { AUDIENCE, handshake, ISSUER, launchGateway, rawConnect, Report, SECURITY_GATEWAY_ENV, token, until, type RawConnection } from './support';
@@ -151,6 +151,24 @@ describe('token expiry and refresh_token', () => {
     await new Promise((r) => setTimeout(r, 3500));
     expect(c.frames.some((f) => f.tokenExpiring)).toBe(false);
     expect(await c.request({ ping: { clientTimeMs: 1 } })).toHaveProperty('pong');
+  });
+
+  it('@switchboard/client refreshes on token_expiring and keeps its connection', async () => {
+    let minted = 0;
+    const client = new SwitchboardClient({
+      url: mesh.gateways[0]!.url,
+      // The first token lives 2 s; the refresh gets a long one.
+      token: () => token(tenant, 'library-user', { ttlSeconds: (minted += 1) === 1 ? 2 : 3600 }),
+    });
+    const disconnects: unknown[] = [];
+    client.on('disconnected', (event) => disconnects.push(event));
+    await client.connect();
+    await new Promise((r) => setTimeout(r, 4000));
+    expect(minted).toBe(2);
+    expect(disconnects).toEqual([]);
+    expect((await client.ping()).rttMs).toBeGreaterThanOrEqual(0);
+    await client.close();
+    report.held('a client library connection whose token expired', 'refreshed on token_expiring, connection kept');
   });
 
   it('refuses a refresh with another user, another tenant, an expired or a forged token, and keeps the old expiry', async () => {
