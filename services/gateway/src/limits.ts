@@ -152,13 +152,14 @@ export class GatewayLimits {
   async admitMessage(connection: Connection, frame: framesV1.ClientFrame): Promise<Refusal | undefined> {
     if (!MESSAGE_KINDS.has(frame.kind!.$case)) return undefined;
     const limits = await this.limitsOf(connection.tenantId);
-    const user = await this.shared('user-messages', connection.tenantId, connection.userId, 1, limits.messagesPerSecondPerUser);
-    if (!user.allowed) {
-      return this.refuse(connection, 'rate_user', new RateLimitedError(`message rate limit exceeded (${limits.messagesPerSecondPerUser} per second per user)`, { retryAfterMs: user.retryAfterMs }));
-    }
+    // The tenant's budget first: once a flooding tenant is over it, refusals come from memory (no Redis round trip).
     const tenant = await this.shared('tenant-messages', connection.tenantId, '', 1, limits.messagesPerSecondPerTenant);
     if (!tenant.allowed) {
       return this.refuse(connection, 'rate_tenant', new RateLimitedError(`tenant message rate limit exceeded (${limits.messagesPerSecondPerTenant} per second)`, { retryAfterMs: tenant.retryAfterMs }));
+    }
+    const user = await this.shared('user-messages', connection.tenantId, connection.userId, 1, limits.messagesPerSecondPerUser);
+    if (!user.allowed) {
+      return this.refuse(connection, 'rate_user', new RateLimitedError(`message rate limit exceeded (${limits.messagesPerSecondPerUser} per second per user)`, { retryAfterMs: user.retryAfterMs }));
     }
     connection.counters.messages += 1;
     return undefined;

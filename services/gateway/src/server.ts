@@ -185,9 +185,17 @@ export class GatewayServer {
     const connection = new Connection(newId(), ws, { ...identity, deviceId: device.deviceId ?? `conn-${newId().slice(0, 12)}` }, encoding);
     connection.coalescer = this.coalescer;
     connection.sendBuffer = this.sendBuffer;
+    // Frames wait unread while the tenant's connection slot is taken (a Redis round trip).
+    ws.pause();
     const admission = await this.limits.admitConnection(connection);
     if (!admission.admitted) {
+      // Read again so the closing handshake completes.
+      ws.resume();
       connection.close(CLOSE.tenantConnections, admission.reason);
+      return;
+    }
+    if (ws.readyState !== ws.OPEN) {
+      this.limits.release(connection);
       return;
     }
     this.connections.add(connection);
@@ -211,6 +219,7 @@ export class GatewayServer {
       connection.alive = true;
       void ready.then(() => this.onFrame(connection, data as Buffer, isBinary)).catch(() => undefined);
     });
+    ws.resume();
     connection.scheduleExpiry(this.config.TOKEN_EXPIRY_GRACE_MS, () => connection.close(CLOSE.tokenExpired, 'token expired'));
     try {
       await ready;

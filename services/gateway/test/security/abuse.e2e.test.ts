@@ -10,7 +10,7 @@ import { startMesh, type Mesh, type ServiceProcess } from '@switchboard/devenv';
 import { ErrorCode } from '@switchboard/errors';
 import { createClient } from '@switchboard/grpc';
 import { newId } from '@switchboard/ids';
-import { messagingV1 } from '@switchboard/proto';
+import { messagingV1, roomV1 } from '@switchboard/proto';
 import { adminClient, handshake, launchGateway, operator, rawConnect, Report, SECURITY_GATEWAY_ENV, token, until, type RawConnection } from './support';
 
 // Security suite, part 2: tenant limits, floods, noisy neighbours, a frame
@@ -133,6 +133,23 @@ describe('tenant limits: defaults, overrides through the admin API, shared by ev
     expect(big.error?.code ?? small.frames.find((x) => x.error?.code === 'ERROR_CODE_FRAME_TOO_LARGE')?.error.code).toBe('ERROR_CODE_FRAME_TOO_LARGE');
     expect(await small.request({ ping: { clientTimeMs: 1 } })).toHaveProperty('pong');
     report.held('a 1.5 KB frame with the tenant max_frame_bytes 1024', 'FRAME_TOO_LARGE, connection kept');
+  });
+
+  it('applies the tenant room size in the room service', async () => {
+    const t = newTenant();
+    const limits = (maxRoomSize: number) => ({ maxConnections: 0, messagesPerSecondPerUser: 0, messagesPerSecondPerTenant: 0, bytesPerSecondPerTenant: 0, maxFrameBytes: 0, maxRoomSize });
+    await admin.setTenantLimits({ context: undefined, overrides: limits(2), reset: [] }, operator(t));
+    await new Promise((r) => setTimeout(r, 1200));
+    const rooms = createClient(roomV1.RoomServiceClient, mesh.addresses.room);
+    const asOwner = { context: { tenantId: t, userId: 'owner', deviceId: '', internal: false } };
+    const create = () => rooms.createRoom(roomV1.CreateRoomRequest.fromPartial({ name: 'ward', memberIds: ['m1', 'm2'] }), asOwner);
+    const refused = await create().catch((e) => e);
+    expect(refused.code).toBe(ErrorCode.ERROR_CODE_QUOTA_EXCEEDED);
+    await admin.setTenantLimits({ context: undefined, overrides: limits(3), reset: [] }, operator(t));
+    await new Promise((r) => setTimeout(r, 1200));
+    expect((await create()).room!.memberCount).toBe(3);
+    rooms.close();
+    report.held('a room of 3 members with the tenant max_room_size 2', `${ErrorCode[refused.code]} (${refused.message}); admitted once raised to 3`);
   });
 
   it('counts usage per tenant (admin API) and reports per-tenant metrics', async () => {
