@@ -16,6 +16,20 @@ const pattern = text(256).refine(
   'must be up to 16 dot-separated tokens of A-Z, a-z, 0-9, _ or -, with * for one token and > as the last',
 );
 
+/** Generic bounds for requests whose fields the owning service checks: texts, list lengths, depth. */
+function withinGenericBounds(root: unknown): boolean {
+  const stack: [unknown, number][] = [[root, 0]];
+  while (stack.length > 0) {
+    const [value, depth] = stack.pop()!;
+    if (typeof value === 'string' && value.length > 16_384) return false;
+    if (typeof value !== 'object' || value === null || value instanceof Date) continue;
+    if (depth > 8) return false;
+    if (Array.isArray(value) && value.length > 1000) return false;
+    for (const child of Object.values(value)) stack.push([child, depth + 1]);
+  }
+  return true;
+}
+
 /**
  * The bounds of every client frame kind, checked before any backend is
  * called (lengths, counts; nesting is bounded by the decoder and the frame
@@ -46,6 +60,8 @@ const FRAME_SCHEMAS: { [K in ClientKind['$case']]: z.ZodTypeAny } = {
   subscribeEvents: z.object({ pattern }),
   unsubscribeEvents: z.object({ pattern }),
   refreshToken: z.object({ token: z.string().min(1, 'is required').max(8192, 'must be at most 8192 characters') }),
+  // The room service checks each room operation field by field; the gateway bounds the shape.
+  roomRequest: z.object({ request: z.object({ $case: z.string(), value: z.unknown().refine(withinGenericBounds, 'has a text over 16,384 characters, a list over 1,000 entries or nests deeper than 8 levels') }) }),
 };
 
 const snake = (name: string) => name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
