@@ -1,4 +1,5 @@
 import type { framesV1 } from '@switchboard/proto';
+import type { Counter } from '@switchboard/telemetry';
 import type { Connection } from './connection';
 
 /** Pushes worth nothing a moment later: shed first when a client falls behind. */
@@ -19,25 +20,26 @@ export class SendBuffer {
   constructor(
     private readonly shedBytes: number,
     private readonly maxBytes: number,
+    /** gateway_pushes_dropped_total{reason: shed | behind}. */
+    private readonly dropped: Counter,
   ) {}
 
   /** True when the push may be queued; false when it is dropped. */
   admit(connection: Connection, frame: framesV1.ServerFrame): boolean {
-    if (connection.lagging) {
-      connection.droppedPushes += 1;
-      return false;
-    }
+    if (connection.lagging) return this.drop(connection, 'behind');
     const buffered = connection.socket.bufferedAmount;
     if (buffered >= this.maxBytes) {
-      connection.droppedPushes += 1;
       this.lag(connection);
-      return false;
+      return this.drop(connection, 'behind');
     }
-    if (buffered >= this.shedBytes && EPHEMERAL_PUSHES.has(frame.kind?.$case ?? '')) {
-      connection.droppedPushes += 1;
-      return false;
-    }
+    if (buffered >= this.shedBytes && EPHEMERAL_PUSHES.has(frame.kind?.$case ?? '')) return this.drop(connection, 'shed');
     return true;
+  }
+
+  private drop(connection: Connection, reason: 'shed' | 'behind'): false {
+    connection.droppedPushes += 1;
+    this.dropped.add(1, { reason });
+    return false;
   }
 
   private lag(connection: Connection): void {

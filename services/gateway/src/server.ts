@@ -57,7 +57,11 @@ export class GatewayServer {
     this.http = createHttpServer(config, (_req, res) => {
       res.writeHead(426, { 'content-type': 'text/plain' }).end(`connect with a WebSocket to ${WS_PATH}\n`);
     });
-    this.sendBuffer = new SendBuffer(config.SEND_BUFFER_SHED_BYTES, config.SEND_BUFFER_MAX_BYTES);
+    this.sendBuffer = new SendBuffer(
+      config.SEND_BUFFER_SHED_BYTES,
+      config.SEND_BUFFER_MAX_BYTES,
+      meter.createCounter('gateway_pushes_dropped_total', { description: 'Pushes dropped for slow readers: shed (typing, presence over the shed mark) or behind (over the high-water mark, resync follows)' }),
+    );
     this.wss = new WebSocketServer({
       noServer: true,
       maxPayload: config.MAX_FRAME_BYTES,
