@@ -61,6 +61,12 @@ const FRAME_SCHEMAS: { [K in ClientKind['$case']]: z.ZodTypeAny } = {
   unsubscribeEvents: z.object({ pattern }),
   refreshToken: z.object({ token: z.string().min(1, 'is required').max(8192, 'must be at most 8192 characters') }),
   // The room service checks each room operation field by field; the gateway bounds the shape.
+  // Presence checks ids and its own caps; the gateway bounds sizes.
+  watchPresence: z.object({ userIds: list(text(128), 1000) }),
+  unwatchPresence: z.object({ userIds: list(text(128), 1000) }),
+  getPresence: z.object({ userIds: list(text(128), 1000) }),
+  enterConversation: z.object({ conversationId: text(128) }),
+  leaveConversation: z.object({ conversationId: text(128) }),
   // A missing operation is the frame handler's own INVALID_ARGUMENT (field room_request).
   roomRequest: z.object({ request: z.object({ $case: z.string(), value: z.unknown().refine(withinGenericBounds, 'has a text over 16,384 characters, a list over 1,000 entries or nests deeper than 8 levels') }).optional() }),
 };
