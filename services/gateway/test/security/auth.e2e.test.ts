@@ -110,22 +110,24 @@ describe('JWKS: pinned algorithms, rotation, removal (RS256/ES256 gateway)', () 
   });
 
   it('picks up a rotated-in key without restart, and stops accepting a key removed from the set', async () => {
-    const k1 = await key('RS256', 'k1');
-    const k2 = await key('ES256', 'k2');
+    // Key ids of their own: the set cached by the previous case names other keys.
+    const k1 = await key('RS256', 'rot-1');
+    const k2 = await key('ES256', 'rot-2');
     keys = [k1.jwk];
-    expect(await status(await signed('RS256', 'k1', k1.privateKey))).toBe(101);
+    await new Promise((r) => setTimeout(r, 150));
+    expect(await status(await signed('RS256', 'rot-1', k1.privateKey))).toBe(101);
     keys = [k1.jwk, k2.jwk];
     await new Promise((r) => setTimeout(r, 150));
-    expect(await status(await signed('ES256', 'k2', k2.privateKey))).toBe(101);
+    expect(await status(await signed('ES256', 'rot-2', k2.privateKey))).toBe(101);
     report.held('JWKS rotation: a new key published', 'accepted without restart');
     keys = [k2.jwk];
-    const oldToken = await signed('RS256', 'k1', k1.privateKey);
+    const oldToken = await signed('RS256', 'rot-1', k1.privateKey);
     const deadline = Date.now() + 10_000;
     let last = 101;
     while (Date.now() < deadline && (last = await status(oldToken)) === 101) await new Promise((r) => setTimeout(r, 200));
     expect(last).toBe(401);
     report.held('JWKS rotation: a key removed from the set', '401 once the cached set aged out (JWT_JWKS_CACHE_MAX_AGE_MS)');
-    expect(await status(await signed('ES256', 'k2', k2.privateKey))).toBe(101);
+    expect(await status(await signed('ES256', 'rot-2', k2.privateKey))).toBe(101);
   });
 });
 
