@@ -276,7 +276,7 @@ describe('PostgreSQL: row-level security binds the services role', () => {
         WHERE c.relkind = 'r' AND n.nspname IN ('messaging', 'room', 'notification') AND c.relname <> 'schema_migrations'`,
     );
     // Read across tenants by their relay/worker only, never by a request handler (docs/security.md).
-    const crossTenantQueues = ['messaging.outbox', 'notification.delivery_queue', 'room.outbox', 'room.purge_queue'];
+    const crossTenantQueues = ['messaging.outbox', 'messaging.room_purges', 'notification.delivery_queue', 'room.outbox', 'room.purge_queue'];
     const unguarded = rows.filter((r) => !(r.enabled && r.forced)).map((r) => `${r.schema}.${r.table}`);
     expect(unguarded.sort()).toEqual(crossTenantQueues.filter((t) => unguarded.includes(t)).sort());
     report.held(`${rows.length} tables in messaging, room, notification`, `RLS enabled and forced on all but ${unguarded.join(', ')}`);
