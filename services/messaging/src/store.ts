@@ -167,7 +167,8 @@ const READABLE = `readable AS (
 /** A conversation as one member sees it: with the newest message and the member's own watermarks (`me`). */
 const VIEWER_COLUMNS = `${CONVERSATION_COLUMNS}, COALESCE(me.read_seq, 0) AS read_seq, COALESCE(me.delivered_seq, 0) AS delivered_seq,
   (SELECT to_jsonb(lm) FROM messages lm
-   WHERE lm.tenant_id = c.tenant_id AND lm.conversation_id = c.conversation_id AND lm.seq = c.last_seq) AS last_message`;
+   WHERE lm.tenant_id = c.tenant_id AND lm.conversation_id = c.conversation_id AND lm.seq = c.last_seq
+     AND (me.history_visible_from IS NULL OR lm.created_at >= me.history_visible_from)) AS last_message`;
 
 /**
  * Everything messaging keeps in PostgreSQL. Each method runs in a
