@@ -26,6 +26,8 @@ export interface OpsServerOptions {
 export class OpsServer {
   private server: Server | undefined;
   private draining = false;
+  /** False until every server of the process listens: a probe must not send work to a port nobody serves yet. */
+  private serving = false;
 
   constructor(private readonly options: OpsServerOptions) {}
 
@@ -45,6 +47,11 @@ export class OpsServer {
   /** From now on /readyz answers 503 so load balancers stop sending new work. */
   setDraining(): void {
     this.draining = true;
+  }
+
+  /** Called once every server listens; until then /readyz answers 503. */
+  setServing(): void {
+    this.serving = true;
   }
 
   async readiness(): Promise<{ ready: boolean; checks: Record<string, string> }> {
@@ -68,6 +75,7 @@ export class OpsServer {
       }),
     );
     const checks = Object.fromEntries(results);
+    if (!this.serving) checks.serving = 'servers are still starting';
     if (this.draining) checks.draining = 'service is shutting down';
     return { ready: Object.values(checks).every((status) => status === 'ok'), checks };
   }

@@ -100,6 +100,7 @@ export class ServiceHost {
     // Runs first on SIGTERM: stop looking ready before anything stops.
     this.lifecycle.onShutdown('readiness', () => ops.setDraining());
     for (const server of servers) server.ready?.();
+    ops.setServing();
     this.logger.info(listening, `${this.name} is serving`);
   }
 

@@ -21,6 +21,14 @@ describe('OpsServer', () => {
   });
   afterAll(() => ops.stop());
 
+  it('is alive but not ready while its servers are still starting', async () => {
+    expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
+    const res = await fetch(`http://127.0.0.1:${port}/readyz`);
+    expect(res.status).toBe(503);
+    expect(((await res.json()) as { checks: Record<string, string> }).checks.serving).toBe('servers are still starting');
+    ops.setServing();
+  });
+
   it('is alive and ready while every dependency answers', async () => {
     expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
     const res = await fetch(`http://127.0.0.1:${port}/readyz`);

@@ -113,6 +113,7 @@ async function main(): Promise<void> {
     ],
   });
   const opsPort = await ops.start();
+  ops.setServing();
   lifecycle.onShutdown('ops', async () => {
     ops.setDraining();
     await ops.stop();
