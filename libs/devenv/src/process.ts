@@ -30,8 +30,21 @@ export interface ServiceProcess {
   kill(): Promise<number | null>;
 }
 
-/** A port nobody listens on right now. */
+/** Ports this process already handed out: the kernel may offer a just-closed port again, and two services given one port collide. */
+const handedOut = new Set<number>();
+
+/** A port nobody listens on right now, and never the same one twice in this process. */
 export async function freePort(host = '127.0.0.1'): Promise<number> {
+  for (;;) {
+    const port = await listenOnce(host);
+    if (!handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+}
+
+function listenOnce(host: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.once('error', reject);
