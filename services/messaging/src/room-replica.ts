@@ -4,6 +4,7 @@ import type { Logger } from '@switchboard/logging';
 import { withTenantTransaction, type Pool } from '@switchboard/postgres';
 import { eventsV1, messagingV1 } from '@switchboard/proto';
 import type { Counter, Meter } from '@switchboard/telemetry';
+import { ensureConversationRow } from './store';
 
 const ROOM = messagingV1.ConversationKind.CONVERSATION_KIND_ROOM;
 const { MembershipChange } = eventsV1;
@@ -37,7 +38,7 @@ export class RoomReplica {
 
   async applyMembership(tenantId: string, change: eventsV1.RoomMembershipChanged): Promise<Applied> {
     const outcome = await withTenantTransaction(this.pool, tenantId, async (db) => {
-      await db.query(`INSERT INTO conversations (tenant_id, conversation_id, kind) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`, [tenantId, change.roomId, ROOM]);
+      await ensureConversationRow(db, tenantId, change.roomId, ROOM);
       const { rows } = await db.query<{ kind: number; membership_version: string; deleted_at: Date | null }>(
         `SELECT kind, membership_version, deleted_at FROM conversations WHERE tenant_id = $1 AND conversation_id = $2 FOR UPDATE`,
         [tenantId, change.roomId],
@@ -45,9 +46,19 @@ export class RoomReplica {
       const held = Number(rows[0]!.membership_version);
       if (rows[0]!.kind !== ROOM || rows[0]!.deleted_at || change.membershipVersion <= held) return 'stale';
       if (MEMBER_AFTER.has(change.change)) {
+        // Messages from before the member's history start are not theirs to read, so they never count as unread:
+        // the watermarks start at the last of them.
         await db.query(
-          `INSERT INTO conversation_members (tenant_id, conversation_id, user_id, history_visible_from) VALUES ($1, $2, $3, $4)
-           ON CONFLICT (tenant_id, conversation_id, user_id) DO UPDATE SET history_visible_from = EXCLUDED.history_visible_from`,
+          `WITH hidden AS (
+             SELECT COALESCE(max(seq), 0) AS seq FROM messages
+             WHERE tenant_id = $1 AND conversation_id = $2 AND $4::timestamptz IS NOT NULL AND created_at < $4::timestamptz
+           )
+           INSERT INTO conversation_members (tenant_id, conversation_id, user_id, history_visible_from, read_seq, delivered_seq)
+           SELECT $1, $2, $3, $4, hidden.seq, hidden.seq FROM hidden
+           ON CONFLICT (tenant_id, conversation_id, user_id) DO UPDATE SET
+             history_visible_from = EXCLUDED.history_visible_from,
+             read_seq = GREATEST(conversation_members.read_seq, EXCLUDED.read_seq),
+             delivered_seq = GREATEST(conversation_members.delivered_seq, EXCLUDED.delivered_seq)`,
           [tenantId, change.roomId, change.userId, change.historyVisibleFrom ?? null],
         );
       } else {

@@ -209,9 +209,7 @@ export class MessageStore {
 
   /** Creates a conversation the caller was allowed into (a room whose membership has not reached this replica yet). */
   async ensureConversation(tenantId: string, conversationId: string, kind: messagingV1.ConversationKind): Promise<void> {
-    await withTenantTransaction(this.pool, tenantId, (db) =>
-      db.query(`INSERT INTO conversations (tenant_id, conversation_id, kind) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`, [tenantId, conversationId, kind]),
-    );
+    await withTenantTransaction(this.pool, tenantId, (db) => ensureConversationRow(db, tenantId, conversationId, kind));
   }
 
   /** A conversation's kind, or undefined when this tenant has no such conversation (yet). */
@@ -243,11 +241,7 @@ export class MessageStore {
         result = await this.insertMessage(db, tenantId, { conversationId: conversation.conversationId }, message, false);
       } else if (granted) {
         // An audience's first broadcast, or a room whose membership has not reached this replica yet.
-        await db.query(`INSERT INTO conversations (tenant_id, conversation_id, kind) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`, [
-          tenantId,
-          target.conversationId,
-          granted.kind,
-        ]);
+        await ensureConversationRow(db, tenantId, target.conversationId, granted.kind);
         result = await this.insertMessage(db, tenantId, target, message, true);
       }
     }
@@ -601,4 +595,12 @@ export class MessageStore {
     );
     return { conversation: toConversation(rows[0]!), created: isNew };
   }
+}
+
+/**
+ * The row of a conversation that exists elsewhere first (a room, an audience):
+ * created on first use, left as it is when present.
+ */
+export function ensureConversationRow(db: PoolClient, tenantId: string, conversationId: string, kind: messagingV1.ConversationKind | number): Promise<unknown> {
+  return db.query(`INSERT INTO conversations (tenant_id, conversation_id, kind) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`, [tenantId, conversationId, kind]);
 }

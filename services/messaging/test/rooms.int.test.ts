@@ -130,6 +130,16 @@ describe('group conversations: a room is a conversation (real room service, mess
       'the room in the new member sync',
     );
     expect(synced).toEqual(['after the new member']);
+    // What the new member may not read does not count as unread either.
+    const listed = await eventually(
+      async () => {
+        const list = await messaging.listConversations({ context: undefined, page: { pageSize: 50, pageToken: '' } }, as('member-h'));
+        return list.conversations.find((c) => c.conversationId === roomId);
+      },
+      30_000,
+      'the room in the new member list',
+    );
+    expect([listed.lastSeq, listed.unreadCount, listed.lastMessage?.text]).toEqual([2, 1, 'after the new member']);
     // Broadcasting to a room's members needs the announce permission.
     const broadcast = (from: string) =>
       messaging.sendBroadcast({ context: undefined, audience: { $case: 'roomId', value: roomId }, clientMessageId: newId(), text: 'Fire drill', kind: 0, metadata: {} }, as(from));
