@@ -1,14 +1,12 @@
-import { env, grpcTlsSettings, loadConfig, z } from '@switchboard/config';
+import { env, infraSettings, loadConfig, serviceSettings, z } from '@switchboard/config';
 
 export function readConfig(source: NodeJS.ProcessEnv = process.env) {
   return loadConfig(
     {
-      HOST: env.string('127.0.0.1'),
-      GRPC_PORT: env.port(50055),
-      OPS_PORT: env.port(9105),
-      DATABASE_URL: env.url('postgres://switchboard:switchboard@127.0.0.1:54329/switchboard', ['postgres', 'postgresql']),
-      NATS_URL: env.url('nats://127.0.0.1:42229', ['nats', 'tls']),
-      KAFKA_BROKERS: env.string('127.0.0.1:19092'),
+      ...serviceSettings({ grpcPort: 50055, opsPort: 9105 }),
+      ...infraSettings.postgres(),
+      ...infraSettings.nats(),
+      ...infraSettings.kafka(),
       /** Every replica joins this consumer group, so each record is handled by one of them; it also names the deployment's delivery work. */
       KAFKA_GROUP_ID: env.string('notification'),
       /** How soon the group notices a replica that died (a SIGKILL) and gives its partitions to the others. */
@@ -21,10 +19,6 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       PRESENCE_ADDR: env.string('127.0.0.1:50053'),
       ROOM_ADDR: env.string('127.0.0.1:50054'),
       PEER_DEADLINE_MS: env.positiveInt(2000),
-      LOG_LEVEL: env.logLevel(),
-      OTEL_EXPORTER_OTLP_ENDPOINT: env.optionalString(),
-      SHUTDOWN_DEADLINE_MS: env.positiveInt(10_000),
-      ...grpcTlsSettings(),
       /** Largest page a list call returns. */
       MAX_PAGE_SIZE: env.positiveInt(200),
       /** Messages and requests older than this when consumed notify nobody (a new consumer group reads the log from its start). */

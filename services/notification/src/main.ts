@@ -1,16 +1,14 @@
-import { path } from './paths';
 import { GrpcServer } from '@switchboard/grpc';
 import { createIdempotentProducer, createKafka, TOPICS } from '@switchboard/kafka';
-import { createLogger } from '@switchboard/logging';
-import { connectNats } from '@switchboard/nats';
-import { createPool, migrate } from '@switchboard/postgres';
+import { connectNats, natsReady } from '@switchboard/nats';
+import { openDatabase } from '@switchboard/postgres';
 import { notificationV1 } from '@switchboard/proto';
-import { Lifecycle, OpsServer, runMain, startupStep } from '@switchboard/runtime';
-import { startTelemetry } from '@switchboard/telemetry';
+import { runMain, ServiceHost } from '@switchboard/runtime';
 import { readConfig } from './config';
 import { DeliveryStore } from './deliveries';
 import { DeadLetters, ensureTopics } from './dlq';
 import { NotificationEvents } from './events';
+import { path } from './paths';
 import { Peers } from './peers';
 import { Pipeline } from './pipeline';
 import { providersFrom } from './providers';
@@ -22,104 +20,86 @@ import { DeliveryWorker } from './worker';
 const SERVICE = 'notification';
 
 async function main(): Promise<void> {
-  // 1. Configuration, validated before anything starts (provider credentials included).
+  // 1. Configuration, validated before anything starts (provider credentials included); then logs, signals, telemetry.
   const config = readConfig();
-  const logger = createLogger({ service: SERVICE, level: config.LOG_LEVEL });
-  const lifecycle = new Lifecycle({ logger, shutdownDeadlineMs: config.SHUTDOWN_DEADLINE_MS });
-  lifecycle.handleSignals();
+  const host = ServiceHost.start(SERVICE, config);
+  const { logger } = host;
   const providers = providersFrom(config, logger);
-  lifecycle.onShutdown('providers', async () => {
+  host.lifecycle.onShutdown('providers', async () => {
     await Promise.all([...providers.push.values()].map((p) => p.close()));
     await providers.email?.close();
   });
 
-  // 2. Telemetry.
-  const telemetry = startTelemetry({ serviceName: SERVICE, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT });
-  lifecycle.onShutdown('telemetry', () => telemetry.shutdown());
-
-  // 3. Clients: PostgreSQL (schema migrated first), NATS, Kafka (the dead-letter topic created when missing), presence and room.
-  await startupStep(logger, 'PostgreSQL', () =>
-    migrate({ databaseUrl: config.DATABASE_URL, schema: SERVICE, dir: path.migrations, log: (line) => logger.debug(line) }),
+  // 2. Clients: PostgreSQL (schema migrated first), NATS, Kafka (the dead-letter topic created when missing), presence and room.
+  const pool = await host.dependency(
+    'PostgreSQL',
+    () =>
+      openDatabase({
+        connectionString: config.DATABASE_URL,
+        applicationName: SERVICE,
+        schema: SERVICE,
+        migrationsDir: path.migrations,
+        log: (line) => logger.debug(line),
+        onError: (err) => logger.warn({ err }, 'idle PostgreSQL connection failed'),
+      }),
+    { close: (p) => p.end(), ready: (p) => p.query('SELECT 1') },
   );
-  const pool = createPool({
-    connectionString: config.DATABASE_URL,
-    applicationName: SERVICE,
-    schema: SERVICE,
-    onError: (err) => logger.warn({ err }, 'idle PostgreSQL connection failed'),
-  });
-  lifecycle.onShutdown('postgres', () => pool.end());
-  const nats = await startupStep(logger, 'NATS', () =>
-    connectNats({ servers: config.NATS_URL, name: SERVICE, onStatus: (event) => logger.info({ event }, 'nats connection') }),
+  const nats = await host.dependency(
+    'NATS',
+    () => connectNats({ servers: config.NATS_URL, name: SERVICE, onStatus: (event) => logger.info({ event }, 'nats connection') }),
+    { close: (nc) => nc.drain(), ready: natsReady },
   );
-  lifecycle.onShutdown('nats', () => nats.drain());
   const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: SERVICE, log: (level, message, extra) => logger[level](extra, message) });
-  const consumer = kafka.consumer({
-    groupId: config.KAFKA_GROUP_ID,
-    sessionTimeout: config.KAFKA_SESSION_TIMEOUT_MS,
-    heartbeatInterval: Math.max(500, Math.floor(config.KAFKA_SESSION_TIMEOUT_MS / 6)),
-  });
-  const producer = createIdempotentProducer(kafka);
-  await startupStep(logger, 'Kafka', async () => {
-    await ensureTopics(
-      kafka,
-      [
-        { topic: config.DLQ_TOPIC, numPartitions: config.DLQ_PARTITIONS, replicationFactor: config.KAFKA_REPLICATION_FACTOR },
-        { topic: TOPICS.notifications, numPartitions: config.DLQ_PARTITIONS, replicationFactor: config.KAFKA_REPLICATION_FACTOR },
-      ],
-      logger,
-    );
-    await consumer.connect();
-    await producer.connect();
-  });
-  lifecycle.onShutdown('kafka', async () => {
-    await consumer.disconnect();
-    await producer.disconnect();
-  });
+  const { consumer, producer } = await host.dependency(
+    'Kafka',
+    async () => {
+      const topics = [config.DLQ_TOPIC, TOPICS.notifications];
+      const spec = { numPartitions: config.DLQ_PARTITIONS, replicationFactor: config.KAFKA_REPLICATION_FACTOR };
+      await ensureTopics(kafka, topics.map((topic) => ({ topic, ...spec })), logger);
+      const clients = {
+        consumer: kafka.consumer({
+          groupId: config.KAFKA_GROUP_ID,
+          sessionTimeout: config.KAFKA_SESSION_TIMEOUT_MS,
+          heartbeatInterval: Math.max(500, Math.floor(config.KAFKA_SESSION_TIMEOUT_MS / 6)),
+        }),
+        producer: createIdempotentProducer(kafka),
+      };
+      await clients.consumer.connect();
+      await clients.producer.connect();
+      return clients;
+    },
+    {
+      close: async (clients) => {
+        await clients.consumer.disconnect();
+        await clients.producer.disconnect();
+      },
+    },
+  );
   const peers = new Peers(config.PRESENCE_ADDR, config.ROOM_ADDR, config.PEER_DEADLINE_MS, logger);
-  lifecycle.onShutdown('peers', () => peers.close());
+  host.lifecycle.onShutdown('peers', () => peers.close());
 
-  // 4. Background runners: the delivery worker, then the pipeline from Kafka.
+  // 3. Background runners: the delivery worker, then the pipeline from Kafka (consuming is a readiness condition).
   const store = new NotificationStore(pool);
   const settings = new SettingsStore(pool, config);
   const deliveries = new DeliveryStore(pool);
   const events = new NotificationEvents(nats, logger);
   const deadLetters = new DeadLetters(producer, config.DLQ_TOPIC, logger);
   const worker = new DeliveryWorker({ pool, settings, events, providers, deadLetters, logger, config });
-  worker.start();
-  lifecycle.onShutdown('delivery worker', () => worker.stop());
+  host.runner('delivery worker', () => worker.start(), () => worker.stop());
   const usable = new Set(providers.push.keys());
   const pipeline = new Pipeline({ consumer, pool, settings, events, peers, deadLetters, logger, config, wake: () => worker.wake(), usable: () => usable });
   await pipeline.start();
-  lifecycle.onShutdown('consumer', () => pipeline.stop());
+  host.lifecycle.onShutdown('consumer', () => pipeline.stop());
+  host.checks.push({ name: 'kafka', check: () => pipeline.check() });
 
-  // 5. Servers: gRPC for the mesh, ops HTTP for probes and metrics.
+  // 4. Servers.
   const grpc = new GrpcServer({ logger });
   grpc.addService(
     'switchboard.notification.v1.NotificationService',
     notificationV1.NotificationServiceService,
     notificationService({ store, settings, deliveries, events, peers, producer, config, logger, wake: () => worker.wake() }),
   );
-  const grpcPort = await grpc.listen(config.HOST, config.GRPC_PORT);
-  lifecycle.onShutdown('grpc', () => grpc.shutdown(config.SHUTDOWN_DEADLINE_MS / 2));
-  const ops = new OpsServer({
-    host: config.HOST,
-    port: config.OPS_PORT,
-    logger,
-    metricsHandler: telemetry.metricsHandler,
-    checks: [
-      { name: 'postgres', check: () => pool.query('SELECT 1') },
-      { name: 'nats', check: () => (nats.isClosed() ? Promise.reject(new Error('closed')) : nats.flush()) },
-      { name: 'kafka', check: () => pipeline.check() },
-    ],
-  });
-  const opsPort = await ops.start();
-  ops.setServing();
-  lifecycle.onShutdown('ops', async () => {
-    ops.setDraining();
-    await ops.stop();
-  });
-  grpc.setServing(true);
-  logger.info({ grpcPort, opsPort }, 'notification is serving');
+  await host.serve(grpc.servable(config.HOST, config.GRPC_PORT, config.SHUTDOWN_DEADLINE_MS / 2));
 }
 
 runMain(main);

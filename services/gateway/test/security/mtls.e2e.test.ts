@@ -1,36 +1,20 @@
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import * as path from 'node:path';
+import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
-import { generate } from 'selfsigned';
 import { launchWithClient, type ServiceProcess } from '@switchboard/devenv';
 import { configureGrpcTls, createClient } from '@switchboard/grpc';
 import { presenceV1 } from '@switchboard/proto';
-import { Report } from './support';
+import { Report, testPki, type TestPki } from './support';
 
 // Security suite, part 4: mutual TLS between services. A service started with
 // GRPC_TLS_* serves only clients that present a certificate of the CA.
 const report = new Report('security suite: mutual TLS between services');
 const asUser = { context: { tenantId: 'mtls', userId: 'alice', deviceId: '', internal: false } };
 let presence: ServiceProcess | undefined;
-let files: { GRPC_TLS_CA_FILE: string; GRPC_TLS_CERT_FILE: string; GRPC_TLS_KEY_FILE: string };
+let files: TestPki;
 let address = '';
 
 beforeAll(async () => {
-  // One self-signed certificate is the CA and every service's certificate (a test PKI).
-  const pems = await generate([{ name: 'commonName', value: 'switchboard-mesh' }], {
-    keySize: 2048,
-    days: 1,
-    extensions: [
-      { name: 'basicConstraints', cA: true },
-      { name: 'subjectAltName', altNames: [{ type: 2, value: 'localhost' }, { type: 7, ip: '127.0.0.1' }] },
-    ],
-  } as never);
-  const dir = mkdtempSync(path.join(tmpdir(), 'sb-mtls-'));
-  files = { GRPC_TLS_CA_FILE: path.join(dir, 'ca.pem'), GRPC_TLS_CERT_FILE: path.join(dir, 'cert.pem'), GRPC_TLS_KEY_FILE: path.join(dir, 'key.pem') };
-  writeFileSync(files.GRPC_TLS_CA_FILE, pems.cert);
-  writeFileSync(files.GRPC_TLS_CERT_FILE, pems.cert);
-  writeFileSync(files.GRPC_TLS_KEY_FILE, pems.private);
+  files = await testPki();
   configureGrpcTls(files);
   const launched = await launchWithClient('presence', presenceV1.PresenceServiceClient, files);
   presence = launched.service;

@@ -1,3 +1,7 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { generate } from 'selfsigned';
 import WebSocket from 'ws';
 import { DEV_JWT_SECRET, mintDevToken } from '@switchboard/client';
 import { freePort, infraEnv, launchService, type Mesh, type ServiceProcess } from '@switchboard/devenv';
@@ -131,3 +135,27 @@ export function adminClient(address: string): PromiseClient<gatewayV1.GatewayAdm
 
 /** An operator's context for a tenant (internal, no user). */
 export const operator = (tenantId: string) => ({ context: { tenantId, userId: '', deviceId: '', internal: true } });
+
+export type TestPki = {
+  GRPC_TLS_CA_FILE: string;
+  GRPC_TLS_CERT_FILE: string;
+  GRPC_TLS_KEY_FILE: string;
+};
+
+/** A test PKI on disk: one self-signed certificate is the CA and every service's certificate (for 127.0.0.1 and localhost). */
+export async function testPki(): Promise<TestPki> {
+  const pems = await generate([{ name: 'commonName', value: 'switchboard-mesh' }], {
+    keySize: 2048,
+    days: 1,
+    extensions: [
+      { name: 'basicConstraints', cA: true },
+      { name: 'subjectAltName', altNames: [{ type: 2, value: 'localhost' }, { type: 7, ip: '127.0.0.1' }] },
+    ],
+  } as never);
+  const dir = mkdtempSync(path.join(tmpdir(), 'sb-mtls-'));
+  const files = { GRPC_TLS_CA_FILE: path.join(dir, 'ca.pem'), GRPC_TLS_CERT_FILE: path.join(dir, 'cert.pem'), GRPC_TLS_KEY_FILE: path.join(dir, 'key.pem') };
+  writeFileSync(files.GRPC_TLS_CA_FILE, pems.cert);
+  writeFileSync(files.GRPC_TLS_CERT_FILE, pems.cert);
+  writeFileSync(files.GRPC_TLS_KEY_FILE, pems.private);
+  return files;
+}
