@@ -1,7 +1,7 @@
 import type { Logger } from '@switchboard/logging';
 import { newEnvelope, publishEnvelope, subjects, type NatsConnection } from '@switchboard/nats';
 import { eventsV1, presenceV1 } from '@switchboard/proto';
-import { fingerprint, mergePresence, nextDue, presenceChanged } from './merge';
+import { appearsOffline, fingerprint, mergePresence, nextDue, presenceChanged } from './merge';
 import type { Occupancy, PresenceStore, Snapshot } from './store';
 
 export const Cause = presenceV1.PresenceChangeCause;
@@ -25,26 +25,40 @@ export class ChangeAnnouncer {
   ) {}
 
   async announce(tenantId: string, snapshot: Snapshot, now: number, cause: Cause): Promise<void> {
-    const presence = mergePresence(snapshot, now, 'public');
-    const privately = mergePresence(snapshot, now, 'private');
+    await this.announceMany(tenantId, [snapshot], now, cause);
+  }
+
+  /**
+   * Many users of one tenant in one claim (a dropped gateway, a stale
+   * batch): one Redis call decides which changes are news, then each is
+   * published on its user's subject.
+   */
+  async announceMany(tenantId: string, snapshots: Snapshot[], now: number, cause: Cause): Promise<void> {
+    const publics = snapshots.map((snapshot) => mergePresence(snapshot, now, 'public'));
     try {
-      const news = await this.store.claimChange(
+      const claims = await this.store.claimChanges(
         tenantId,
-        snapshot.userId,
-        {
-          version: snapshot.version,
-          fingerprint: fingerprint(presence),
-          history: { at: now, status: presence.status, customMessage: presence.customMessage, cause, deviceCount: presence.deviceCount },
-          dueAt: nextDue(snapshot, now),
-          online: privately.deviceCount > 0,
-        },
+        snapshots.map((snapshot, i) => {
+          const presence = publics[i]!;
+          return {
+            userId: snapshot.userId,
+            version: snapshot.version,
+            fingerprint: fingerprint(presence),
+            history: { at: now, status: presence.status, customMessage: presence.customMessage, cause, deviceCount: presence.deviceCount },
+            dueAt: nextDue(snapshot, now),
+            online: snapshot.leases.length > 0,
+            hidden: appearsOffline(snapshot, now),
+          };
+        }),
         now,
       );
-      if (!news) return;
-      publishEnvelope(this.nats, subjects.presence(tenantId, snapshot.userId), newEnvelope(tenantId, { $case: 'presenceChanged', value: presenceChanged(presence, now) }));
+      claims.forEach(({ news, occupancy }, i) => {
+        if (news) publishEnvelope(this.nats, subjects.presence(tenantId, snapshots[i]!.userId), newEnvelope(tenantId, { $case: 'presenceChanged', value: presenceChanged(publics[i]!, now) }));
+        for (const [conversationId, counts] of occupancy) this.occupancyChanged(tenantId, conversationId, counts);
+      });
     } catch (err) {
-      // The write is committed and the caller must hear so; watchers catch up on their next GetPresence.
-      this.logger.warn({ err, tenant: tenantId, userId: snapshot.userId }, 'could not announce a presence change');
+      // The writes are committed and the caller must hear so; watchers catch up on their next GetPresence.
+      this.logger.warn({ err, tenant: tenantId, users: snapshots.length }, 'could not announce presence changes');
     }
   }
 

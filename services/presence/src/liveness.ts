@@ -2,10 +2,16 @@ import type { Logger } from '@switchboard/logging';
 import { decodeEnvelope, SYSTEM_SUBJECTS, type NatsConnection, type Subscription } from '@switchboard/nats';
 import { Cause, type ChangeAnnouncer } from './announcer';
 import type { PresenceConfig } from './config';
-import type { ConnectionRef, PresenceStore } from './store';
+import type { PresenceStore, UserConnections } from './store';
 
-/** How many users' writes run at once when a whole gateway goes down. */
+/** How many users' time-driven recomputations run at once. */
 const PARALLEL_USERS = 500;
+/**
+ * Users of a dead gateway dropped per script call: large enough that a
+ * gateway of 15,000 connections takes a few dozen calls, small enough that
+ * one call holds Redis for milliseconds, not the whole drop.
+ */
+const DROP_BATCH = 500;
 
 /**
  * Keeps presence true over time without any client asking:
@@ -95,26 +101,33 @@ export class Liveness {
     }
   }
 
-  /** Every connection the gateway held goes offline at once; occupancy it held is released. */
+  /**
+   * Every connection the gateway held goes offline at once: per tenant, the
+   * users are dropped in batches of DROP_BATCH, each batch one script call
+   * (connections removed, devices marked disconnected, snapshots read), one
+   * claim call and its publishes, so watchers hear of the first users while
+   * later batches run. Occupancy it held is released.
+   */
   async dropGateway(gatewayId: string, cause: Cause): Promise<{ connections: number; usersOffline: number }> {
     let connections = 0;
     let usersOffline = 0;
     for (const { tenantId, connections: held, occupancy } of await this.store.takeGateway(gatewayId)) {
       connections += held.length;
-      const byUser = new Map<string, ConnectionRef[]>();
+      const byUser = new Map<string, UserConnections>();
       const owner = new Map<string, string>();
       for (const c of held) {
         owner.set(c.connectionId, c.userId);
-        const refs = byUser.get(c.userId) ?? [];
-        refs.push({ gatewayId, connectionId: c.connectionId, deviceId: c.deviceId });
-        byUser.set(c.userId, refs);
+        let user = byUser.get(c.userId);
+        if (!user) byUser.set(c.userId, (user = { userId: c.userId, connections: [] }));
+        user.connections.push({ connectionId: c.connectionId, deviceId: c.deviceId });
       }
-      await inChunks([...byUser], async ([userId, refs]) => {
+      const users = [...byUser.values()];
+      for (let i = 0; i < users.length; i += DROP_BATCH) {
         const now = Date.now();
-        const snapshot = await this.store.disconnect(tenantId, userId, refs, now);
-        if (snapshot.leases.length === 0) usersOffline += 1;
-        await this.announcer.announce(tenantId, snapshot, now, cause);
-      });
+        const snapshots = await this.store.disconnectMany(tenantId, gatewayId, users.slice(i, i + DROP_BATCH), now);
+        usersOffline += snapshots.filter((s) => s.leases.length === 0).length;
+        await this.announcer.announceMany(tenantId, snapshots, now, cause);
+      }
       const vacated = await this.store.vacate(
         tenantId,
         gatewayId,

@@ -34,6 +34,12 @@ function connectedDevices(snapshot: Snapshot): Map<string, { connections: number
   return devices;
 }
 
+/** The user chose to appear offline (and that choice has not expired): others see them offline and uncounted. */
+export function appearsOffline(snapshot: Snapshot, now: number): boolean {
+  const manual = snapshot.manual;
+  return manual?.status === PresenceStatus.PRESENCE_STATUS_OFFLINE && live(manual.statusExpiresAt, now);
+}
+
 /**
  * A user's merged presence. The rule, in order:
  *   1. no connected device, or appear-offline (to others): OFFLINE;

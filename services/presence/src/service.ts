@@ -9,7 +9,7 @@ import { Cause, type ChangeAnnouncer } from './announcer';
 import type { PresenceConfig } from './config';
 import type { Liveness } from './liveness';
 import { devicePresences, mergePresence, PresenceStatus, type Audience } from './merge';
-import type { ManualStatus, PresenceStore } from './store';
+import type { ManualStatus, PresenceStore, UserConnections } from './store';
 
 /** Longest device label, app version or user agent kept. */
 const MAX_DEVICE_TEXT = 256;
@@ -121,7 +121,7 @@ export function presenceService(
         deviceId: assertSafeId(req.deviceId || ctx.tenant.deviceId, 'device_id'),
       };
       const now = Date.now();
-      const snapshot = await store.disconnect(tenantId, userId, [ref], now);
+      const snapshot = await store.disconnect(tenantId, userId, ref, now);
       await announcer.announce(tenantId, snapshot, now, Cause.PRESENCE_CHANGE_CAUSE_DISCONNECTED);
       return { status: mergePresence(snapshot, now, 'private').status };
     }),
@@ -138,10 +138,14 @@ export function presenceService(
         const connectionIds = tenant.connectionIds.map((id) => assertSafeId(id, 'tenants.connection_ids'));
         const { unknown: notKnown, stale } = await store.reconcile(tenant.tenantId, gatewayId, connectionIds, now - refreshIntervalMs);
         if (notKnown.length > 0) unknown.push({ tenantId: tenant.tenantId, connectionIds: notKnown });
+        const staleByUser = new Map<string, UserConnections>();
         for (const s of stale) {
-          const snapshot = await store.disconnect(tenant.tenantId, s.userId, [{ gatewayId, connectionId: s.connectionId, deviceId: s.deviceId }], now);
-          await announcer.announce(tenant.tenantId, snapshot, now, Cause.PRESENCE_CHANGE_CAUSE_LEASE_EXPIRED);
+          let user = staleByUser.get(s.userId);
+          if (!user) staleByUser.set(s.userId, (user = { userId: s.userId, connections: [] }));
+          user.connections.push({ connectionId: s.connectionId, deviceId: s.deviceId });
         }
+        const dropped = await store.disconnectMany(tenant.tenantId, gatewayId, [...staleByUser.values()], now);
+        await announcer.announceMany(tenant.tenantId, dropped, now, Cause.PRESENCE_CHANGE_CAUSE_LEASE_EXPIRED);
         const active = tenant.activeConnectionIds.map((id) => assertSafeId(id, 'tenants.active_connection_ids'));
         const owners = await store.ownersOf(tenant.tenantId, gatewayId, active);
         if (owners.length === 0) continue;
@@ -330,12 +334,12 @@ export function presenceService(
     getOccupancy: unary('GetOccupancy', logger, async (req: presenceV1.GetOccupancyRequest, ctx) => {
       if (req.conversationIds.length > config.MAX_PRESENCE_BATCH) throw new InvalidArgumentError(`at most ${config.MAX_PRESENCE_BATCH} conversation_ids per call`, { field: 'conversation_ids' });
       const conversationIds = req.conversationIds.map((id) => assertSafeId(id, 'conversation_ids'));
-      const counts = await store.occupancy(ctx.tenant.tenantId, conversationIds);
+      const counts = await store.occupancy(ctx.tenant.tenantId, conversationIds, ctx.tenant.internal);
       const occupancies = await Promise.all(
         conversationIds.map(async (conversationId, i) => ({
           conversationId,
           ...counts[i]!,
-          userIds: req.includeUserIds ? (await store.occupants(ctx.tenant.tenantId, conversationId)).slice(0, MAX_PAGE) : [],
+          userIds: req.includeUserIds ? (await store.occupants(ctx.tenant.tenantId, conversationId, ctx.tenant.internal)).slice(0, MAX_PAGE) : [],
         })),
       );
       return { occupancies };
@@ -347,7 +351,7 @@ export function presenceService(
       let userIds: string[];
       let total: number;
       if (req.conversationId) {
-        const all = await store.occupants(tenantId, assertSafeId(req.conversationId, 'conversation_id'));
+        const all = await store.occupants(tenantId, assertSafeId(req.conversationId, 'conversation_id'), ctx.tenant.internal);
         userIds = all.slice(offset, offset + size);
         total = all.length;
       } else {

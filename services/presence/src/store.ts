@@ -45,6 +45,12 @@ export interface Snapshot {
   version: number;
 }
 
+/** Connections of one user to drop together. */
+export interface UserConnections {
+  userId: string;
+  connections: { connectionId: string; deviceId: string }[];
+}
+
 export interface ConnectionRef {
   deviceId: string;
   gatewayId: string;
@@ -61,33 +67,113 @@ export interface HistoryRecord {
 }
 
 export interface ChangeClaim {
+  userId: string;
   version: number;
   fingerprint: string;
   history: HistoryRecord;
   /** When the merged presence must be computed again (auto-away, an expiry); 0 = never. */
   dueAt: number;
   online: boolean;
+  /** Appears offline to others (then left out of visible occupancy counts). */
+  hidden: boolean;
 }
 
 /**
- * Decides whether a snapshot's public presence is news: only a write newer
- * than the last one announced wins; when its fingerprint differs it is also
- * appended to the history (trimmed to the retention). Either way the winner
- * schedules the next recomputation and keeps the tenant's online set true.
+ * Decides, for many users of one tenant at once, whether each snapshot's
+ * public presence is news: only a write newer than the last one announced
+ * wins; when its fingerprint differs it is also appended to the history
+ * (trimmed to the retention). Either way the winner schedules the next
+ * recomputation, keeps the tenant's online set true and records whether
+ * the user appears offline; when that flips, the visible occupancy counts
+ * of the conversations the user is present in change, and are returned.
  * Atomic, so concurrent replicas announce each change once.
- *   KEYS: meta, history, due, online; ARGV: version, fingerprint, userId,
- *   dueAt, online, now, minHistoryId, retentionMs, history fields…
+ *   KEYS: due, online, invisible, then per user: meta, history, occupying;
+ *   ARGV: now, minHistoryId, retentionMs, occupancy key prefix, then per user
+ *   CLAIM_FIELDS values: version, fingerprint, userId, dueAt, online, hidden,
+ *   and the history fields at, status, message, cause, devices.
+ * Returns per user {news 0/1, {conversationId, users, connections}…}.
+ * The occupancy keys are built from the prefix: the same tenant, so the
+ * same hash slot as every declared key.
  */
-const CLAIM_CHANGE = `
-local cur = redis.call('HMGET', KEYS[1], 'publishedVersion', 'publishedFingerprint')
-if cur[1] and tonumber(cur[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'publishedVersion', ARGV[1], 'publishedFingerprint', ARGV[2])
-if tonumber(ARGV[4]) > 0 then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3]) else redis.call('ZREM', KEYS[3], ARGV[3]) end
-if ARGV[5] == '1' then redis.call('ZADD', KEYS[4], 'NX', ARGV[6], ARGV[3]) else redis.call('ZREM', KEYS[4], ARGV[3]) end
-if cur[2] == ARGV[2] then return 0 end
-redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[7], '*', unpack(ARGV, 9))
-redis.call('PEXPIRE', KEYS[2], ARGV[8])
-return 1`;
+const CLAIM_CHANGES = `
+local result = {}
+local a = 5
+for u = 0, (#KEYS - 3) / 3 - 1 do
+  local meta, history, occupying = KEYS[4 + u * 3], KEYS[5 + u * 3], KEYS[6 + u * 3]
+  local version, fingerprint, userId, dueAt, online, hidden = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  local news = 0
+  local counts = {}
+  local cur = redis.call('HMGET', meta, 'publishedVersion', 'publishedFingerprint')
+  if not (cur[1] and tonumber(cur[1]) >= tonumber(version)) then
+    redis.call('HSET', meta, 'publishedVersion', version, 'publishedFingerprint', fingerprint)
+    if tonumber(dueAt) > 0 then redis.call('ZADD', KEYS[1], dueAt, userId) else redis.call('ZREM', KEYS[1], userId) end
+    if online == '1' then redis.call('ZADD', KEYS[2], 'NX', ARGV[1], userId) else redis.call('ZREM', KEYS[2], userId) end
+    local flipped
+    if hidden == '1' then flipped = redis.call('SADD', KEYS[3], userId) else flipped = redis.call('SREM', KEYS[3], userId) end
+    if flipped == 1 then
+      local sign = hidden == '1' and -1 or 1
+      for _, cid in ipairs(redis.call('SMEMBERS', occupying)) do
+        local n = tonumber(redis.call('HGET', ARGV[4] .. 'occu:' .. cid, userId) or '0')
+        local visible = ARGV[4] .. 'occv:' .. cid
+        if n > 0 then
+          redis.call('HINCRBY', visible, 'users', sign)
+          redis.call('HINCRBY', visible, 'connections', sign * n)
+        end
+        local c = redis.call('HMGET', visible, 'users', 'connections')
+        table.insert(counts, cid); table.insert(counts, tonumber(c[1] or '0')); table.insert(counts, tonumber(c[2] or '0'))
+      end
+    end
+    if cur[2] ~= fingerprint then
+      redis.call('XADD', history, 'MINID', '~', ARGV[2], '*', 'at', ARGV[a + 6], 'status', ARGV[a + 7], 'message', ARGV[a + 8], 'cause', ARGV[a + 9], 'devices', ARGV[a + 10])
+      redis.call('PEXPIRE', history, ARGV[3])
+      news = 1
+    end
+  end
+  table.insert(result, {news, counts})
+  a = a + 11
+end
+return result`;
+
+/**
+ * Drops connections of many users of one tenant and one gateway at once
+ * (a whole dead gateway in a few calls), marks devices left without a
+ * connection disconnected, bumps each user's version and returns each
+ * user's snapshot, as SNAPSHOT_READS lists them.
+ *   KEYS: the gateway's connection hash, then per user USER_KEYS;
+ *   ARGV: now, gatewayId, then per user: n, n × (connectionId, deviceId).
+ */
+const DISCONNECT = `
+local now = ARGV[1]
+local result = {}
+local a = 3
+for u = 0, (#KEYS - 1) / 6 - 1 do
+  local leases, devices, status, meta, active, settings = KEYS[2 + u * 6], KEYS[3 + u * 6], KEYS[4 + u * 6], KEYS[5 + u * 6], KEYS[6 + u * 6], KEYS[7 + u * 6]
+  local n = tonumber(ARGV[a])
+  local touched = {}
+  for i = 1, n do
+    local connection, device = ARGV[a + i * 2 - 1], ARGV[a + i * 2]
+    redis.call('ZREM', leases, device .. ':' .. ARGV[2] .. ':' .. connection)
+    redis.call('HDEL', KEYS[1], connection)
+    touched[device] = true
+  end
+  a = a + 1 + n * 2
+  -- The user was online until this moment, whichever connection remains.
+  redis.call('HSET', meta, 'lastSeen', now)
+  redis.call('HINCRBY', meta, 'version', 1)
+  local leaseList = redis.call('ZRANGE', leases, 0, -1, 'WITHSCORES')
+  local remaining = {}
+  for i = 1, #leaseList, 2 do remaining[string.match(leaseList[i], '^[^:]*')] = true end
+  for device in pairs(touched) do
+    local json = not remaining[device] and redis.call('HGET', devices, device)
+    if json then
+      local stored = cjson.decode(json)
+      stored.disconnectedAt = tonumber(now)
+      redis.call('HSET', devices, device, cjson.encode(stored))
+    end
+  end
+  table.insert(result, {leaseList, redis.call('HGETALL', devices), redis.call('HGETALL', status), redis.call('HGETALL', meta), redis.call('HGETALL', active), redis.call('HGETALL', settings)})
+end
+return result`;
 
 /**
  * A gateway's refresh for one tenant: the connections it holds that presence
@@ -120,24 +206,46 @@ if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
 return due`;
 
 /**
- * Occupancy: KEYS occ (connection → user), occu (user → connection count);
- * ARGV: field, userId, +1 enter / -1 leave. Returns {online users, connections}.
+ * Occupancy: KEYS occ (connection → user), occu (user → connection count),
+ * occv (the counts others see: users and connections not appearing
+ * offline), occupying (the user's conversations, for when they hide),
+ * invisible (the tenant's users appearing offline);
+ * ARGV: field, userId, +1 enter / -1 leave, conversationId.
+ * Returns the visible {users, connections}.
  */
 const OCCUPY = `
+local seen = redis.call('SISMEMBER', KEYS[5], ARGV[2]) == 0
 if ARGV[3] == '1' then
-  if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then redis.call('HINCRBY', KEYS[2], ARGV[2], 1) end
+  if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+    local n = redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+    redis.call('SADD', KEYS[4], ARGV[4])
+    if seen then
+      redis.call('HINCRBY', KEYS[3], 'connections', 1)
+      if n == 1 then redis.call('HINCRBY', KEYS[3], 'users', 1) end
+    end
+  end
 else
   if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
-    if redis.call('HINCRBY', KEYS[2], ARGV[2], -1) <= 0 then redis.call('HDEL', KEYS[2], ARGV[2]) end
+    local n = redis.call('HINCRBY', KEYS[2], ARGV[2], -1)
+    if n <= 0 then
+      redis.call('HDEL', KEYS[2], ARGV[2])
+      redis.call('SREM', KEYS[4], ARGV[4])
+    end
+    if seen then
+      redis.call('HINCRBY', KEYS[3], 'connections', -1)
+      if n <= 0 then redis.call('HINCRBY', KEYS[3], 'users', -1) end
+    end
   end
 end
-return {redis.call('HLEN', KEYS[2]), redis.call('HLEN', KEYS[1])}`;
+local c = redis.call('HMGET', KEYS[3], 'users', 'connections')
+return {tonumber(c[1] or '0'), tonumber(c[2] or '0')}`;
 
 type ScriptedRedis = Redis & {
-  claimPresenceChange(...args: (string | number)[]): Promise<number>;
+  claimPresenceChanges(numberOfKeys: number, ...args: (string | number)[]): Promise<[number, (string | number)[]][]>;
+  disconnectMany(numberOfKeys: number, ...args: (string | number)[]): Promise<unknown[][]>;
   reconcileLeases(key: string, ...args: (string | number)[]): Promise<[string[], string[]]>;
   popDue(key: string, now: number, limit: number): Promise<string[]>;
-  occupy(occ: string, occu: string, field: string, userId: string, delta: number): Promise<[number, number]>;
+  occupy(occ: string, occu: string, occv: string, occupying: string, invisible: string, field: string, userId: string, delta: number, conversationId: string): Promise<[number, number]>;
 };
 
 /** Keys shared by all tenants: which gateways are alive and which tenants each serves. */
@@ -167,7 +275,10 @@ export interface Occupancy {
  *   gateway:<gw>     hash connection → "<uid>:<device>:<connectedAt>" (what dies with that gateway)
  *   gateway-occ:<gw> set "<conversation>:<connection>" (occupancy that dies with it)
  *   occ:<cid>        hash "<gw>:<connection>" → uid; occu:<cid> hash uid → connections
+ *   occv:<cid>       hash users/connections: the counts others see (appear-offline users left out)
+ *   occupying:<uid>  set of conversations the user is present in (to recount when they hide)
  *   online           sorted set of users online now
+ *   invisible        set of users appearing offline
  *   due              sorted set uid → when to recompute (auto-away, expiries)
  *   typing:<cid>     hash uid → typist JSON, expiring within seconds (never persisted longer)
  * Liveness: a connection stays while its gateway holds a lease (renewed by
@@ -183,10 +294,12 @@ export class PresenceStore {
     private readonly historyRetentionMs: number,
     private readonly defaultAutoAwayMs: number,
   ) {
-    redis.defineCommand('claimPresenceChange', { numberOfKeys: 4, lua: CLAIM_CHANGE });
+    // Variable key counts: given with each call.
+    redis.defineCommand('claimPresenceChanges', { lua: CLAIM_CHANGES });
+    redis.defineCommand('disconnectMany', { lua: DISCONNECT });
     redis.defineCommand('reconcileLeases', { numberOfKeys: 1, lua: RECONCILE });
     redis.defineCommand('popDue', { numberOfKeys: 1, lua: POP_DUE });
-    redis.defineCommand('occupy', { numberOfKeys: 2, lua: OCCUPY });
+    redis.defineCommand('occupy', { numberOfKeys: 5, lua: OCCUPY });
     this.redis = redis as ScriptedRedis;
   }
 
@@ -210,30 +323,31 @@ export class PresenceStore {
     return snapshot;
   }
 
-  /** Drops connections of one user; devices left without a connection are marked disconnected now. */
-  async disconnect(tenantId: string, userId: string, refs: ConnectionRef[], now: number): Promise<Snapshot> {
-    const k = keys(tenantId, userId);
-    const tx = this.redis.multi();
-    for (const ref of refs) {
-      tx.zrem(k.leases, leaseMember(ref));
-      tx.hdel(gatewayKey(tenantId, ref.gatewayId), ref.connectionId);
+  /** Drops one connection; its device, left without a connection, is marked disconnected now. */
+  async disconnect(tenantId: string, userId: string, ref: ConnectionRef, now: number): Promise<Snapshot> {
+    const [snapshot] = await this.disconnectMany(tenantId, ref.gatewayId, [{ userId, connections: [{ connectionId: ref.connectionId, deviceId: ref.deviceId }] }], now);
+    return snapshot!;
+  }
+
+  /**
+   * Drops connections of many users of one gateway in one script call (see
+   * DISCONNECT); a snapshot per user, in the order given. Each user once.
+   */
+  async disconnectMany(tenantId: string, gatewayId: string, users: UserConnections[], now: number): Promise<Snapshot[]> {
+    if (users.length === 0) return [];
+    const keyList = [gatewayKey(tenantId, gatewayId)];
+    const args: (string | number)[] = [now, gatewayId];
+    for (const { userId, connections } of users) {
+      const k = keys(tenantId, userId);
+      keyList.push(k.leases, k.devices, k.status, k.meta, k.active, k.settings);
+      args.push(connections.length);
+      for (const c of connections) args.push(c.connectionId, c.deviceId);
     }
-    // The user was online until this moment, whichever connection remains.
-    tx.hset(k.meta, 'lastSeen', now);
-    // Retention was refreshed when these connected; a whole gateway's users drop at once, so keep it lean.
-    const snapshot = await this.commit(tx, tenantId, userId, false);
-    const remaining = new Set(snapshot.leases.map((l) => l.deviceId));
-    const gone = [...new Set(refs.map((r) => r.deviceId))].filter((d) => !remaining.has(d) && snapshot.devices.has(d));
-    if (gone.length > 0) {
-      const updates: Record<string, string> = {};
-      for (const deviceId of gone) {
-        const device = { ...snapshot.devices.get(deviceId)!, disconnectedAt: now };
-        snapshot.devices.set(deviceId, device);
-        updates[deviceId] = JSON.stringify(device);
-      }
-      await this.redis.hset(k.devices, updates);
-    }
-    return snapshot;
+    const results = await this.redis.disconnectMany(keyList.length, ...keyList, ...args);
+    return users.map(({ userId }, i) => {
+      const [leaseList, ...hashes] = results[i]!;
+      return this.parseSnapshot(userId, [leaseList, ...hashes.map((flat) => objectOf(flat as string[]))]);
+    });
   }
 
   /** Replaces the chosen status as a whole; undefined clears it. */
@@ -266,36 +380,28 @@ export class PresenceStore {
     return userIds.map((userId, index) => this.parseSnapshot(userId, results.slice(index * READS_PER_USER, (index + 1) * READS_PER_USER)));
   }
 
-  /** Announces a change when it is news; see CLAIM_CHANGE. */
-  async claimChange(tenantId: string, userId: string, claim: ChangeClaim, now: number): Promise<boolean> {
-    const k = keys(tenantId, userId);
-    const h = claim.history;
-    return (
-      (await this.redis.claimPresenceChange(
-        k.meta,
-        k.history,
-        tenantKey(tenantId, 'presence', 'due'),
-        tenantKey(tenantId, 'presence', 'online'),
-        claim.version,
-        claim.fingerprint,
-        userId,
-        claim.dueAt,
-        claim.online ? 1 : 0,
-        now,
-        `${Math.max(0, now - this.historyRetentionMs)}-0`,
-        this.historyRetentionMs,
-        'at',
-        h.at,
-        'status',
-        h.status,
-        'message',
-        h.customMessage,
-        'cause',
-        h.cause,
-        'devices',
-        h.deviceCount,
-      )) === 1
-    );
+  /**
+   * Claims the announcement of many users' changes at once (see
+   * CLAIM_CHANGES): per claim, whether it is news to publish, and the
+   * conversations whose visible occupancy changed because the user started
+   * or stopped appearing offline.
+   */
+  async claimChanges(tenantId: string, claims: ChangeClaim[], now: number): Promise<{ news: boolean; occupancy: Map<string, Occupancy> }[]> {
+    if (claims.length === 0) return [];
+    const keyList = [tenantKey(tenantId, 'presence', 'due'), tenantKey(tenantId, 'presence', 'online'), invisibleKey(tenantId)];
+    const args: (string | number)[] = [now, `${Math.max(0, now - this.historyRetentionMs)}-0`, this.historyRetentionMs, occupancyPrefix(tenantId)];
+    for (const claim of claims) {
+      const k = keys(tenantId, claim.userId);
+      keyList.push(k.meta, k.history, k.occupying);
+      const h = claim.history;
+      args.push(claim.version, claim.fingerprint, claim.userId, claim.dueAt, claim.online ? 1 : 0, claim.hidden ? 1 : 0, h.at, h.status, h.customMessage, h.cause, h.deviceCount);
+    }
+    const results = await this.redis.claimPresenceChanges(keyList.length, ...keyList, ...args);
+    return results.map(([news, flat]) => {
+      const occupancy = new Map<string, Occupancy>();
+      for (let i = 0; i < flat.length; i += 3) occupancy.set(String(flat[i]), { onlineCount: Number(flat[i + 1]), connectionCount: Number(flat[i + 2]) });
+      return { news: news === 1, occupancy };
+    });
   }
 
   // --- gateways ---
@@ -391,38 +497,60 @@ export class PresenceStore {
   // --- occupancy ---
 
   async occupy(tenantId: string, gatewayId: string, connectionId: string, userId: string, conversationId: string, enter: boolean): Promise<Occupancy> {
-    const k = occupancyKeys(tenantId, conversationId);
-    const [onlineCount, connectionCount] = await this.redis.occupy(k.connections, k.users, `${gatewayId}:${connectionId}`, userId, enter ? 1 : -1);
     const marker = `${conversationId}:${connectionId}`;
-    if (enter) await this.redis.sadd(gatewayOccKey(tenantId, gatewayId), marker);
-    else await this.redis.srem(gatewayOccKey(tenantId, gatewayId), marker);
+    const [counts] = await Promise.all([
+      this.occupyOne(tenantId, gatewayId, connectionId, userId, conversationId, enter),
+      enter ? this.redis.sadd(gatewayOccKey(tenantId, gatewayId), marker) : this.redis.srem(gatewayOccKey(tenantId, gatewayId), marker),
+    ]);
+    return counts;
+  }
+
+  private async occupyOne(tenantId: string, gatewayId: string, connectionId: string, userId: string, conversationId: string, enter: boolean): Promise<Occupancy> {
+    const k = occupancyKeys(tenantId, conversationId);
+    const [onlineCount, connectionCount] = await this.redis.occupy(
+      k.connections,
+      k.users,
+      k.visible,
+      keys(tenantId, userId).occupying,
+      invisibleKey(tenantId),
+      `${gatewayId}:${connectionId}`,
+      userId,
+      enter ? 1 : -1,
+      conversationId,
+    );
     return { onlineCount, connectionCount };
   }
 
-  /** Leaves every conversation a dropped connection was present in; returns the conversations whose counts changed. */
+  /** Leaves every conversation dropped connections were present in (pipelined); returns the conversations whose counts changed. */
   async vacate(tenantId: string, gatewayId: string, entries: { conversationId: string; connectionId: string; userId: string }[]): Promise<Map<string, Occupancy>> {
-    const changed = new Map<string, Occupancy>();
-    for (const entry of entries) {
-      const k = occupancyKeys(tenantId, entry.conversationId);
-      const [onlineCount, connectionCount] = await this.redis.occupy(k.connections, k.users, `${gatewayId}:${entry.connectionId}`, entry.userId, -1);
-      changed.set(entry.conversationId, { onlineCount, connectionCount });
-    }
-    return changed;
+    const counts = await Promise.all(entries.map((e) => this.occupyOne(tenantId, gatewayId, e.connectionId, e.userId, e.conversationId, false)));
+    // In the order Redis ran them: the last count of a conversation is its latest.
+    return new Map(entries.map((e, i) => [e.conversationId, counts[i]!]));
   }
 
-  async occupancy(tenantId: string, conversationIds: string[]): Promise<Occupancy[]> {
+  /** The counts users see (appear-offline users left out), or with `includeHidden` (internal callers) everyone present. */
+  async occupancy(tenantId: string, conversationIds: string[], includeHidden: boolean): Promise<Occupancy[]> {
     if (conversationIds.length === 0) return [];
     const pipeline = this.redis.pipeline();
     for (const conversationId of conversationIds) {
       const k = occupancyKeys(tenantId, conversationId);
-      pipeline.hlen(k.users).hlen(k.connections);
+      if (includeHidden) pipeline.hlen(k.users).hlen(k.connections);
+      else pipeline.hmget(k.visible, 'users', 'connections');
     }
-    const results = unwrap(await pipeline.exec()) as number[];
-    return conversationIds.map((_, i) => ({ onlineCount: results[i * 2]!, connectionCount: results[i * 2 + 1]! }));
+    const results = unwrap(await pipeline.exec());
+    return conversationIds.map((_, i) => {
+      if (includeHidden) return { onlineCount: results[i * 2] as number, connectionCount: results[i * 2 + 1] as number };
+      const [users, connections] = results[i] as (string | null)[];
+      return { onlineCount: Number(users ?? 0), connectionCount: Number(connections ?? 0) };
+    });
   }
 
-  async occupants(tenantId: string, conversationId: string): Promise<string[]> {
-    return (await this.redis.hkeys(occupancyKeys(tenantId, conversationId).users)).sort();
+  /** Users present in a conversation; those appearing offline only when `includeHidden` (internal callers). */
+  async occupants(tenantId: string, conversationId: string, includeHidden: boolean): Promise<string[]> {
+    const users = (await this.redis.hkeys(occupancyKeys(tenantId, conversationId).users)).sort();
+    if (includeHidden || users.length === 0) return users;
+    const hidden = await this.redis.smismember(invisibleKey(tenantId), ...users);
+    return users.filter((_, i) => hidden[i] === 0);
   }
 
   /** A page of the tenant's online users (appear-offline ones included), and how many there are. */
@@ -548,6 +676,7 @@ function keys(tenantId: string, userId: string) {
     settings: tenantKey(tenantId, 'presence', 'settings', userId),
     history: tenantKey(tenantId, 'presence', 'history', userId),
     watch: tenantKey(tenantId, 'presence', 'watch', userId),
+    occupying: tenantKey(tenantId, 'presence', 'occupying', userId),
   };
 }
 
@@ -560,7 +689,27 @@ function gatewayOccKey(tenantId: string, gatewayId: string): string {
 }
 
 function occupancyKeys(tenantId: string, conversationId: string) {
-  return { connections: tenantKey(tenantId, 'presence', 'occ', conversationId), users: tenantKey(tenantId, 'presence', 'occu', conversationId) };
+  return {
+    connections: tenantKey(tenantId, 'presence', 'occ', conversationId),
+    users: tenantKey(tenantId, 'presence', 'occu', conversationId),
+    visible: tenantKey(tenantId, 'presence', 'occv', conversationId),
+  };
+}
+
+/** What CLAIM_CHANGES appends `occu:<cid>` / `occv:<cid>` to (the conversation ids it reads are validated when entered). */
+function occupancyPrefix(tenantId: string): string {
+  return tenantKey(tenantId, 'presence', 'occ').slice(0, -'occ'.length);
+}
+
+function invisibleKey(tenantId: string): string {
+  return tenantKey(tenantId, 'presence', 'invisible');
+}
+
+/** A Redis HGETALL reply as Lua returns it (flat field, value list) as an object. */
+function objectOf(flat: string[]): Record<string, string> {
+  const result: Record<string, string> = {};
+  for (let i = 0; i < flat.length; i += 2) result[flat[i]!] = flat[i + 1]!;
+  return result;
 }
 
 /** Safe ids contain no ':', so the member splits back unambiguously. */
