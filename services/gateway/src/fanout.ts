@@ -16,6 +16,8 @@ export interface FanoutHooks {
   conversationsListed(connection: Connection, conversations: messagingV1.Conversation[]): void;
   conversationJoined(connection: Connection, conversation: messagingV1.Conversation | undefined): void;
   conversationLeft(connection: Connection, conversationId: string): void;
+  /** Another user joined or left a conversation the connection is in. */
+  memberChanged(connection: Connection, conversationId: string, userId: string, member: boolean): void;
   /** Event kinds the fan-out itself does not handle. */
   onEvent(subject: string, envelope: eventsV1.Envelope, targets: Connection[]): void;
 }
@@ -240,6 +242,10 @@ export class Fanout implements ConversationSubscriptions {
     if (!connection.conversations.delete(conversationId)) return;
     this.remove(subjects.conversation(connection.tenantId, conversationId), connection);
     this.hooks?.conversationLeft(connection, conversationId);
+  }
+
+  memberChanged(connection: Connection, conversationId: string, userId: string, member: boolean): void {
+    if (connection.conversations.has(conversationId)) this.hooks?.memberChanged(connection, conversationId, userId, member);
   }
 
   async joinConversation(connection: Connection, conversationId: string): Promise<void> {

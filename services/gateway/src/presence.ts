@@ -81,6 +81,12 @@ interface ConnectionPresence {
   interests: Map<string, Set<string>>;
   /** Conversations the client has open on screen (occupancy). */
   entered: Set<string>;
+  /**
+   * Conversations whose members' presence this connection receives, with
+   * their member count; one that grows past the occupancy threshold leaves
+   * this map (counts only from then on).
+   */
+  memberCounts: Map<string, number>;
   /** Changes waiting for the coalescing window, the latest per user. */
   pending: Map<string, eventsV1.PresenceChanged>;
   occupancy: Map<string, presenceV1.Occupancy>;
@@ -110,6 +116,7 @@ export class PresenceLink {
   private refreshing: Promise<void> | undefined;
   private resync: Subscription | undefined;
   private readonly typingTimers = new Map<string, NodeJS.Timeout>();
+  private readonly currentReads = new Map<string, Promise<presenceV1.UserPresence[]>>();
 
   constructor(
     private readonly presence: Presence,
@@ -161,7 +168,7 @@ export class PresenceLink {
 
   /** As the connection opens, before the Fanout lists its conversations (whose members it then receives). */
   prepare(connection: Connection, device: Omit<presenceV1.DeviceInfo, 'deviceId'>): void {
-    this.state.set(connection, { device, registered: false, active: false, interests: new Map(), entered: new Set(), pending: new Map(), occupancy: new Map() });
+    this.state.set(connection, { device, registered: false, active: false, interests: new Map(), entered: new Set(), memberCounts: new Map(), pending: new Map(), occupancy: new Map() });
     // Every device of a user sees the user's merged state.
     this.want(connection, connection.userId, SELF);
   }
@@ -275,17 +282,84 @@ export class PresenceLink {
 
   /** Conversations the connection belongs to: small ones give per-member presence, large ones occupancy. */
   conversationsListed(connection: Connection, conversations: messagingV1.Conversation[]): void {
-    for (const conversation of conversations) this.conversationJoined(connection, conversation);
+    for (const conversation of conversations) this.followMembers(connection, conversation);
   }
 
+  /** Joined while connected: the members' presence is pushed now, not only at their next change. */
   conversationJoined(connection: Connection, conversation: messagingV1.Conversation | undefined): void {
-    if (!conversation || conversation.memberIds.length > this.config.PRESENCE_OCCUPANCY_THRESHOLD) return;
-    for (const memberId of conversation.memberIds) if (memberId !== connection.userId) this.want(connection, memberId, conversation.conversationId);
+    const members = this.followMembers(connection, conversation);
+    if (members.length > 0) this.pushCurrent(connection, members);
+  }
+
+  /** Receives the presence of a small conversation's members (the connection's own user aside); returns them. */
+  private followMembers(connection: Connection, conversation: messagingV1.Conversation | undefined): string[] {
+    const state = this.state.get(connection);
+    if (!state || !conversation || conversation.memberIds.length > this.config.PRESENCE_OCCUPANCY_THRESHOLD) return [];
+    state.memberCounts.set(conversation.conversationId, conversation.memberIds.length);
+    const others = conversation.memberIds.filter((memberId) => memberId !== connection.userId);
+    for (const memberId of others) this.want(connection, memberId, conversation.conversationId);
+    return others;
+  }
+
+  /**
+   * Another user joined or left a conversation of this connection (room
+   * membership events on the room's subject): a joiner's presence is
+   * received (and pushed now) from then on, a member who left is no longer
+   * received for this conversation's sake. Past the threshold the
+   * conversation switches to occupancy counts.
+   */
+  memberChanged(connection: Connection, conversationId: string, userId: string, member: boolean): void {
+    const state = this.state.get(connection);
+    const count = state?.memberCounts.get(conversationId);
+    if (!state || count === undefined || userId === connection.userId) return;
+    const following = state.interests.get(userId)?.has(conversationId) ?? false;
+    // A redelivered event changes nothing.
+    if (member === following) return;
+    if (!member) {
+      state.memberCounts.set(conversationId, count - 1);
+      this.unwant(connection, userId, conversationId);
+      return;
+    }
+    if (count + 1 > this.config.PRESENCE_OCCUPANCY_THRESHOLD) {
+      state.memberCounts.delete(conversationId);
+      for (const memberId of [...state.interests.keys()]) this.unwant(connection, memberId, conversationId);
+      return;
+    }
+    state.memberCounts.set(conversationId, count + 1);
+    this.want(connection, userId, conversationId);
+    this.pushCurrent(connection, [userId]);
+  }
+
+  /**
+   * Queues the users' presence as it is now (one GetPresence shared by all
+   * connections that ask for the same users in the same turn). A change
+   * that arrived meanwhile is newer and stays.
+   */
+  private pushCurrent(connection: Connection, userIds: string[]): void {
+    const key = `${connection.tenantId}/${[...userIds].sort().join(',')}`;
+    let read = this.currentReads.get(key);
+    if (!read) {
+      read = this.presence.getPresence({ context: undefined, userIds, includeDevices: false }, this.options(connection)).then((r) => r.presences);
+      this.currentReads.set(key, read);
+      void read.finally(() => this.currentReads.delete(key)).catch(() => undefined);
+    }
+    read.then(
+      (presences) => {
+        const state = this.state.get(connection);
+        if (!state) return;
+        for (const p of presences) {
+          if (!state.interests.has(p.userId) || state.pending.has(p.userId)) continue;
+          this.queue(connection, { userId: p.userId, status: p.status, customMessage: p.customMessage, lastSeen: p.lastSeen, deviceCount: p.deviceCount, changedAt: p.updatedAt });
+        }
+      },
+      (err: unknown) => this.logger.warn({ err, connection: connection.id }, 'could not read the presence of new co-members; they show at their next change'),
+    );
   }
 
   conversationLeft(connection: Connection, conversationId: string): void {
     const state = this.state.get(connection);
     if (!state) return;
+    state.memberCounts.delete(conversationId);
     for (const userId of [...state.interests.keys()]) this.unwant(connection, userId, conversationId);
     if (state.entered.has(conversationId)) {
       state.entered.delete(conversationId);

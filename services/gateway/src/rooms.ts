@@ -18,6 +18,8 @@ export interface ConversationSubscriptions {
   joinConversation(connection: Connection, conversationId: string): Promise<void>;
   /** Drops the connection's subscription now; nothing more of the conversation reaches it. */
   leaveConversation(connection: Connection, conversationId: string): void;
+  /** Another user joined (member) or left a conversation the connection is in: whose presence it receives follows. */
+  memberChanged(connection: Connection, conversationId: string, userId: string, member: boolean): void;
 }
 
 /**
@@ -68,6 +70,8 @@ export class Rooms {
         void subscriptions.joinConversation(connection, change.roomId);
       } else {
         connection.push(frame);
+        if (!own && change.change === MembershipChange.MEMBERSHIP_CHANGE_JOINED) subscriptions.memberChanged(connection, change.roomId, change.userId, true);
+        if (!own && LEAVING.has(change.change)) subscriptions.memberChanged(connection, change.roomId, change.userId, false);
       }
     }
   }
