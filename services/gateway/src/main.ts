@@ -64,7 +64,7 @@ async function main(): Promise<void> {
   const fanout = new Fanout(nats, messaging, logger, telemetry.meter.createCounter('gateway_messages_delivered_total', { description: 'Messages written to sockets' }), config.BACKEND_DEADLINE_MS, config.RECEIPT_COALESCE_MS, rooms);
   const frames = new FrameHandler(messaging, logger, config.BACKEND_DEADLINE_MS, telemetry.meter, rooms);
   const server = new GatewayServer(config, new TokenVerifier(config), fanout, frames, logger, telemetry.meter, limits);
-  const presenceLink = new PresenceLink(presence, nats, fanout, () => server.connections, config, logger);
+  const presenceLink = new PresenceLink(presence, nats, fanout, () => server.connections, config, logger, room);
   server.presence = presenceLink;
   frames.presence = presenceLink;
   fanout.hooks = presenceLink;

@@ -3,13 +3,14 @@ import type { PromiseClient } from '@switchboard/grpc';
 import { isSafeId } from '@switchboard/ids';
 import type { Logger } from '@switchboard/logging';
 import { subjects, SYSTEM_SUBJECTS, type NatsConnection, type Subscription } from '@switchboard/nats';
-import { eventsV1, presenceV1, type framesV1, type messagingV1 } from '@switchboard/proto';
+import { eventsV1, messagingV1, presenceV1, type framesV1, type roomV1 } from '@switchboard/proto';
 import type { Identity } from './auth';
 import type { GatewayConfig } from './config';
 import type { Connection } from './connection';
 import type { Fanout } from './fanout';
 
 type Presence = PromiseClient<presenceV1.PresenceServiceClient>;
+type Room = PromiseClient<roomV1.RoomServiceClient>;
 type ClientKind = NonNullable<framesV1.ClientFrame['kind']>;
 type ServerKind = NonNullable<framesV1.ServerFrame['kind']>;
 export type PresenceFrameKind = Extract<ClientKind, { $case: 'typing' | 'setPresence' | 'watchPresence' | 'unwatchPresence' | 'getPresence' | 'enterConversation' | 'leaveConversation' }>;
@@ -87,6 +88,8 @@ interface ConnectionPresence {
    * this map (counts only from then on).
    */
   memberCounts: Map<string, number>;
+  /** Rooms whose members are being read, with the membership events that arrived meanwhile. */
+  roomReads: Map<string, [string, boolean][]>;
   /** Changes waiting for the coalescing window, the latest per user. */
   pending: Map<string, eventsV1.PresenceChanged>;
   occupancy: Map<string, presenceV1.Occupancy>;
@@ -125,6 +128,7 @@ export class PresenceLink {
     private readonly connections: () => Iterable<Connection>,
     private readonly config: GatewayConfig,
     private readonly logger: Logger,
+    private readonly room: Room,
   ) {}
 
   private get internal() {
@@ -168,7 +172,7 @@ export class PresenceLink {
 
   /** As the connection opens, before the Fanout lists its conversations (whose members it then receives). */
   prepare(connection: Connection, device: Omit<presenceV1.DeviceInfo, 'deviceId'>): void {
-    this.state.set(connection, { device, registered: false, active: false, interests: new Map(), entered: new Set(), memberCounts: new Map(), pending: new Map(), occupancy: new Map() });
+    this.state.set(connection, { device, registered: false, active: false, interests: new Map(), entered: new Set(), memberCounts: new Map(), roomReads: new Map(), pending: new Map(), occupancy: new Map() });
     // Every device of a user sees the user's merged state.
     this.want(connection, connection.userId, SELF);
   }
@@ -282,22 +286,56 @@ export class PresenceLink {
 
   /** Conversations the connection belongs to: small ones give per-member presence, large ones occupancy. */
   conversationsListed(connection: Connection, conversations: messagingV1.Conversation[]): void {
-    for (const conversation of conversations) this.followMembers(connection, conversation);
+    for (const conversation of conversations) this.followConversation(connection, conversation, false);
   }
 
   /** Joined while connected: the members' presence is pushed now, not only at their next change. */
   conversationJoined(connection: Connection, conversation: messagingV1.Conversation | undefined): void {
-    const members = this.followMembers(connection, conversation);
-    if (members.length > 0) this.pushCurrent(connection, members);
+    if (conversation) this.followConversation(connection, conversation, true);
+  }
+
+  /** A direct conversation lists its members; a room's come from the room service (with the count that decides). */
+  private followConversation(connection: Connection, conversation: messagingV1.Conversation, pushNow: boolean): void {
+    if (conversation.kind === messagingV1.ConversationKind.CONVERSATION_KIND_ROOM) {
+      void this.followRoom(connection, conversation.conversationId, pushNow);
+      return;
+    }
+    const members = this.followMembers(connection, conversation.conversationId, conversation.memberIds, conversation.memberIds.length);
+    if (pushNow && members.length > 0) this.pushCurrent(connection, members);
+  }
+
+  /**
+   * One ListMembers page of threshold size tells both who and how many.
+   * Membership events that arrive meanwhile wait and are applied after it
+   * (each applies once), so a join during the read is never lost.
+   */
+  private async followRoom(connection: Connection, roomId: string, pushNow: boolean): Promise<void> {
+    const state = this.state.get(connection);
+    if (!state || state.roomReads.has(roomId)) return;
+    state.roomReads.set(roomId, []);
+    let followed: string[] = [];
+    try {
+      const { members, totalCount } = await this.room.listMembers(
+        { context: undefined, roomId, roles: [], page: { pageSize: this.config.PRESENCE_OCCUPANCY_THRESHOLD, pageToken: '' } },
+        connection.callOptions(this.config.BACKEND_DEADLINE_MS),
+      );
+      if (connection.conversations.has(roomId)) followed = this.followMembers(connection, roomId, members.map((m) => m.userId), totalCount);
+    } catch (err) {
+      this.logger.warn({ err, connection: connection.id, roomId }, 'could not list room members; their presence shows after a reconnect');
+    }
+    const waiting = state.roomReads.get(roomId) ?? [];
+    state.roomReads.delete(roomId);
+    if (pushNow && followed.length > 0) this.pushCurrent(connection, followed);
+    for (const [userId, member] of waiting) this.memberChanged(connection, roomId, userId, member);
   }
 
   /** Receives the presence of a small conversation's members (the connection's own user aside); returns them. */
-  private followMembers(connection: Connection, conversation: messagingV1.Conversation | undefined): string[] {
+  private followMembers(connection: Connection, conversationId: string, memberIds: string[], memberCount: number): string[] {
     const state = this.state.get(connection);
-    if (!state || !conversation || conversation.memberIds.length > this.config.PRESENCE_OCCUPANCY_THRESHOLD) return [];
-    state.memberCounts.set(conversation.conversationId, conversation.memberIds.length);
-    const others = conversation.memberIds.filter((memberId) => memberId !== connection.userId);
-    for (const memberId of others) this.want(connection, memberId, conversation.conversationId);
+    if (!state || memberCount > this.config.PRESENCE_OCCUPANCY_THRESHOLD) return [];
+    state.memberCounts.set(conversationId, memberCount);
+    const others = memberIds.filter((memberId) => memberId !== connection.userId);
+    for (const memberId of others) this.want(connection, memberId, conversationId);
     return others;
   }
 
@@ -310,6 +348,7 @@ export class PresenceLink {
    */
   memberChanged(connection: Connection, conversationId: string, userId: string, member: boolean): void {
     const state = this.state.get(connection);
+    state?.roomReads.get(conversationId)?.push([userId, member]);
     const count = state?.memberCounts.get(conversationId);
     if (!state || count === undefined || userId === connection.userId) return;
     const following = state.interests.get(userId)?.has(conversationId) ?? false;

@@ -10,9 +10,9 @@ import { DEV_JWT_SECRET, SwitchboardClient, mintDevToken } from '@switchboard/cl
 import { eventually, freePort, infraEnv, launchService, repoRoot, startMesh, type Mesh, type ServiceProcess } from '@switchboard/devenv';
 import { ErrorCode, type SwitchboardError } from '@switchboard/errors';
 import { newId } from '@switchboard/ids';
-import { eventsV1, type framesV1 } from '@switchboard/proto';
+import { eventsV1, roomV1, type framesV1 } from '@switchboard/proto';
 
-const { PresenceStatus } = eventsV1;
+const { PresenceStatus, MembershipChange } = eventsV1;
 const GATEWAY_ENV = { GATEWAY_HEARTBEAT_MS: '300', PRESENCE_REFRESH_MS: '1000', PRESENCE_COALESCE_MS: '50' };
 const tenant = `t${newId().slice(0, 12)}`;
 const user = (name: string) => `${name}-${newId().slice(0, 8)}`;
@@ -27,6 +27,8 @@ interface Device {
   changes: eventsV1.PresenceChanged[];
   typing: framesV1.TypingEvent[];
   occupancy: framesV1.OccupancyEvent[];
+  /** Room membership events pushed to this device. */
+  membership: eventsV1.RoomMembershipChanged[];
 }
 
 async function connect(url: string, userId: string, options: { deviceId?: string; tenantId?: string } = {}): Promise<Device> {
@@ -36,11 +38,12 @@ async function connect(url: string, userId: string, options: { deviceId?: string
     reconnect: { enabled: false },
   });
   clients.push(client);
-  const device: Device = { client, changes: [], typing: [], occupancy: [] };
+  const device: Device = { client, changes: [], typing: [], occupancy: [], membership: [] };
   client.on('frame', (frame: framesV1.ServerFrame) => {
     if (frame.kind?.$case === 'presence') device.changes.push(...frame.kind.value.changes);
     if (frame.kind?.$case === 'typing') device.typing.push(frame.kind.value);
     if (frame.kind?.$case === 'occupancy') device.occupancy.push(frame.kind.value);
+    if (frame.kind?.$case === 'roomEvent' && frame.kind.value.event?.$case === 'membership') device.membership.push(frame.kind.value.event.value);
   });
   await client.connect();
   return device;
@@ -172,6 +175,46 @@ it('takes the users of a SIGKILLed gateway offline for their watchers, and a res
   expect((await presence(carolAgain, [carolId]))[0]).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 1 });
   await restarted.stop();
   await eventually(() => lastStatus(dave, carolId) === PresenceStatus.PRESENCE_STATUS_OFFLINE, 5000, 'a drained gateway takes carol offline');
+});
+
+it('shows a newly joined room member’s presence to the members at once, and nothing more of a member once removed', async () => {
+  const [annId, benId, camId] = [user('ann'), user('ben'), user('cam')];
+  const ann = await connect(gw(0), annId);
+  const ben = await connect(gw(1), benId);
+  const cam = await connect(gw(1), camId);
+  const setStatus = (device: Device, status: eventsV1.PresenceStatus, customMessage: string) =>
+    device.client.request({ $case: 'setPresence', value: { status, customMessage, customMessageExpiresAt: undefined } });
+  const joined = (device: Device, roomId: string, userId: string) => device.membership.some((m) => m.roomId === roomId && m.userId === userId && m.change === MembershipChange.MEMBERSHIP_CHANGE_JOINED);
+  await setStatus(cam, PresenceStatus.PRESENCE_STATUS_BUSY, 'On call');
+
+  const created = await ann.client.room({
+    $case: 'createRoom',
+    value: roomV1.CreateRoomRequest.fromPartial({ name: 'Ward round', visibility: roomV1.RoomVisibility.ROOM_VISIBILITY_PRIVATE, memberIds: [benId] }),
+  });
+  const roomId = (created.value as roomV1.CreateRoomResponse).room!.roomId;
+  // Each member's gateway subscribed it to the room once it saw its own join, and showed it the other members as they are.
+  await eventually(() => joined(ann, roomId, annId) && joined(ben, roomId, benId), 10_000, 'ann and ben in the room');
+  await eventually(() => lastStatus(ann, benId) === PresenceStatus.PRESENCE_STATUS_AVAILABLE && lastStatus(ben, annId) === PresenceStatus.PRESENCE_STATUS_AVAILABLE, 10_000, 'ann and ben see each other');
+  expect(ann.changes.filter((c) => c.userId === camId)).toEqual([]);
+
+  await ann.client.room({ $case: 'addMembers', value: roomV1.AddMembersRequest.fromPartial({ roomId, userIds: [camId] }) });
+  // Cam changed nothing: the members are shown cam's presence as it is, and cam theirs.
+  for (const member of [ann, ben]) {
+    await eventually(() => member.changes.some((c) => c.userId === camId && c.status === PresenceStatus.PRESENCE_STATUS_BUSY && c.customMessage === 'On call'), 10_000, 'cam’s presence at a member');
+  }
+  await eventually(() => lastStatus(cam, annId) === PresenceStatus.PRESENCE_STATUS_AVAILABLE && lastStatus(cam, benId) === PresenceStatus.PRESENCE_STATUS_AVAILABLE, 10_000, 'the members’ presence at cam');
+  // And cam's changes follow live.
+  await setStatus(cam, PresenceStatus.PRESENCE_STATUS_AWAY, 'Back at 3');
+  await eventually(() => lastStatus(ann, camId) === PresenceStatus.PRESENCE_STATUS_AWAY, 10_000, 'ann sees cam away');
+
+  await ann.client.room({ $case: 'removeMember', value: roomV1.RemoveMemberRequest.fromPartial({ roomId, userId: camId }) });
+  await eventually(() => ann.membership.some((m) => m.userId === camId && m.change === MembershipChange.MEMBERSHIP_CHANGE_REMOVED), 10_000, 'ann sees the removal');
+  await setStatus(cam, PresenceStatus.PRESENCE_STATUS_BUSY, 'After removal');
+  // Published after cam's change by the same presence process: once ann has ben's, cam's would have arrived too.
+  await setStatus(ben, PresenceStatus.PRESENCE_STATUS_BUSY, 'Marker');
+  await eventually(() => ann.changes.some((c) => c.userId === benId && c.customMessage === 'Marker'), 10_000, 'ann sees ben’s marker');
+  expect(ann.changes.filter((c) => c.userId === camId && c.customMessage === 'After removal')).toEqual([]);
+  expect(lastStatus(ann, camId)).toBe(PresenceStatus.PRESENCE_STATUS_AWAY);
 });
 
 it('delivers typing to the conversation only, stops it by itself, limits it, and refuses conversations the user is not in', async () => {

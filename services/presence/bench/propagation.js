@@ -14,6 +14,9 @@
 //     the offline and online changes this causes;
 //   - at the end one gateway is SIGKILLed and every watcher records
 //     (arrival of OFFLINE - kill time) for each of its users.
+// Where the time goes: an observer subscribed to the tenant's presence
+// subjects records (NATS arrival - presence's commit time) per kind, i.e.
+// presence's part; the rest is gateway, coalescing window and client.
 // Redis work is INFO commandstats deltas over the measured window.
 'use strict';
 const { fork } = require('node:child_process');
@@ -58,6 +61,29 @@ async function parent() {
   const tenant = `bench${Date.now()}`;
   const children = [];
   const totals = { status: histogram(), churn: histogram(), churnOffline: histogram(), crash: histogram() };
+  const published = { status: histogram(), online: histogram(), offline: histogram(), crash: histogram() };
+  let observing = false;
+  const lastObserved = new Map();
+  let crashAt = 0;
+  const { connectNats, decodeEnvelope } = require('@switchboard/nats');
+  const nats = await connectNats({ servers: infraEnv().NATS_URL, name: 'bench-observer' });
+  nats.subscribe(`sb.${tenant}.presence.>`, {
+    callback: (err, msg) => {
+      if (err || !observing) return;
+      const event = decodeEnvelope(msg).envelope.event;
+      if (event?.$case !== 'presenceChanged' || !event.value.changedAt) return;
+      const change = event.value;
+      const now = Date.now();
+      const first = lastObserved.get(change.userId);
+      if (change.customMessage) lastObserved.set(change.userId, change.customMessage);
+      if (crashAt) return published.crash.recordValue(Math.max(1, (now - crashAt) * 1000));
+      const lag = Math.max(1, (now - change.changedAt.getTime()) * 1000);
+      if (change.status === 4) published.offline.recordValue(lag);
+      // A new custom message is a status change; the same one again is the user coming back online.
+      else if (change.customMessage && first !== change.customMessage) published.status.recordValue(lag);
+      else published.online.recordValue(lag);
+    },
+  });
   try {
     const started = Date.now();
     for (let p = 0; p < processes; p += 1) {
@@ -80,6 +106,7 @@ async function parent() {
 
     const before = await redisCalls(redis);
     const windowStart = Date.now();
+    observing = true;
     for (const child of children) child.send({ type: 'run', seconds, changesPerSecond: changesPerSecond / processes, churnPerMinute });
     await Promise.all(children.map((c) => once(c, 'ran')));
     const windowMs = Date.now() - windowStart;
@@ -89,6 +116,7 @@ async function parent() {
     // Gateway crash: the last gateway's users.
     const victim = mesh.gateways.length - 1;
     const killedAt = Date.now();
+    crashAt = killedAt;
     await mesh.gateways[victim].process.kill();
     for (const child of children) child.send({ type: 'crash', gateway: victim, killedAt });
     await new Promise((r) => setTimeout(r, 6000));
@@ -112,11 +140,16 @@ async function parent() {
     console.log(summary('churn, reconnected → every watcher device', totals.churn));
     console.log(summary('churn, disconnected → every watcher device', totals.churnOffline));
     console.log(summary(`gateway SIGKILL → OFFLINE on every watcher device (${counts.crashExpected} expected)`, totals.crash));
+    console.log(summary('  presence part: status change committed → published on NATS', published.status));
+    console.log(summary('  presence part: reconnect committed → published', published.online));
+    console.log(summary('  presence part: disconnect committed → published', published.offline));
+    console.log(summary('  presence part: gateway SIGKILL → OFFLINE published on NATS', published.crash));
     console.log(`redis commands while idle (${users} connected): ${idleRate.toFixed(0)}/s`);
     console.log(`redis commands under load: ${(total / (windowMs / 1000)).toFixed(0)}/s  (${top})`);
   } finally {
     for (const child of children) child.kill();
     await redis.quit();
+    await nats.close();
     await mesh.stop();
   }
 }

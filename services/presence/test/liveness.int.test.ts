@@ -277,6 +277,46 @@ describe('presence liveness and features', () => {
     expect(stillListed.users.map((u) => u.userId)).not.toContain(u1);
   });
 
+  it('leaves users who appear offline out of occupancy counts and lists, for everyone but internal callers', async () => {
+    const gatewayId = `gw-${newId().slice(0, 8)}`;
+    const room = newId();
+    const conv = await eventsOf(subjects.conversation(tenantId, room));
+    const counts = () => conv.flatMap((e) => (e.event?.$case === 'occupancyChanged' ? [[e.event.value.onlineCount, e.event.value.connectionCount]] : []));
+    const [seen, hiding] = [newId(), newId()];
+    await client.connectDevice({ context: undefined, gatewayId, connectionId: 'v1', device: device('d1') }, as(seen));
+    await client.connectDevice({ context: undefined, gatewayId, connectionId: 'h1', device: device('d1') }, as(hiding));
+    await client.connectDevice({ context: undefined, gatewayId, connectionId: 'h2', device: device('d2') }, as(hiding));
+    await client.enterConversation({ context: undefined, gatewayId, connectionId: 'v1', conversationId: room }, as(seen));
+    await client.enterConversation({ context: undefined, gatewayId, connectionId: 'h1', conversationId: room }, as(hiding));
+    const occupancyFor = async (caller: ReturnType<typeof as>) => (await client.getOccupancy({ context: undefined, conversationIds: [room], includeUserIds: true }, caller)).occupancies[0];
+    expect(await occupancyFor(as(seen))).toEqual({ conversationId: room, onlineCount: 2, connectionCount: 2, userIds: [seen, hiding].sort() });
+
+    // Appearing offline: the room's count drops for everyone at once, and the user is not listed.
+    await client.setStatus(status(PresenceStatus.PRESENCE_STATUS_OFFLINE), as(hiding));
+    await eventually(() => JSON.stringify(counts().at(-1)) === JSON.stringify([1, 1]), 5000, 'the lowered count is published');
+    expect(await occupancyFor(as(seen))).toEqual({ conversationId: room, onlineCount: 1, connectionCount: 1, userIds: [seen] });
+    const listed = await client.listOnlineUsers({ context: undefined, conversationId: room, page: undefined }, as(seen));
+    expect(listed.users.map((u) => u.userId)).toEqual([seen]);
+    // Internal callers see the truth.
+    expect(await occupancyFor(internal)).toEqual({ conversationId: room, onlineCount: 2, connectionCount: 2, userIds: [seen, hiding].sort() });
+    // Entering while appearing offline is not counted either.
+    const entered = await client.enterConversation({ context: undefined, gatewayId, connectionId: 'h2', conversationId: room }, as(hiding));
+    expect(entered.occupancy).toMatchObject({ onlineCount: 1, connectionCount: 1 });
+
+    // Visible again: counted with both of its connections.
+    await client.setStatus(status(PresenceStatus.PRESENCE_STATUS_AVAILABLE), as(hiding));
+    await eventually(() => JSON.stringify(counts().at(-1)) === JSON.stringify([2, 3]), 5000, 'the raised count is published');
+    expect(await occupancyFor(as(seen))).toMatchObject({ onlineCount: 2, connectionCount: 3 });
+
+    // Hidden again, then its gateway dies: the counts end at zero, never below.
+    await client.setStatus(status(PresenceStatus.PRESENCE_STATUS_OFFLINE), as(hiding));
+    await client.gatewayDown({ context: undefined, gatewayId, reason: 'test' }, system);
+    expect(await occupancyFor(as(seen))).toEqual({ conversationId: room, onlineCount: 0, connectionCount: 0, userIds: [] });
+    expect(await occupancyFor(internal)).toEqual({ conversationId: room, onlineCount: 0, connectionCount: 0, userIds: [] });
+    await client.setStatus(status(PresenceStatus.PRESENCE_STATUS_AVAILABLE), as(hiding));
+    expect(await occupancyFor(as(seen))).toMatchObject({ onlineCount: 0, connectionCount: 0 });
+  });
+
   describe('bad input: a specific error and nothing changed', () => {
     const frank = newId();
     beforeAll(async () => {
