@@ -120,6 +120,13 @@ async function parent() {
     await mesh.gateways[victim].process.kill();
     for (const child of children) child.send({ type: 'crash', gateway: victim, killedAt });
     await new Promise((r) => setTimeout(r, 6000));
+    // Presence's own account of the drop: when it started (after the missed heartbeats) and how long it took.
+    for (const line of mesh.services.filter((s) => s.name.startsWith('presence')).flatMap((s) => s.output)) {
+      if (!line.includes('missed its heartbeats') || !line.includes(mesh.gateways[victim].name)) continue;
+      const entry = JSON.parse(line);
+      const at = typeof entry.time === 'number' ? entry.time : Date.parse(entry.time);
+      console.log(`presence dropped ${entry.gateway}: ${entry.connections} connections in ${entry.ms} ms, finished ${at - killedAt} ms after the kill`);
+    }
     for (const child of children) child.send({ type: 'report' });
     const reports = await Promise.all(children.map((c) => once(c, 'report')));
     let counts = { statusSent: 0, reconnects: 0, crashExpected: 0, errors: 0 };

@@ -10,8 +10,8 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       LEASE_TTL_MS: env.positiveInt(15_000),
       /** A gateway whose heartbeats stop for this long is declared dead and all its connections go offline. */
       GATEWAY_HEARTBEAT_TIMEOUT_MS: env.positiveInt(1000),
-      /** How often dead gateways are looked for. */
-      REAPER_INTERVAL_MS: env.positiveInt(200),
+      /** How often dead gateways are looked for (two script calls; part of the 2 s a crash may take to show). */
+      REAPER_INTERVAL_MS: env.positiveInt(100),
       /** How often users whose presence changes with time (auto-away, expiries) are recomputed. */
       SWEEP_INTERVAL_MS: env.positiveInt(500),
       /** Idle time after which a user counts as away, unless they set their own. */

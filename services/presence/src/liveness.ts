@@ -28,6 +28,7 @@ export class Liveness {
   private sweeper: NodeJS.Timeout | undefined;
   private heartbeats: Subscription | undefined;
   private reaping = false;
+  private lastReap = performance.now();
   private sweeping = false;
 
   constructor(
@@ -66,7 +67,14 @@ export class Liveness {
   }
 
   private async reap(): Promise<void> {
-    if (this.reaping) return;
+    // A tick far behind schedule means this process was stalled: timers run
+    // before the socket reads of the same loop turn, so heartbeats received
+    // meanwhile are not recorded yet. Reaping now would declare live
+    // gateways dead; the next tick comes after those reads.
+    const tick = performance.now();
+    const stalled = tick - this.lastReap > 2 * this.config.REAPER_INTERVAL_MS;
+    this.lastReap = tick;
+    if (this.reaping || stalled) return;
     this.reaping = true;
     try {
       for (const gatewayId of await this.store.popDeadGateways(Date.now())) {
@@ -122,12 +130,20 @@ export class Liveness {
         user.connections.push({ connectionId: c.connectionId, deviceId: c.deviceId });
       }
       const users = [...byUser.values()];
-      for (let i = 0; i < users.length; i += DROP_BATCH) {
+      // Redis drops the next batch while this process merges and announces the previous one.
+      const drop = (from: number) => {
         const now = Date.now();
-        const snapshots = await this.store.disconnectMany(tenantId, gatewayId, users.slice(i, i + DROP_BATCH), now);
+        return this.store.disconnectMany(tenantId, gatewayId, users.slice(from, from + DROP_BATCH), now, true).then((snapshots) => ({ snapshots, now }));
+      };
+      const announcing: Promise<void>[] = [];
+      let next = drop(0);
+      for (let i = 0; i < users.length; i += DROP_BATCH) {
+        const { snapshots, now } = await next;
+        if (i + DROP_BATCH < users.length) next = drop(i + DROP_BATCH);
         usersOffline += snapshots.filter((s) => s.leases.length === 0).length;
-        await this.announcer.announceMany(tenantId, snapshots, now, cause);
+        announcing.push(this.announcer.announceMany(tenantId, snapshots, now, cause));
       }
+      await Promise.all(announcing);
       const vacated = await this.store.vacate(
         tenantId,
         gatewayId,

@@ -138,14 +138,18 @@ return result`;
  * Drops connections of many users of one tenant and one gateway at once
  * (a whole dead gateway in a few calls), marks devices left without a
  * connection disconnected, bumps each user's version and returns each
- * user's snapshot, as SNAPSHOT_READS lists them.
- *   KEYS: the gateway's connection hash, then per user USER_KEYS;
- *   ARGV: now, gatewayId, then per user: n, n × (connectionId, deviceId).
+ * user's snapshot (lease list, devices, status, meta (last seen and version), activity, settings;
+ * devices and activity left empty for a user now offline: the merge does not
+ * read them then, and a whole gateway's worth would be most of the reply).
+ *   KEYS: the gateway's connection hash, then per user leases, devices,
+ *   status, meta, active, settings;
+ *   ARGV: now, gatewayId, '1' when the gateway hash is already gone, then
+ *   per user: n, n × (connectionId, deviceId).
  */
 const DISCONNECT = `
 local now = ARGV[1]
 local result = {}
-local a = 3
+local a = 4
 for u = 0, (#KEYS - 1) / 6 - 1 do
   local leases, devices, status, meta, active, settings = KEYS[2 + u * 6], KEYS[3 + u * 6], KEYS[4 + u * 6], KEYS[5 + u * 6], KEYS[6 + u * 6], KEYS[7 + u * 6]
   local n = tonumber(ARGV[a])
@@ -153,13 +157,13 @@ for u = 0, (#KEYS - 1) / 6 - 1 do
   for i = 1, n do
     local connection, device = ARGV[a + i * 2 - 1], ARGV[a + i * 2]
     redis.call('ZREM', leases, device .. ':' .. ARGV[2] .. ':' .. connection)
-    redis.call('HDEL', KEYS[1], connection)
+    if ARGV[3] ~= '1' then redis.call('HDEL', KEYS[1], connection) end
     touched[device] = true
   end
   a = a + 1 + n * 2
   -- The user was online until this moment, whichever connection remains.
   redis.call('HSET', meta, 'lastSeen', now)
-  redis.call('HINCRBY', meta, 'version', 1)
+  local version = redis.call('HINCRBY', meta, 'version', 1)
   local leaseList = redis.call('ZRANGE', leases, 0, -1, 'WITHSCORES')
   local remaining = {}
   for i = 1, #leaseList, 2 do remaining[string.match(leaseList[i], '^[^:]*')] = true end
@@ -171,7 +175,8 @@ for u = 0, (#KEYS - 1) / 6 - 1 do
       redis.call('HSET', devices, device, cjson.encode(stored))
     end
   end
-  table.insert(result, {leaseList, redis.call('HGETALL', devices), redis.call('HGETALL', status), redis.call('HGETALL', meta), redis.call('HGETALL', active), redis.call('HGETALL', settings)})
+  local online = #leaseList > 0
+  table.insert(result, {leaseList, online and redis.call('HGETALL', devices) or {}, redis.call('HGETALL', status), {'lastSeen', now, 'version', version}, online and redis.call('HGETALL', active) or {}, redis.call('HGETALL', settings)})
 end
 return result`;
 
@@ -332,11 +337,12 @@ export class PresenceStore {
   /**
    * Drops connections of many users of one gateway in one script call (see
    * DISCONNECT); a snapshot per user, in the order given. Each user once.
+   * `gatewayTaken`: the gateway's connection list is already gone (takeGateway).
    */
-  async disconnectMany(tenantId: string, gatewayId: string, users: UserConnections[], now: number): Promise<Snapshot[]> {
+  async disconnectMany(tenantId: string, gatewayId: string, users: UserConnections[], now: number, gatewayTaken = false): Promise<Snapshot[]> {
     if (users.length === 0) return [];
     const keyList = [gatewayKey(tenantId, gatewayId)];
-    const args: (string | number)[] = [now, gatewayId];
+    const args: (string | number)[] = [now, gatewayId, gatewayTaken ? 1 : 0];
     for (const { userId, connections } of users) {
       const k = keys(tenantId, userId);
       keyList.push(k.leases, k.devices, k.status, k.meta, k.active, k.settings);
