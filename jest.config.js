@@ -5,7 +5,8 @@
 // `pnpm build` runs first (README's test command does).
 const transform = { '^.+\\.ts$': ['ts-jest', { tsconfig: '<rootDir>/tsconfig.test.json' }] };
 const roots = ['<rootDir>/libs', '<rootDir>/services', '<rootDir>/charts'];
-const common = { transform, roots, testEnvironment: 'node', modulePathIgnorePatterns: ['<rootDir>/.*/dist/'] };
+// setupFiles: the tests' gRPC clients carry the infrastructure's internal token (libs/devenv/src/jest-setup.ts).
+const common = { transform, roots, testEnvironment: 'node', modulePathIgnorePatterns: ['<rootDir>/.*/dist/'], setupFiles: ['<rootDir>/libs/devenv/dist/jest-setup.js'] };
 
 module.exports = {
   globalSetup: '<rootDir>/libs/devenv/dist/jest-global-setup.js',

@@ -18,7 +18,7 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { freePort, infraEnv } from '@switchboard/devenv';
+import { freePort, infraEnv, natsSeedFile } from '@switchboard/devenv';
 import { contextFiles, expand, readDockerfile, stageEnv } from './support/dockerfile';
 import { DB_SERVICES, repoRoot, SERVICES, type Service } from './support/paths';
 
@@ -156,10 +156,15 @@ describe.each<Service>(['messaging', ...SERVICES.filter((s) => s !== 'messaging'
     const image = runtimeStage(service, out);
     expect(fs.existsSync(path.join(image.app, image.cmd[1]!))).toBe(true);
     const ports = { GRPC_PORT: String(await freePort()), OPS_PORT: String(await freePort()), ...(service === 'gateway' ? { PORT: String(await freePort()) } : {}) };
-    const env = { PATH: process.env.PATH!, ...image.env, ...infraEnv(), ...ports, LOG_LEVEL: 'warn' };
     const asUser = isRoot ? { uid: image.uid, gid: image.gid } : {};
     // The image's user can read what it runs and write nothing of it.
     fs.chmodSync(path.join(workdir, service), 0o755);
+    // Its NATS user's seed, readable by the image's user only (as a mounted Secret would be).
+    const seed = path.join(workdir, service, 'nats.nk');
+    fs.copyFileSync(natsSeedFile(service), seed);
+    if (isRoot) fs.chownSync(seed, image.uid, image.gid);
+    fs.chmodSync(seed, 0o400);
+    const env = { PATH: process.env.PATH!, ...image.env, ...infraEnv(), ...ports, NATS_NKEY_SEED_FILE: seed, LOG_LEVEL: 'warn' };
 
     if (DB_SERVICES.includes(service)) {
       const migrate = spawnSync(image.cmd[0]!, ['dist/migrate.js'], { cwd: image.app, env, encoding: 'utf8', ...asUser, timeout: 60_000 });

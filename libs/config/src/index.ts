@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 
 export { z };
@@ -81,6 +82,19 @@ export function serviceSettings(defaults: { grpcPort: number; opsPort: number; s
     OTEL_EXPORTER_OTLP_ENDPOINT: env.optionalString(),
     SHUTDOWN_DEADLINE_MS: env.positiveInt(defaults.shutdownDeadlineMs ?? 10_000),
     ...grpcTlsSettings(),
+    ...grpcInternalSettings(),
+  };
+}
+
+/**
+ * Proof of internal calls (x-sb-internal, which skips user checks): with mutual
+ * TLS the client certificate identities allowed to call as internal; without
+ * it a shared secret of the mesh (docs/security.md).
+ */
+export function grpcInternalSettings() {
+  return {
+    GRPC_INTERNAL_TOKEN: z.string().min(32, 'expected at least 32 characters (a random secret)').optional(),
+    GRPC_INTERNAL_IDENTITIES: env.list([]),
   };
 }
 
@@ -93,10 +107,38 @@ export function grpcTlsSettings() {
   };
 }
 
+/**
+ * A path to a NATS user nkey seed file, checked at start: readable, and its
+ * first line that is not a comment a user seed, so a wrong mount or a swapped
+ * key fails naming the variable instead of as a refused connection later.
+ */
+function nkeySeedFile() {
+  return z
+    .string()
+    .min(1)
+    .optional()
+    .superRefine((file, ctx) => {
+      if (file === undefined) return;
+      let text: string;
+      try {
+        text = readFileSync(file, 'utf8');
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: `cannot read the nkey seed file (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})` });
+        return;
+      }
+      const seed = text.split('\n').map((line) => line.trim()).find((line) => line && !line.startsWith('#')) ?? '';
+      if (!/^SU[A-Z2-7]{56}$/.test(seed)) ctx.addIssue({ code: 'custom', message: 'the file holds no NATS user nkey seed (a line of 58 characters starting with "SU", as `nk -gen user` writes it)' });
+    });
+}
+
 /** Where the infrastructure is; the defaults are the local processes of `infra.sh`. */
 export const infraSettings = {
   postgres: () => ({ DATABASE_URL: env.url('postgres://switchboard:switchboard@127.0.0.1:54329/switchboard', ['postgres', 'postgresql']) }),
   redis: () => ({ REDIS_URL: env.url('redis://127.0.0.1:63799', ['redis', 'rediss']) }),
-  nats: () => ({ NATS_URL: env.url('nats://127.0.0.1:42229', ['nats', 'tls']) }),
+  nats: () => ({
+    NATS_URL: env.url('nats://127.0.0.1:42229', ['nats', 'tls']),
+    /** This service's NATS user: a file holding its nkey seed (`SU…`); the server allows that user only the service's subjects. */
+    NATS_NKEY_SEED_FILE: nkeySeedFile(),
+  }),
   kafka: () => ({ KAFKA_BROKERS: env.string('127.0.0.1:19092') }),
 };

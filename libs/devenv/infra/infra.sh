@@ -8,6 +8,10 @@
 #   infra.sh status        one line per server; exit 0 only when all are healthy
 #   infra.sh env           export lines for the connection settings (eval "$(infra.sh env)")
 #
+# NATS requires an nkey per client: one user per service with only its subjects
+# (libs/nats NATS_PERMISSIONS), and `tools` for tests; seeds in
+# <data>/nats/credentials/<user>.nk (SB_NATS_CREDENTIALS_DIR in `env`). Internal
+# gRPC calls carry the mesh token from <data>/grpc-internal-token (GRPC_INTERNAL_TOKEN).
 # Data lives in <repo>/.data/infra (override: SB_DATA_DIR), downloaded/built tools
 # in <repo>/.data/tools (override: SB_TOOLS_DIR). Both are git-ignored.
 # Ports: SB_PG_PORT SB_REDIS_PORT SB_NATS_PORT SB_NATS_MONITOR_PORT
@@ -355,21 +359,50 @@ nats_healthy() {
   nats_running && curl -fsS -m 2 "http://127.0.0.1:$NATS_MONITOR_PORT/healthz?js-enabled-only=true" >/dev/null 2>&1
 }
 
+# Users and permissions (libs/nats NATS_PERMISSIONS) with the dev nkeys, written
+# by the built devenv; the seeds stay in $NATS_DIR/credentials (one per service).
+nats_write_conf() {
+  local generator="$REPO_ROOT/libs/devenv/dist/nats-auth.js"
+  [ -f "$generator" ] || die "NATS needs its users from the built workspace ($generator): run npm run bootstrap (or pnpm build) first"
+  mkdir -p "$NATS_DIR"
+  node "$generator" "$NATS_DIR" || die "could not write the NATS users ($generator)"
+  cat >"$NATS_DIR/nats.conf" <<EOF
+# Written by infra.sh on every start; edit infra.sh, not this file.
+server_name: switchboard-dev
+listen: 127.0.0.1:$NATS_PORT
+http: 127.0.0.1:$NATS_MONITOR_PORT
+# JetStream keeps its files in $NATS_DIR/jetstream (nats-server appends "jetstream").
+jetstream { store_dir: "$NATS_DIR" }
+# Every client authenticates with an nkey; each service may use only its own subjects.
+include ./authorization.conf
+EOF
+}
+
+nats_conf_sum() { cat "$NATS_DIR/nats.conf" "$NATS_DIR/authorization.conf" 2>/dev/null | sha256sum | cut -c1-16; }
+
 nats_up() {
+  if nats_running && ! pid_is "$(nats_pid)" "$NATS_DIR/nats.conf"; then
+    # Started by an older infra.sh without authorization: start it again with the users.
+    log "NATS runs without the users' authorization; restarting it"
+    nats_down
+  fi
   if nats_running; then
+    local before; before="$(nats_conf_sum)"
+    nats_write_conf
+    if [ "$before" != "$(nats_conf_sum)" ]; then
+      log "NATS configuration changed; reloading"
+      kill -HUP "$(nats_pid)"
+    fi
     wait_for "$NATS_DIR/nats.log" 60 nats_healthy || die "NATS (pid $(nats_pid)) runs but is not healthy; try: $0 down"
     log "NATS already running        127.0.0.1:$NATS_PORT  (monitor :$NATS_MONITOR_PORT)"
     return
   fi
   require_free_port "$NATS_PORT" NATS SB_NATS_PORT
   require_free_port "$NATS_MONITOR_PORT" "NATS monitoring" SB_NATS_MONITOR_PORT
-  mkdir -p "$NATS_DIR"
-  # JetStream keeps its files in $NATS_DIR/jetstream (nats-server appends "jetstream").
-  launch_bg "$NATS_DIR/nats.pid" "$NATS_DIR/nats.log" \
-    "$NATS_BIN" -n switchboard-dev -js -sd "$NATS_DIR" \
-    -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT"
+  nats_write_conf
+  launch_bg "$NATS_DIR/nats.pid" "$NATS_DIR/nats.log" "$NATS_BIN" -c "$NATS_DIR/nats.conf"
   wait_for "$NATS_DIR/nats.log" 60 nats_healthy || die "NATS did not become healthy"
-  log "NATS ready                  127.0.0.1:$NATS_PORT  (pid $(nats_pid), JetStream on, monitor :$NATS_MONITOR_PORT)"
+  log "NATS ready                  127.0.0.1:$NATS_PORT  (pid $(nats_pid), JetStream on, nkey users, monitor :$NATS_MONITOR_PORT)"
 }
 
 nats_down() { nats_running && stop_pid NATS "$(nats_pid)" TERM 30 || true; }
@@ -503,10 +536,18 @@ preflight_ports() {
   fi
 }
 
+# The mesh's shared secret for internal gRPC calls without mTLS (GRPC_INTERNAL_TOKEN), made once.
+INTERNAL_TOKEN_FILE="$DATA_DIR/grpc-internal-token"
+ensure_internal_token() {
+  [ -s "$INTERNAL_TOKEN_FILE" ] && return 0
+  (umask 077 && head -c 32 /dev/urandom | base64 | tr -d '\n/+=' >"$INTERNAL_TOKEN_FILE")
+}
+
 cmd_up() {
   local t0=$SECONDS
   take_lock
   install_all
+  ensure_internal_token
   preflight_ports # fail before starting anything when a port is taken
   kafka_start     # slowest to boot: let it start while the others come up
   pg_up
@@ -566,11 +607,13 @@ export DATABASE_ADMIN_URL='postgres://postgres@127.0.0.1:$PG_PORT/$PG_DB'
 export REDIS_URL='redis://127.0.0.1:$REDIS_PORT'
 export NATS_URL='nats://127.0.0.1:$NATS_PORT'
 export KAFKA_BROKERS='127.0.0.1:$KAFKA_PORT'
+export SB_NATS_CREDENTIALS_DIR='$NATS_DIR/credentials'
 EOF
+  if [ -s "$INTERNAL_TOKEN_FILE" ]; then echo "export GRPC_INTERNAL_TOKEN='$(cat "$INTERNAL_TOKEN_FILE")'"; fi
 }
 
 usage() {
-  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 main() {

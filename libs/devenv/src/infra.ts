@@ -18,3 +18,21 @@ export function infraEnv(): Record<string, string> {
   }
   return settings;
 }
+
+/**
+ * Where the infrastructure's NATS user seeds are (`<user>.nk`, written by
+ * infra.sh): from the given settings, else from the local infrastructure.
+ */
+export function natsCredentialsDir(settings: Record<string, string | undefined> = {}): string | undefined {
+  return settings.SB_NATS_CREDENTIALS_DIR ?? infraEnv().SB_NATS_CREDENTIALS_DIR;
+}
+
+/**
+ * The seed file of a NATS user of the local infrastructure: `tools` (tests
+ * and debugging, every subject) by default, or a service's own user.
+ */
+export function natsSeedFile(user: 'tools' | 'gateway' | 'messaging' | 'presence' | 'room' | 'notification' = 'tools'): string {
+  const dir = natsCredentialsDir();
+  if (!dir) throw new Error('the infrastructure has no NATS credentials (SB_NATS_CREDENTIALS_DIR); run infra.sh up');
+  return path.join(dir, `${user}.nk`);
+}

@@ -1,7 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { createServer } from 'node:net';
 import * as path from 'node:path';
-import { repoRoot } from './infra';
+import { natsCredentialsDir, repoRoot } from './infra';
 
 export const SERVICES = ['messaging', 'presence', 'room', 'notification', 'gateway'] as const;
 export type ServiceName = (typeof SERVICES)[number];
@@ -81,8 +82,15 @@ export async function waitReady(service: Pick<ServiceProcess, 'name' | 'opsPort'
 export async function launchService(options: LaunchOptions): Promise<ServiceProcess> {
   const name = options.name ?? options.service;
   const entry = path.join(repoRoot, 'services', options.service, 'dist', 'main.js');
+  // Each service connects to NATS as its own user (libs/nats NATS_PERMISSIONS); options.env may name another seed.
+  const credentials = natsCredentialsDir(options.env);
+  const seedFile = credentials ? path.join(credentials, `${options.service}.nk`) : undefined;
+  if (seedFile && !options.env.NATS_NKEY_SEED_FILE && !existsSync(seedFile)) {
+    throw new Error(`${name}: no NATS user at ${seedFile}; run bash libs/devenv/infra/infra.sh up (it makes the users and restarts NATS with them)`);
+  }
+  const natsUser = seedFile ? { NATS_NKEY_SEED_FILE: seedFile } : {};
   const child = spawn(process.execPath, [entry], {
-    env: { ...process.env, ...options.env, OPS_PORT: String(options.opsPort) },
+    env: { ...process.env, ...natsUser, ...options.env, OPS_PORT: String(options.opsPort) },
     stdio: ['ignore', 'pipe', 'pipe'],
     // Its own process group: Ctrl-C in a terminal reaches only the launcher,
     // which stops the services in order with one SIGTERM each (a second

@@ -165,6 +165,10 @@ export class FaultInfra {
       REDIS_URL: `redis://127.0.0.1:${redis}`,
       NATS_URL: `nats://127.0.0.1:${nats}`,
       KAFKA_BROKERS: `127.0.0.1:${kafka}`,
+      // infra.sh writes the instance's NATS users there; launchService gives each service its own.
+      SB_NATS_CREDENTIALS_DIR: path.join(this.dataDir, 'nats', 'credentials'),
+      // The instance's secret for internal gRPC calls (infra.sh up makes it).
+      ...(existsSync(path.join(this.dataDir, 'grpc-internal-token')) ? { GRPC_INTERNAL_TOKEN: readFileSync(path.join(this.dataDir, 'grpc-internal-token'), 'utf8').trim() } : {}),
     };
   }
 

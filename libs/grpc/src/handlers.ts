@@ -4,6 +4,7 @@ import type { Logger } from '@switchboard/logging';
 import type { commonV1 } from '@switchboard/proto';
 import { extractTraceContext, LATENCY_BUCKETS_SECONDS, metrics, SpanKind, withSpan, type Histogram } from '@switchboard/telemetry';
 import { grpcStatusFor, toServiceError } from './errors';
+import { verifyInternalCaller } from './internal';
 import { rolesFromMetadata, tenantFromMetadata } from './tenant';
 
 export interface CallContext {
@@ -41,7 +42,8 @@ function metadataCarrier(metadata: Metadata): Record<string, string> {
 /**
  * Wraps a promise-returning handler as a grpc-js unary handler: continues the
  * caller's trace, reads and checks the tenant context (a body whose
- * `context.tenantId` differs from the metadata's is refused), maps typed
+ * `context.tenantId` differs from the metadata's is refused, an internal
+ * claim without its proof too), maps typed
  * errors to status codes in one place, and logs what was not expected.
  */
 export function unary<Req, Res>(method: string, logger: Logger, handler: UnaryHandler<Req, Res>): handleUnaryCall<Req, Res> {
@@ -52,6 +54,8 @@ export function unary<Req, Res>(method: string, logger: Logger, handler: UnaryHa
     void withSpan(method, { kind: SpanKind.SERVER, parent, attributes: { 'rpc.system': 'grpc', 'rpc.method': method } }, async () => {
       try {
         const tenant = tenantFromMetadata(call.metadata);
+        // Internal callers bypass the user checks: the claim holds only with its proof (mTLS identity or the mesh token).
+        if (tenant.internal) verifyInternalCaller(call.metadata, call.getAuthContext().sslPeerCertificate);
         const bodyContext = (call.request as { context?: commonV1.TenantContext } | null)?.context;
         if (bodyContext?.tenantId && bodyContext.tenantId !== tenant.tenantId) {
           throw new PermissionDeniedError('request context names another tenant than the call metadata', { field: 'context.tenant_id' });

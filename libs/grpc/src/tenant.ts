@@ -2,6 +2,7 @@ import { Metadata } from '@grpc/grpc-js';
 import { UnauthenticatedError } from '@switchboard/errors';
 import { assertSafeId, InvalidIdError } from '@switchboard/ids';
 import { commonV1 } from '@switchboard/proto';
+import { addInternalProof } from './internal';
 
 /** Metadata keys that carry the tenant context on every call. */
 export const TENANT_METADATA = {
@@ -43,7 +44,10 @@ export function tenantToMetadata(ctx: commonV1.TenantContext, metadata = new Met
   metadata.set(TENANT_METADATA.tenant, ctx.tenantId);
   if (ctx.userId) metadata.set(TENANT_METADATA.user, ctx.userId);
   if (ctx.deviceId) metadata.set(TENANT_METADATA.device, ctx.deviceId);
-  if (ctx.internal) metadata.set(TENANT_METADATA.internal, 'true');
+  if (ctx.internal) {
+    metadata.set(TENANT_METADATA.internal, 'true');
+    addInternalProof(metadata);
+  }
   return metadata;
 }
 
@@ -52,7 +56,11 @@ function first(metadata: Metadata, key: string): string {
   return typeof value === 'string' ? value : '';
 }
 
-/** The tenant context of an incoming call; a call without a valid tenant is refused. */
+/**
+ * The tenant context of an incoming call; a call without a valid tenant is
+ * refused. `internal` is only the caller's claim: unary() checks its proof
+ * (verifyInternalCaller) before a handler sees it.
+ */
 export function tenantFromMetadata(metadata: Metadata): commonV1.TenantContext {
   try {
     const tenantId = assertSafeId(first(metadata, TENANT_METADATA.tenant), 'tenant');

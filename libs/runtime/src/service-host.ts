@@ -1,4 +1,4 @@
-import { configureGrpcTls } from '@switchboard/grpc';
+import { configureGrpcTls, configureInternalCallers } from '@switchboard/grpc';
 import { createLogger, type Logger } from '@switchboard/logging';
 import { startTelemetry, type Telemetry } from '@switchboard/telemetry';
 import { Lifecycle } from './lifecycle';
@@ -14,6 +14,8 @@ export interface HostSettings {
   GRPC_TLS_CA_FILE?: string | undefined;
   GRPC_TLS_CERT_FILE?: string | undefined;
   GRPC_TLS_KEY_FILE?: string | undefined;
+  GRPC_INTERNAL_TOKEN?: string | undefined;
+  GRPC_INTERNAL_IDENTITIES?: readonly string[] | undefined;
 }
 
 export interface Dependency<T> {
@@ -58,6 +60,8 @@ export class ServiceHost {
     lifecycle.handleSignals();
     // Mutual TLS for every gRPC server and client of the process, when configured.
     configureGrpcTls(settings);
+    // Who may call this process as internal, and the proof its own internal calls carry.
+    configureInternalCallers(settings);
     const telemetry = startTelemetry({
       serviceName: name,
       otlpEndpoint: settings.OTEL_EXPORTER_OTLP_ENDPOINT,

@@ -26,7 +26,7 @@ async function main(): Promise<void> {
   // 2. Clients: NATS and the services behind the gateway.
   const nats = await host.dependency(
     'NATS',
-    () => connectNats({ servers: config.NATS_URL, name: `${SERVICE}-${config.GATEWAY_ID}`, onStatus: (event) => logger.info({ event }, 'nats connection') }),
+    () => connectNats({ servers: config.NATS_URL, nkeySeedFile: config.NATS_NKEY_SEED_FILE, name: `${SERVICE}-${config.GATEWAY_ID}`, onStatus: (event) => logger.info({ event }, 'nats connection') }),
     { close: (nc) => nc.drain(), ready: natsReady },
   );
   // Tenant limits, shared budgets and usage live in Redis, shared by every gateway.

@@ -3,7 +3,7 @@
 // see join/leave/role events; a removed member, and everyone when the room is
 // deleted, stops receiving the room's traffic at once).
 import { DEV_JWT_SECRET, SwitchboardClient, mintDevToken } from '@switchboard/client';
-import { eventually, infraEnv, startMesh, type Mesh } from '@switchboard/devenv';
+import { eventually, infraEnv, startMesh, type Mesh, natsSeedFile } from '@switchboard/devenv';
 import { ErrorCode, type SwitchboardError } from '@switchboard/errors';
 import { newId } from '@switchboard/ids';
 import { connectNats, newEnvelope, publishEnvelope, subjects, type NatsConnection } from '@switchboard/nats';
@@ -79,7 +79,7 @@ async function roomError(call: Promise<unknown>): Promise<SwitchboardError> {
 
 beforeAll(async () => {
   mesh = await startMesh({ gateways: 2, ports: 'free' });
-  nats = await connectNats({ servers: infraEnv().NATS_URL!, name: 'rooms-e2e' });
+  nats = await connectNats({ servers: infraEnv().NATS_URL!, nkeySeedFile: natsSeedFile(), name: 'rooms-e2e' });
 }, 120_000);
 
 afterAll(async () => {

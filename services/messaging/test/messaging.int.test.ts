@@ -1,6 +1,6 @@
 import { createServer, Socket, type Server } from 'node:net';
 import { Kafka, logLevel } from 'kafkajs';
-import { errorOf, eventually, freePort, infraEnv, launchService, launchWithClient, type ServiceProcess } from '@switchboard/devenv';
+import { errorOf, eventually, freePort, infraEnv, launchService, launchWithClient, type ServiceProcess, natsSeedFile } from '@switchboard/devenv';
 import { ErrorCode } from '@switchboard/errors';
 import type { PromiseClient } from '@switchboard/grpc';
 import { newId } from '@switchboard/ids';
@@ -45,7 +45,7 @@ describe('messaging service (real PostgreSQL, NATS, Kafka, room service)', () =>
     rooms.client.close();
     ({ service: room, address: roomAddress } = rooms);
     ({ service, client } = await launchWithClient('messaging', messagingV1.MessagingServiceClient, { OUTBOX_POLL_MS: '200', ROOM_ADDR: roomAddress }));
-    nats = await connectNats({ servers: env.NATS_URL!, name: 'messaging-test' });
+    nats = await connectNats({ servers: env.NATS_URL!, nkeySeedFile: natsSeedFile(), name: 'messaging-test' });
   });
 
   afterAll(async () => {

@@ -46,7 +46,7 @@ async function main(): Promise<void> {
   );
   const nats = await host.dependency(
     'NATS',
-    () => connectNats({ servers: config.NATS_URL, name: SERVICE, onStatus: (event) => logger.info({ event }, 'nats connection') }),
+    () => connectNats({ servers: config.NATS_URL, nkeySeedFile: config.NATS_NKEY_SEED_FILE, name: SERVICE, onStatus: (event) => logger.info({ event }, 'nats connection') }),
     { close: (nc) => nc.drain(), ready: natsReady },
   );
   const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: SERVICE, log: (level, message, extra) => logger[level](extra, message) });

@@ -1,7 +1,7 @@
 // Notification against real PostgreSQL, NATS and Kafka: the built service runs
 // as its own process, consumes records produced here to `sb.messages`, and is
 // read back over gRPC and NATS.
-import { freePort, infraEnv, launchService, type ServiceProcess } from '@switchboard/devenv';
+import { freePort, infraEnv, launchService, type ServiceProcess, natsSeedFile } from '@switchboard/devenv';
 import { ErrorCode, SwitchboardError } from '@switchboard/errors';
 import { createClient, type PromiseClient } from '@switchboard/grpc';
 import { newId } from '@switchboard/ids';
@@ -97,7 +97,7 @@ describe('notification service', () => {
   beforeAll(async () => {
     ({ service, client } = await startNotification());
     const env = infraEnv();
-    nats = await connectNats({ servers: env.NATS_URL!, name: 'notification-test' });
+    nats = await connectNats({ servers: env.NATS_URL!, nkeySeedFile: natsSeedFile(), name: 'notification-test' });
     producer = createIdempotentProducer(createKafka({ brokers: env.KAFKA_BROKERS!, clientId: 'notification-test' }));
     await producer.connect();
   });

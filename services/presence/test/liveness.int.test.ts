@@ -2,7 +2,7 @@
 // NATS with the built service as its own process: gateway leases, refresh
 // reconciliation, heartbeats and the reaper, auto-away, expiries, history,
 // watch-lists, typing, occupancy and the bad input the issue lists.
-import { errorOf, eventually, infraEnv, launchWithClient, type ServiceProcess } from '@switchboard/devenv';
+import { errorOf, eventually, infraEnv, launchWithClient, type ServiceProcess, natsSeedFile } from '@switchboard/devenv';
 import { ErrorCode } from '@switchboard/errors';
 import type { PromiseClient } from '@switchboard/grpc';
 import { newId } from '@switchboard/ids';
@@ -66,7 +66,7 @@ describe('presence liveness and features', () => {
       TYPING_RATE_POINTS: '3',
       HISTORY_RETENTION_MS: String(3600_000),
     }));
-    nats = await connectNats({ servers: infraEnv().NATS_URL!, name: 'presence-liveness-test' });
+    nats = await connectNats({ servers: infraEnv().NATS_URL!, nkeySeedFile: natsSeedFile(), name: 'presence-liveness-test' });
   });
 
   afterAll(async () => {

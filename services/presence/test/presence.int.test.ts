@@ -1,6 +1,6 @@
 // Presence against real Redis and NATS: the built service runs as its own
 // process and is called over gRPC like the gateway calls it.
-import { errorOf, eventually, infraEnv, launchWithClient, type ServiceProcess } from '@switchboard/devenv';
+import { errorOf, eventually, infraEnv, launchWithClient, type ServiceProcess, natsSeedFile } from '@switchboard/devenv';
 import { ErrorCode } from '@switchboard/errors';
 import type { PromiseClient } from '@switchboard/grpc';
 import { newId } from '@switchboard/ids';
@@ -45,7 +45,7 @@ describe('presence service', () => {
 
   beforeAll(async () => {
     ({ service, client } = await startPresence());
-    nats = await connectNats({ servers: infraEnv().NATS_URL!, name: 'presence-test' });
+    nats = await connectNats({ servers: infraEnv().NATS_URL!, nkeySeedFile: natsSeedFile(), name: 'presence-test' });
   });
 
   afterAll(async () => {

@@ -3,7 +3,7 @@
 // (the member's user subject and the room's conversation subject) and to
 // Kafka `sb.events` keyed by room id, numbered per room so a replica applies
 // them once and in order, even when the relay leader dies with events pending.
-import { eventually, infraEnv, type ServiceProcess } from '@switchboard/devenv';
+import { eventually, infraEnv, type ServiceProcess, natsSeedFile } from '@switchboard/devenv';
 import { newId } from '@switchboard/ids';
 import { connectNats, decodeEnvelope, subjects, type NatsConnection } from '@switchboard/nats';
 import { eventsV1, roomV1 } from '@switchboard/proto';
@@ -28,7 +28,7 @@ describe('room events (outbox → NATS and Kafka)', () => {
 
   beforeAll(async () => {
     ({ service, client } = await startRoom());
-    nats = await connectNats({ servers: infraEnv().NATS_URL!, name: 'room-events-test' });
+    nats = await connectNats({ servers: infraEnv().NATS_URL!, nkeySeedFile: natsSeedFile(), name: 'room-events-test' });
     nats.subscribe(`sb.${tenantId}.>`, {
       callback: (err, msg) => {
         if (!err) onNats.push({ subject: msg.subject, envelope: decodeEnvelope(msg).envelope });

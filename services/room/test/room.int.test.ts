@@ -1,6 +1,6 @@
 // Room against real PostgreSQL and NATS: the built service runs as its own
 // process, migrates its schema and is called over gRPC.
-import { errorOf, eventually, infraEnv, launchWithClient, type ServiceProcess } from '@switchboard/devenv';
+import { errorOf, eventually, infraEnv, launchWithClient, type ServiceProcess, natsSeedFile } from '@switchboard/devenv';
 import { ErrorCode } from '@switchboard/errors';
 import type { PromiseClient } from '@switchboard/grpc';
 import { newId } from '@switchboard/ids';
@@ -61,7 +61,7 @@ describe('room service', () => {
 
   beforeAll(async () => {
     ({ service, client } = await startRoom());
-    nats = await connectNats({ servers: infraEnv().NATS_URL!, name: 'room-test' });
+    nats = await connectNats({ servers: infraEnv().NATS_URL!, nkeySeedFile: natsSeedFile(), name: 'room-test' });
   });
 
   afterAll(async () => {

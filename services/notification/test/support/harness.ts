@@ -2,7 +2,7 @@
 // (notification, and presence and room where routing needs them), a Kafka
 // producer writing records as messaging does, NATS subscriptions as a
 // gateway holds them, and small helpers.
-import { eventually as waitUntil, freePort, infraEnv, launchService, type ServiceName, type ServiceProcess } from '@switchboard/devenv';
+import { eventually as waitUntil, freePort, infraEnv, launchService, type ServiceName, type ServiceProcess, natsSeedFile } from '@switchboard/devenv';
 import { ErrorCode, type SwitchboardError } from '@switchboard/errors';
 import { createClient, type PromiseClient } from '@switchboard/grpc';
 import { newId } from '@switchboard/ids';
@@ -41,7 +41,7 @@ export class Infra {
 
   async start(): Promise<this> {
     const env = infraEnv();
-    this.nats = await connectNats({ servers: env.NATS_URL!, name: 'notification-test' });
+    this.nats = await connectNats({ servers: env.NATS_URL!, nkeySeedFile: natsSeedFile(), name: 'notification-test' });
     this.producer = createIdempotentProducer(createKafka({ brokers: env.KAFKA_BROKERS!, clientId: 'notification-test' }));
     await this.producer.connect();
     // Only to move a held item's due time ("an hour passes"): the service's own table, read by its own tests.

@@ -1,0 +1,177 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { ConfigError } from '@switchboard/config';
+import { infraEnv, natsSeedFile } from '@switchboard/devenv';
+import { connectNats, NATS_PERMISSIONS, NATS_USERS, nkeys, type NatsConnection, type NatsUser } from '@switchboard/nats';
+import { readConfig } from '../../src/config';
+import { Report } from './support';
+
+// Security suite, part 5: NATS credentials. Against the real nats-server of the
+// infrastructure (infra.sh starts it with the users of libs/nats
+// NATS_PERMISSIONS): each service's nkey may publish and subscribe exactly the
+// subjects its code uses, and nothing else; a client without a known nkey is
+// refused. The expectations are concrete subjects written out here, not derived
+// from the table, so a widened permission fails this test.
+const report = new Report('security suite: NATS credentials per service');
+const SERVICES = ['gateway', 'messaging', 'presence', 'room', 'notification'] as const;
+type Service = (typeof SERVICES)[number];
+
+/** A concrete subject for every kind of traffic in the mesh (plus JetStream's API and request/reply inboxes). */
+const SUBJECTS = {
+  conversation: 'sb.acme.conv.c1',
+  user: 'sb.acme.user.u1',
+  presence: 'sb.acme.presence.u1',
+  event: 'sb.acme.evt.labs.results',
+  heartbeat: 'sb.sys.gateway.heartbeat',
+  messagingOutbox: 'sb.sys.messaging.outbox',
+  roomOutbox: 'sb.sys.room.outbox',
+  presenceResync: 'sb.sys.presence.resync',
+  jetStreamCreate: '$JS.API.STREAM.CREATE.sb-events',
+  jetStreamPublish: '$JS.API.STREAM.MSG.GET.sb-events',
+  inbox: '_INBOX.abc.1',
+  other: 'other.subject',
+} as const;
+type Kind = keyof typeof SUBJECTS;
+
+/** What each service's code does on NATS (grep publish/subscribe/publishEnvelope/outbox subjects); all else must be refused. */
+const ALLOWED: Record<Service, { publish: Kind[]; subscribe: Kind[] }> = {
+  gateway: { publish: ['heartbeat'], subscribe: ['user', 'conversation', 'presence', 'presenceResync'] },
+  messaging: { publish: ['conversation', 'user', 'messagingOutbox'], subscribe: ['messagingOutbox'] },
+  presence: { publish: ['presence', 'conversation', 'user', 'presenceResync'], subscribe: ['heartbeat'] },
+  room: { publish: ['conversation', 'user', 'roomOutbox'], subscribe: ['roomOutbox'] },
+  notification: { publish: ['user'], subscribe: [] },
+};
+const KINDS = Object.keys(SUBJECTS) as Kind[];
+
+const url = infraEnv().NATS_URL!;
+const connections: NatsConnection[] = [];
+let observer: NatsConnection;
+
+async function connectAs(user: NatsUser): Promise<NatsConnection> {
+  const nc = await connectNats({ servers: url, name: `nats-permissions-${user}`, nkeySeedFile: natsSeedFile(user) });
+  connections.push(nc);
+  return nc;
+}
+
+/** Publishes as `nc` and reports whether the observer (tools user, every subject) received it. */
+async function published(nc: NatsConnection, subject: string): Promise<boolean> {
+  const sub = observer.subscribe(subject, { max: 1 });
+  await observer.flush();
+  const payload = new TextEncoder().encode(`probe ${Math.random()}`);
+  nc.publish(subject, payload);
+  await nc.flush();
+  // A round trip of the observer after the publisher's flush: the server routed the message by then if it allowed it.
+  await observer.flush();
+  const received = await Promise.race([
+    (async () => {
+      for await (const msg of sub) return Buffer.from(msg.data).equals(Buffer.from(payload));
+      return false;
+    })(),
+    // Not a timing bound: the observer's flush above already returned after anything the server routed to it.
+    new Promise<false>((resolve) => setTimeout(() => resolve(false), 100)),
+  ]);
+  sub.unsubscribe();
+  return received;
+}
+
+/** Subscribes as `nc`; the server refuses or allows the subscription, and an allowed one receives what the observer sends. */
+async function subscribed(nc: NatsConnection, subject: string): Promise<'received' | 'refused'> {
+  const sub = nc.subscribe(subject, { max: 1 });
+  const outcome = (async () => {
+    try {
+      for await (const _msg of sub) return 'received' as const;
+    } catch (err) {
+      if (/permissions violation/i.test((err as Error).message)) return 'refused' as const;
+      throw err;
+    }
+    return 'refused' as const;
+  })();
+  await nc.flush();
+  observer.publish(subject, new TextEncoder().encode('probe'));
+  await observer.flush();
+  return Promise.race([outcome, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`subscription to ${subject} neither received nor refused`)), 5000))]);
+}
+
+beforeAll(async () => {
+  observer = await connectAs('tools');
+});
+
+afterAll(async () => {
+  await Promise.all(connections.map((nc) => nc.close()));
+  report.print();
+});
+
+describe('each service has its own NATS user, limited to its subjects', () => {
+  it('the table the infrastructure serves matches what each service does', () => {
+    expect(NATS_USERS).toEqual([...SERVICES, 'tools']);
+    // No service may reach JetStream's API or reply inboxes: none uses them.
+    for (const service of SERVICES) {
+      for (const pattern of [...NATS_PERMISSIONS[service].publish, ...NATS_PERMISSIONS[service].subscribe]) {
+        expect(pattern).toMatch(/^sb\./);
+      }
+    }
+  });
+
+  it.each(SERVICES)('%s may publish and subscribe exactly its own subjects', async (service) => {
+    const nc = await connectAs(service);
+    for (const kind of KINDS) {
+      const subject = SUBJECTS[kind];
+      const allowedToPublish = ALLOWED[service].publish.includes(kind);
+      const delivered = await published(nc, subject);
+      expect({ service, publish: subject, delivered }).toEqual({ service, publish: subject, delivered: allowedToPublish });
+      if (!allowedToPublish) report.held(`${service} publishes to ${subject}`, 'not delivered (permissions violation)');
+    }
+    for (const kind of KINDS) {
+      const subject = SUBJECTS[kind];
+      const allowedToSubscribe = ALLOWED[service].subscribe.includes(kind);
+      const outcome = await subscribed(nc, subject);
+      expect({ service, subscribe: subject, outcome }).toEqual({ service, subscribe: subject, outcome: allowedToSubscribe ? 'received' : 'refused' });
+      if (!allowedToSubscribe) report.held(`${service} subscribes to ${subject}`, 'refused');
+    }
+    // The violations did not cost the service its connection.
+    expect(nc.isClosed()).toBe(false);
+    await nc.flush();
+  });
+
+  it('refuses a client without credentials and one with an nkey the server does not know', async () => {
+    const anonymous = await connectNats({ servers: url, name: 'anonymous' }).then(
+      () => 'connected',
+      (err: Error) => err.message,
+    );
+    expect(anonymous).toMatch(/NATS requires credentials .*NATS_NKEY_SEED_FILE/);
+    report.held('a client without credentials connects', anonymous);
+
+    const dir = mkdtempSync(path.join(tmpdir(), 'sb-nats-'));
+    const stranger = path.join(dir, 'stranger.nk');
+    writeFileSync(stranger, `${new TextDecoder().decode(nkeys.createUser().getSeed())}\n`);
+    const unknown = await connectNats({ servers: url, name: 'stranger', nkeySeedFile: stranger }).then(
+      () => 'connected',
+      (err: Error) => err.message,
+    );
+    expect(unknown).toContain(`NATS refused the nkey in ${stranger}`);
+    report.held('a client with a valid but unknown nkey connects', unknown);
+  });
+
+  it('a service refuses to start with a seed file that is missing or holds no user seed, naming the variable', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'sb-nats-'));
+    const garbage = path.join(dir, 'garbage.nk');
+    writeFileSync(garbage, 'not a seed\n');
+    const account = path.join(dir, 'account.nk');
+    writeFileSync(account, `${new TextDecoder().decode(nkeys.createAccount().getSeed())}\n`);
+    const problems = (file: string) => {
+      try {
+        readConfig({ NATS_NKEY_SEED_FILE: file });
+        return 'accepted';
+      } catch (err) {
+        expect(err).toBeInstanceOf(ConfigError);
+        return (err as ConfigError).problems.join('; ');
+      }
+    };
+    expect(problems(path.join(dir, 'missing.nk'))).toMatch(/^NATS_NKEY_SEED_FILE: cannot read the nkey seed file \(ENOENT\)/);
+    expect(problems(garbage)).toMatch(/^NATS_NKEY_SEED_FILE: the file holds no NATS user nkey seed/);
+    expect(problems(account)).toMatch(/^NATS_NKEY_SEED_FILE: the file holds no NATS user nkey seed/);
+    expect(problems(natsSeedFile('gateway'))).toBe('accepted');
+    report.held('NATS_NKEY_SEED_FILE pointing at a missing file, garbage, an account seed', 'the service does not start; the variable is named');
+  });
+});
