@@ -101,6 +101,24 @@ describe('dashboards', () => {
     expect(exprs).toMatch(/histogram_quantile\(0\.99/);
   });
 
+  test('the Tenants dashboard shows connections, messages, refusals by reason and bandwidth per tenant, from the gateway metrics', () => {
+    const tenants = dashboards().find((d) => d.json.title === 'Switchboard / Tenants')!.json;
+    const queries = tenants.panels.flatMap((p: any) => (p.targets ?? []).map((t: any) => ({ panel: p.title as string, expr: t.expr as string })));
+    const panelUsing = (pattern: RegExp) => queries.filter((q: { expr: string }) => pattern.test(q.expr)).map((q: { panel: string }) => q.panel);
+    expect(panelUsing(/sum by \(tenant\) \(gateway_tenant_connections\{/).length).toBeGreaterThan(0);
+    expect(panelUsing(/sum by \(tenant\) \(rate\(gateway_tenant_messages_total\{/).length).toBeGreaterThan(0);
+    expect(panelUsing(/sum by \(tenant, reason\) \(rate\(gateway_tenant_rejects_total\{/).length).toBeGreaterThan(0);
+    expect(panelUsing(/gateway_tenant_bytes_total\{[^}]*direction="in"/).length).toBeGreaterThan(0);
+    expect(panelUsing(/gateway_tenant_bytes_total\{[^}]*direction="out"/).length).toBeGreaterThan(0);
+    // The tenant variable narrows every per-tenant traffic panel.
+    for (const q of queries.filter((q: { expr: string }) => /gateway_tenant_(messages|frames|bytes|rejects)_total/.test(q.expr))) {
+      expect({ panel: q.panel, tenantFilter: q.expr.includes('tenant=~"$tenant"') }).toEqual({ panel: q.panel, tenantFilter: true });
+    }
+    // Shipped only when dashboards are on.
+    const off = ofKind(template({ set: { 'monitoring.dashboards.enabled': false } }), 'ConfigMap').filter((c) => c.metadata.labels?.grafana_dashboard === '1');
+    expect(off).toEqual([]);
+  });
+
   test('are well-formed Grafana dashboards: unique uids, a Prometheus data source variable, panels on the grid', () => {
     const uids = dashboards().map((d) => d.json.uid);
     expect(new Set(uids).size).toBe(uids.length);
