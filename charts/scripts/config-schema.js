@@ -21,10 +21,14 @@ const SERVICES = ['gateway', 'messaging', 'presence', 'room', 'notification'];
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 /** Set by every service chart: listen settings and infrastructure connections (common/_config.tpl). */
-const CHART_SET = ['HOST', 'GRPC_PORT', 'OPS_PORT', 'OTEL_EXPORTER_OTLP_ENDPOINT', 'DATABASE_URL', 'REDIS_URL', 'NATS_URL', 'KAFKA_BROKERS'];
+const CHART_SET = [
+  'HOST', 'GRPC_PORT', 'OPS_PORT', 'OTEL_EXPORTER_OTLP_ENDPOINT', 'DATABASE_URL', 'REDIS_URL', 'NATS_URL', 'KAFKA_BROKERS',
+  // Mounted credentials and the proof of internal calls (common/_security.tpl).
+  'NATS_NKEY_SEED_FILE', 'GRPC_TLS_CA_FILE', 'GRPC_TLS_CERT_FILE', 'GRPC_TLS_KEY_FILE', 'GRPC_INTERNAL_TOKEN', 'GRPC_INTERNAL_IDENTITIES',
+];
 /** Set by one chart only (gateway/_gateway.tpl). */
 const CHART_SET_BY_SERVICE = {
-  gateway: ['PORT', 'GATEWAY_ID', 'JWT_SECRET', 'JWT_JWKS_URL', 'JWT_ISSUER', 'JWT_AUDIENCE', 'ALLOWED_ORIGINS'],
+  gateway: ['PORT', 'GATEWAY_ID', 'JWT_SECRET', 'JWT_JWKS_URL', 'JWT_ISSUER', 'JWT_AUDIENCE', 'ALLOWED_ORIGINS', 'TLS_CERT_FILE', 'TLS_KEY_FILE'],
 };
 /** Never in a ConfigMap: keys, passwords, credentials (accepted in secretEnv only). */
 const SECRET = /SECRET|PASSWORD|PRIVATE|TOKEN|CREDENTIAL|SERVICE_ACCOUNT|^APNS_KEY$|^SMTP_URL$/;

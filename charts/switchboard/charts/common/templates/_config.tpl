@@ -64,6 +64,7 @@ KAFKA_BROKERS: {{ required "global.kafka.brokers is required" $c.brokers | inclu
 {{ $key }}: {{ include "common.envString" $value | quote }}
 {{- end }}
 {{- include (printf "%s.extraConfigData" .Chart.Name) . }}
+{{- include "common.securityConfigData" . }}
 {{- end -}}
 
 {{- define "common.configmap" -}}
@@ -93,6 +94,9 @@ data:
 {{- range $ref := include (printf "%s.extraSecretRefs" .Chart.Name) . | fromYamlArray }}
 {{- $refs = append $refs $ref }}
 {{- end }}
+{{- range $ref := include "common.internalTokenRef" . | fromYamlArray }}
+{{- $refs = append $refs $ref }}
+{{- end }}
 {{- range $env, $ref := .Values.secretEnv }}
 {{- $refs = append $refs (dict "env" $env "secret" $ref.existingSecret "key" $ref.secretKey) }}
 {{- end }}
@@ -110,8 +114,9 @@ data:
 {{- end -}}
 
 {{/*
-The referenced Secrets' resourceVersions, hashed: `helm upgrade` after a
-Secret changed (a rotated password or JWT key) rolls the pods that read it.
+The referenced and mounted Secrets' resourceVersions, hashed: `helm upgrade`
+after a Secret changed (a rotated password, JWT key, certificate or nkey) rolls
+the pods that read it.
 `helm template` cannot look Secrets up, so there the hash is of the names only.
 */}}
 {{- define "common.secretRefsChecksum" -}}
@@ -120,6 +125,11 @@ Secret changed (a rotated password or JWT key) rolls the pods that read it.
 {{- range $ref := include "common.secretRefs" . | fromYamlArray }}
 {{- $secret := lookup "v1" "Secret" $root.Release.Namespace $ref.secret }}
 {{- $versions = append $versions (printf "%s/%s=%s" $ref.secret $ref.key (dig "metadata" "resourceVersion" "" $secret)) }}
+{{- end }}
+{{- /* Mounted Secrets too: a renewed certificate or a new nkey rolls the pods on the next upgrade. */}}
+{{- range $mount := include "common.secretMounts" . | fromYamlArray }}
+{{- $secret := lookup "v1" "Secret" $root.Release.Namespace $mount.secret }}
+{{- $versions = append $versions (printf "%s (mounted)=%s" $mount.secret (dig "metadata" "resourceVersion" "" $secret)) }}
 {{- end }}
 {{- join "," $versions | sha256sum }}
 {{- end -}}

@@ -179,11 +179,13 @@ spec:
           volumeMounts:
             - name: tmp
               mountPath: /tmp
+            {{- include "common.secretVolumeMounts" . | nindent 12 }}
       volumes:
         # The root file system is read-only; Node.js and its libraries may still want a scratch /tmp.
         - name: tmp
           emptyDir:
             sizeLimit: 64Mi
+        {{- include "common.secretVolumes" . | nindent 8 }}
       topologySpreadConstraints:
         {{- include "common.topologySpread" . | nindent 8 }}
       {{- with .Values.nodeSelector }}

@@ -16,6 +16,24 @@ JWT_AUDIENCE: {{ . | quote }}
 {{- with .Values.auth.allowedOrigins }}
 ALLOWED_ORIGINS: {{ join "," . | quote }}
 {{- end }}
+{{- if .Values.tls.existingSecret }}
+TLS_CERT_FILE: "/etc/switchboard/tls/tls.crt"
+TLS_KEY_FILE: "/etc/switchboard/tls/tls.key"
+{{- end }}
+{{- end -}}
+
+{{/* TLS 1.3 on the WebSocket port itself (wss:// to the pod), from a kubernetes.io/tls Secret. */}}
+{{- define "gateway.extraSecretMounts" -}}
+{{- with .Values.tls.existingSecret }}
+- name: tls
+  secret: {{ . | quote }}
+  mountPath: /etc/switchboard/tls
+  items:
+    - key: tls.crt
+      path: tls.crt
+    - key: tls.key
+      path: tls.key
+{{- end }}
 {{- end -}}
 
 {{/* The HS256 secret, by reference; with a JWKS URL there is no shared secret at all. */}}

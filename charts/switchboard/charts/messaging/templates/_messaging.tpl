@@ -4,3 +4,4 @@
 {{- define "messaging.extraConfigData" -}}{{- end -}}
 {{- define "messaging.extraSecretRefs" -}}{{- end -}}
 {{- define "messaging.podEnv" -}}{{- end -}}
+{{- define "messaging.extraSecretMounts" -}}{{- end -}}

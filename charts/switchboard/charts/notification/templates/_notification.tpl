@@ -4,3 +4,4 @@
 {{- define "notification.extraConfigData" -}}{{- end -}}
 {{- define "notification.extraSecretRefs" -}}{{- end -}}
 {{- define "notification.podEnv" -}}{{- end -}}
+{{- define "notification.extraSecretMounts" -}}{{- end -}}

@@ -4,3 +4,4 @@
 {{- define "presence.extraConfigData" -}}{{- end -}}
 {{- define "presence.extraSecretRefs" -}}{{- end -}}
 {{- define "presence.podEnv" -}}{{- end -}}
+{{- define "presence.extraSecretMounts" -}}{{- end -}}

@@ -4,3 +4,4 @@
 {{- define "room.extraConfigData" -}}{{- end -}}
 {{- define "room.extraSecretRefs" -}}{{- end -}}
 {{- define "room.podEnv" -}}{{- end -}}
+{{- define "room.extraSecretMounts" -}}{{- end -}}
