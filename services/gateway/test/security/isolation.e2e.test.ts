@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import * as protobuf from 'protobufjs';
 import { startMesh, infraEnv, type Mesh } from '@switchboard/devenv';
-import { createClient } from '@switchboard/grpc';
+import { createClient, INTERNAL_TOKEN_METADATA } from '@switchboard/grpc';
 import { newId } from '@switchboard/ids';
 import { createPool, type Pool } from '@switchboard/postgres';
 import { descriptorSetPath, notificationV1, presenceV1, roomV1 } from '@switchboard/proto';
@@ -158,7 +158,11 @@ function metadataFor(kind: 'user' | 'internal'): grpc.Metadata {
   if (kind === 'user') {
     metadata.set('x-sb-user', 'alice-a');
     metadata.set('x-sb-device', 'adev');
-  } else metadata.set('x-sb-internal', 'true');
+  } else {
+    // A real internal caller of tenant A: with the mesh token (internal.int.test.ts shows the claim refused without it).
+    metadata.set('x-sb-internal', 'true');
+    metadata.set(INTERNAL_TOKEN_METADATA, infraEnv().GRPC_INTERNAL_TOKEN!);
+  }
   return metadata;
 }
 
