@@ -1,7 +1,7 @@
 /**
  * The metric names the alerts, dashboards and the HPA use, against a real
  * scrape: the whole mesh runs as processes (startMesh), clients connect, send
- * a message and get refused once, and every service's /metrics is read. Each
+ * a message, get a handshake and a frame refused, and every service's /metrics is read. Each
  * name the chart uses must appear there, or be a standard cluster series.
  */
 import { request } from 'node:http';
@@ -70,6 +70,8 @@ test('every metric the chart uses is on a live /metrics page of the mesh', async
   await alice.sendMessage({ recipientUserId: 'bob', text: 'metrics' });
   await delivered;
   expect(await refusedHandshake(mesh.gateways[0]!.url)).toBe(401);
+  // A frame the gateway refuses (an id outside the safe alphabet): the per-tenant refusals by reason.
+  await expect(alice.sendMessage({ recipientUserId: 'not a safe id', text: 'refused' })).rejects.toThrow();
 
   // Carol never connects: her message becomes a notification (the notification metrics).
   await alice.sendMessage({ recipientUserId: 'carol', text: 'metrics while you were away' });
