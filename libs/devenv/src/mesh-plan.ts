@@ -1,3 +1,4 @@
+import { configureInternalCallers } from '@switchboard/grpc';
 import { infraEnv } from './infra';
 import { freePort, launchService, type ServiceProcess } from './process';
 
@@ -32,6 +33,8 @@ const DEFAULT_PORTS = {
 export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
   const free = options.ports === 'free';
   const base = { ...infraEnv(), ...options.env };
+  // The process that starts the mesh operates it: its own internal calls carry the mesh's token.
+  configureInternalCallers({ GRPC_INTERNAL_TOKEN: base.GRPC_INTERNAL_TOKEN });
   const started: ServiceProcess[] = [];
   const port = async (fixed: number) => (free ? freePort() : fixed);
   try {

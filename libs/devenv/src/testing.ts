@@ -1,5 +1,5 @@
 import type { SwitchboardError } from '@switchboard/errors';
-import { createClient, type PromiseClient } from '@switchboard/grpc';
+import { configureInternalCallers, createClient, type PromiseClient } from '@switchboard/grpc';
 import type { Client } from '@grpc/grpc-js';
 import { infraEnv } from './infra';
 import { freePort, launchService, type ServiceName, type ServiceProcess } from './process';
@@ -14,9 +14,12 @@ export async function launchWithClient<C extends Client>(
   env: Record<string, string> = {},
 ): Promise<{ service: ServiceProcess; client: PromiseClient<C>; address: string }> {
   const grpcPort = await freePort();
+  const settings: Record<string, string> = { ...infraEnv(), LOG_LEVEL: 'warn', GRPC_PORT: String(grpcPort), ...env };
+  // The caller gets a client of the service: its internal calls carry the service's token.
+  configureInternalCallers({ GRPC_INTERNAL_TOKEN: settings.GRPC_INTERNAL_TOKEN });
   const processHandle = await launchService({
     service,
-    env: { ...infraEnv(), LOG_LEVEL: 'warn', GRPC_PORT: String(grpcPort), ...env },
+    env: settings,
     opsPort: await freePort(),
   });
   const address = `127.0.0.1:${grpcPort}`;

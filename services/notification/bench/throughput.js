@@ -8,7 +8,7 @@
 //   node services/notification/bench/throughput.js [N=20000] [USERS=500]
 //
 // Needs the local infrastructure (`npm run infra -- up`) and a build.
-const { freePort, infraEnv, launchService } = require('@switchboard/devenv');
+const { freePort, infraEnv, launchService, natsSeedFile } = require('@switchboard/devenv');
 const { newId } = require('@switchboard/ids');
 const { createIdempotentProducer, createKafka, envelopeRecord, TOPICS } = require('@switchboard/kafka');
 const { connectNats, decodeEnvelope, newEnvelope } = require('@switchboard/nats');
@@ -32,7 +32,7 @@ async function main() {
   const env = infraEnv();
   const started = [];
   const tenantId = newId();
-  const nats = await connectNats({ servers: env.NATS_URL, name: 'notification-bench' });
+  const nats = await connectNats({ servers: env.NATS_URL, nkeySeedFile: natsSeedFile(), name: 'notification-bench' });
   const producer = createIdempotentProducer(createKafka({ brokers: env.KAFKA_BROKERS, clientId: 'notification-bench' }));
   await producer.connect();
   try {

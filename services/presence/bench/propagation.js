@@ -53,7 +53,7 @@ async function redisCalls(redis) {
 
 async function parent() {
   const [users = 4000, seconds = 60, processes = 4, gateways = 2, watches = 5, changesPerSecond = 20, churnPerMinute = 0.1] = process.argv.slice(2).map(Number);
-  const { startMesh, infraEnv } = require('@switchboard/devenv');
+  const { startMesh, infraEnv, natsSeedFile } = require('@switchboard/devenv');
   const { createRedis } = require('@switchboard/redis');
   const mesh = await startMesh({ gateways, ports: 'free', env: { LOG_LEVEL: 'warn' }, gatewayEnv: { SHUTDOWN_DEADLINE_MS: '5000' } });
   const redis = createRedis(infraEnv().REDIS_URL, 'bench');
@@ -66,7 +66,7 @@ async function parent() {
   const lastObserved = new Map();
   let crashAt = 0;
   const { connectNats, decodeEnvelope } = require('@switchboard/nats');
-  const nats = await connectNats({ servers: infraEnv().NATS_URL, name: 'bench-observer' });
+  const nats = await connectNats({ servers: infraEnv().NATS_URL, nkeySeedFile: natsSeedFile(), name: 'bench-observer' });
   nats.subscribe(`sb.${tenant}.presence.>`, {
     callback: (err, msg) => {
       if (err || !observing) return;

@@ -82,14 +82,14 @@ const via = process.argv[6] ?? 'messaging';
   const { createClient } = require('@switchboard/grpc');
   const { roomV1, eventsV1, messagingV1 } = require('@switchboard/proto');
   const { connectNats, newEnvelope, publishEnvelope, subjects } = require('@switchboard/nats');
-  const { infraEnv } = require('@switchboard/devenv');
+  const { infraEnv, natsSeedFile } = require('@switchboard/devenv');
 
   const mesh = await startMesh({ gateways: 2, ports: 'free', env: { LOG_LEVEL: 'warn' } });
   const tenant = `fan${Date.now()}`;
   const internal = { context: { tenantId: tenant, userId: '', deviceId: '', internal: true }, deadlineMs: 30_000 };
   const room = createClient(roomV1.RoomServiceClient, mesh.addresses.room);
   const children = [];
-  const nats = await connectNats({ servers: infraEnv().NATS_URL, name: 'room-fanout-bench' });
+  const nats = await connectNats({ servers: infraEnv().NATS_URL, nkeySeedFile: natsSeedFile(), name: 'room-fanout-bench' });
   try {
     const userIds = Array.from({ length: members }, (_, i) => `m${i}`);
     let roomId = '';
