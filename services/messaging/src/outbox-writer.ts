@@ -49,15 +49,17 @@ export class OutboxWriter {
   async write(db: PoolClient): Promise<void> {
     if (this.events.length === 0) return;
     const column = <K extends keyof OutboxEvent>(key: K) => this.events.map((event) => event[key]);
-    await db.query(
+    await db.query({
+      // Prepared once per connection (named): every send batch runs it.
+      name: 'messaging-outbox-insert',
       // Ordered, so the relay (which reads by id) publishes in the order of the sends.
-      `INSERT INTO outbox (tenant_id, event_id, nats_subject, kafka_topic, kafka_key, payload, headers)
+      text: `INSERT INTO outbox (tenant_id, event_id, nats_subject, kafka_topic, kafka_key, payload, headers)
        SELECT tenant_id, event_id, nats_subject, kafka_topic, kafka_key, payload, headers
        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::jsonb[])
             WITH ORDINALITY AS e(tenant_id, event_id, nats_subject, kafka_topic, kafka_key, payload, headers, position)
        ORDER BY position`,
-      [column('tenantId'), column('eventId'), column('natsSubject'), column('kafkaTopic'), column('kafkaKey'), column('payload'), column('headers')],
-    );
+      values: [column('tenantId'), column('eventId'), column('natsSubject'), column('kafkaTopic'), column('kafkaKey'), column('payload'), column('headers')],
+    });
     this.events.length = 0;
   }
 }

@@ -1,7 +1,7 @@
 import { isSafeId } from '@switchboard/ids';
 import { decodeRecord, TOPICS } from '@switchboard/kafka';
 import type { Logger } from '@switchboard/logging';
-import { withTenantTransaction, type Pool, type PoolClient } from '@switchboard/postgres';
+import { prepared, withTenantTransaction, type Pool, type PoolClient } from '@switchboard/postgres';
 import { type eventsV1, messagingV1, notificationV1 } from '@switchboard/proto';
 import { metrics, SpanKind, withSpan, type Counter } from '@switchboard/telemetry';
 import type { Consumer, EachBatchPayload, KafkaMessage } from 'kafkajs';
@@ -503,17 +503,22 @@ async function readingNow(db: PoolClient, tenantId: string, planned: Planned[], 
 }
 
 async function alreadyStored(db: PoolClient, tenantId: string, ids: string[]): Promise<Set<string>> {
-  const { rows } = await db.query<{ notification_id: string }>(`SELECT notification_id FROM notifications WHERE tenant_id = $1 AND notification_id = ANY($2::text[])`, [tenantId, ids]);
+  const { rows } = await db.query<{ notification_id: string }>(
+    prepared('notification-already-stored', `SELECT notification_id FROM notifications WHERE tenant_id = $1 AND notification_id = ANY($2::text[])`, [tenantId, ids]),
+  );
   return new Set(rows.map((r) => r.notification_id));
 }
 
 export async function unreadCounts(db: PoolClient, tenantId: string, users: string[]): Promise<Map<string, number>> {
   if (users.length === 0) return new Map();
   const { rows } = await db.query<{ user_id: string; unread: number }>(
-    `SELECT u.user_id, count(n.notification_id)::int AS unread FROM unnest($2::text[]) AS u(user_id)
+    prepared(
+      'notification-unread-counts',
+      `SELECT u.user_id, count(n.notification_id)::int AS unread FROM unnest($2::text[]) AS u(user_id)
      LEFT JOIN notifications n ON n.tenant_id = $1 AND n.user_id = u.user_id AND n.read_at IS NULL AND NOT n.hidden AND (n.expires_at IS NULL OR n.expires_at > now())
      GROUP BY u.user_id`,
-    [tenantId, users],
+      [tenantId, users],
+    ),
   );
   return new Map(rows.map((r) => [r.user_id, r.unread]));
 }
@@ -573,7 +578,9 @@ export function deliveryRows(p: Pick<Planned, 'notificationId' | 'userId'>, chan
 
 async function insertNotifications(db: PoolClient, tenantId: string, rows: NotificationInsert[]): Promise<void> {
   await db.query(
-    `INSERT INTO notifications (tenant_id, notification_id, user_id, kind, priority, title, body, data, room_id, request_id, source_event_id, created_at,
+    prepared(
+      'notification-insert',
+      `INSERT INTO notifications (tenant_id, notification_id, user_id, kind, priority, title, body, data, room_id, request_id, source_event_id, created_at,
                                 expires_at, conversation_id, message_seq, hidden, silent, variables)
      SELECT $1, n.* FROM unnest($2::text[], $3::text[], $4::text[], $5::smallint[], $6::text[], $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::text[],
                                 $12::timestamptz[], $13::timestamptz[], $14::text[], $15::bigint[], $16::boolean[], $17::boolean[], $18::jsonb[]) AS n
@@ -599,13 +606,16 @@ async function insertNotifications(db: PoolClient, tenantId: string, rows: Notif
       rows.map((r) => r.silent),
       rows.map((r) => JSON.stringify(r.p.variables)),
     ],
+    ),
   );
 }
 
 export async function insertDeliveries(db: PoolClient, tenantId: string, rows: DeliveryInsert[], owner: string): Promise<void> {
   if (rows.length === 0) return;
   await db.query(
-    `INSERT INTO deliveries (tenant_id, notification_id, channel, target, user_id, state, skip_reason, reason, digest, next_attempt_at, attempts, counted_at)
+    prepared(
+      'notification-deliveries-insert',
+      `INSERT INTO deliveries (tenant_id, notification_id, channel, target, user_id, state, skip_reason, reason, digest, next_attempt_at, attempts, counted_at)
      SELECT $1, d.* FROM unnest($2::text[], $3::smallint[], $4::text[], $5::text[], $6::text[], $7::smallint[], $8::text[], $9::text[], $10::timestamptz[], $11::int[], $12::timestamptz[]) AS d
      ON CONFLICT DO NOTHING`,
     [
@@ -622,23 +632,30 @@ export async function insertDeliveries(db: PoolClient, tenantId: string, rows: D
       rows.map((r) => r.attempts),
       rows.map((r) => r.countedAt),
     ],
+    ),
   );
   const inflight = rows.filter((r) => r.state === 'inflight');
   if (inflight.length > 0) {
     await db.query(
-      `INSERT INTO delivery_attempts (tenant_id, notification_id, channel, target, attempt, push_device_id)
+      prepared(
+        'notification-attempts-insert',
+        `INSERT INTO delivery_attempts (tenant_id, notification_id, channel, target, attempt, push_device_id)
        SELECT $1, a.notification_id, a.channel, a.target, 1, '' FROM unnest($2::text[], $3::smallint[], $4::text[]) AS a(notification_id, channel, target)
        ON CONFLICT DO NOTHING`,
-      [tenantId, inflight.map((r) => r.notificationId), inflight.map((r) => r.channel), inflight.map((r) => r.target)],
+        [tenantId, inflight.map((r) => r.notificationId), inflight.map((r) => r.channel), inflight.map((r) => r.target)],
+      ),
     );
   }
   const queued = rows.filter((r) => r.dueAt);
   if (queued.length > 0) {
     await db.query(
-      `INSERT INTO delivery_queue (owner, tenant_id, notification_id, channel, target, due_at)
+      prepared(
+        'notification-queue-insert',
+        `INSERT INTO delivery_queue (owner, tenant_id, notification_id, channel, target, due_at)
        SELECT $6, $1, q.* FROM unnest($2::text[], $3::smallint[], $4::text[], $5::timestamptz[]) AS q
        ON CONFLICT (tenant_id, notification_id, channel, target) DO UPDATE SET due_at = EXCLUDED.due_at`,
-      [tenantId, queued.map((r) => r.notificationId), queued.map((r) => r.channel), queued.map((r) => r.target), queued.map((r) => r.dueAt), owner],
+        [tenantId, queued.map((r) => r.notificationId), queued.map((r) => r.channel), queued.map((r) => r.target), queued.map((r) => r.dueAt), owner],
+      ),
     );
   }
 }
@@ -648,18 +665,26 @@ export async function confirmInApp(pool: Pool, tenantId: string, live: Pick<Live
   const ids = live.map((n) => n.notificationId);
   await withTenantTransaction(pool, tenantId, async (db) => {
     await db.query(
-      `UPDATE deliveries SET state = 'delivered', updated_at = now()
+      prepared(
+        'notification-confirm-deliveries',
+        `UPDATE deliveries SET state = 'delivered', updated_at = now()
        WHERE tenant_id = $1 AND notification_id = ANY($2::text[]) AND channel = ${Channel.CHANNEL_IN_APP} AND target = '' AND state = 'inflight'`,
-      [tenantId, ids],
+        [tenantId, ids],
+      ),
     );
     await db.query(
-      `UPDATE delivery_attempts a SET finished_at = now(), outcome = ${notificationV1.AttemptOutcome.ATTEMPT_OUTCOME_SUCCESS},
+      prepared(
+        'notification-confirm-attempts',
+        `UPDATE delivery_attempts a SET finished_at = now(), outcome = ${notificationV1.AttemptOutcome.ATTEMPT_OUTCOME_SUCCESS},
          provider_response = 'published on sb.' || a.tenant_id || '.user.' || n.user_id
        FROM notifications n
        WHERE a.tenant_id = $1 AND a.notification_id = ANY($2::text[]) AND a.channel = ${Channel.CHANNEL_IN_APP} AND a.outcome = 0
          AND n.tenant_id = a.tenant_id AND n.notification_id = a.notification_id`,
-      [tenantId, ids],
+        [tenantId, ids],
+      ),
     );
-    await db.query(`DELETE FROM delivery_queue WHERE tenant_id = $1 AND notification_id = ANY($2::text[]) AND channel = ${Channel.CHANNEL_IN_APP}`, [tenantId, ids]);
+    await db.query(
+      prepared('notification-confirm-dequeue', `DELETE FROM delivery_queue WHERE tenant_id = $1 AND notification_id = ANY($2::text[]) AND channel = ${Channel.CHANNEL_IN_APP}`, [tenantId, ids]),
+    );
   });
 }
