@@ -157,7 +157,7 @@ function describeReason(reason: SendGiveUpReason): string {
 /**
  * Whether a failed send may succeed if tried again with the same
  * client_message_id: the connection or a backend was unavailable, the answer
- * did not come in time, a rate limit, a concurrent modification, or a quota
+ * did not come in time, a service shed load, a rate limit, a concurrent modification, or a quota
  * that says when it frees. Everything else (INVALID_ARGUMENT,
  * PERMISSION_DENIED, NOT_FOUND, FRAME_TOO_LARGE, UNSUPPORTED, INTERNAL, …)
  * would fail the same way again.
@@ -166,6 +166,7 @@ export function isRetryableError(err: unknown): boolean {
   if (!(err instanceof SwitchboardError) || err instanceof HandshakeError) return false;
   switch (err.code) {
     case ErrorCode.ERROR_CODE_UNAVAILABLE:
+    case ErrorCode.ERROR_CODE_OVERLOADED:
     case ErrorCode.ERROR_CODE_DEADLINE_EXCEEDED:
     case ErrorCode.ERROR_CODE_RATE_LIMITED:
     case ErrorCode.ERROR_CODE_CONFLICT:

@@ -544,6 +544,22 @@ describe('outbox', () => {
     expect(client.pendingSends()).toEqual([]);
   });
 
+  it('retries a send the server shed (OVERLOADED) after retryAfterMs, with the same client id, and resolves with its ack', async () => {
+    await start();
+    let refusals = 0;
+    script = (frame) => {
+      if (frame.kind?.$case !== 'sendMessage' || refusals >= 2) return undefined;
+      refusals += 1;
+      return { $case: 'error', value: { code: commonV1.ErrorCode.ERROR_CODE_OVERLOADED, message: 'shed', field: '', retryAfterMs: 5 } };
+    };
+    const client = newClient();
+    await client.connect();
+    const ack = await client.sendMessage({ conversationId: 'c', text: 'x', clientMessageId: 'cm-shed' });
+    expect(ack).toMatchObject({ clientMessageId: 'cm-shed' });
+    expect(framesOf(await gateway.peer(0), 'sendMessage').map((s) => s.clientMessageId)).toEqual(['cm-shed', 'cm-shed', 'cm-shed']);
+    expect(client.pendingSends()).toEqual([]);
+  });
+
   it('gives up at the deadline with a typed error', async () => {
     await start();
     script = (frame) => (frame.kind?.$case === 'sendMessage' ? 'silent' : undefined);

@@ -73,6 +73,8 @@ export class DeadlineExceededError extends kind(ErrorCode.ERROR_CODE_DEADLINE_EX
 export class InternalError extends kind(ErrorCode.ERROR_CODE_INTERNAL) {}
 export class UnsupportedError extends kind(ErrorCode.ERROR_CODE_UNSUPPORTED) {}
 export class FailedPreconditionError extends kind(ErrorCode.ERROR_CODE_FAILED_PRECONDITION) {}
+/** Load shedding: a queue is at its bound, so the request is refused at once (retryable, with `retryAfterMs`). */
+export class OverloadedError extends kind(ErrorCode.ERROR_CODE_OVERLOADED) {}
 
 /**
  * Any thrown value as a SwitchboardError: an invalid id is the caller's

@@ -22,6 +22,8 @@ const STATUS_BY_CODE: Record<ErrorCode, status> = {
   [ErrorCode.ERROR_CODE_INTERNAL]: status.INTERNAL,
   [ErrorCode.ERROR_CODE_UNSUPPORTED]: status.UNIMPLEMENTED,
   [ErrorCode.ERROR_CODE_FAILED_PRECONDITION]: status.FAILED_PRECONDITION,
+  // Shed load: retryable like UNAVAILABLE; the trailer keeps the specific code.
+  [ErrorCode.ERROR_CODE_OVERLOADED]: status.UNAVAILABLE,
   [ErrorCode.UNRECOGNIZED]: status.UNKNOWN,
 };
 

@@ -38,6 +38,13 @@ export interface OutboxRelayOptions {
   pendingGauge: ObservableGauge;
   pollMs: number;
   batchSize?: number;
+  /**
+   * How long the Kafka sink waits after a wake-up before it reads, so that
+   * the events of many commits leave in one produce request (and one
+   * UPDATE) instead of one each. Kafka is the durable log, not the live
+   * path (NATS is drained at once), so this costs no delivery latency.
+   */
+  kafkaLingerMs?: number;
 }
 
 /**
@@ -152,20 +159,28 @@ export class OutboxRelay {
     while (this.running && !this.leaderLost) {
       this.woken[sink] = false;
       try {
-        const { rows } = await this.options.pool.query<OutboxRow>(
-          `SELECT id, event_id, nats_subject, kafka_topic, kafka_key, payload, headers FROM outbox
+        // Named: prepared once per connection, not parsed and planned on every wake-up.
+        const { rows } = await this.options.pool.query<OutboxRow>({
+          name: `outbox-pending-${sink}`,
+          text: `SELECT id, event_id, nats_subject, kafka_topic, kafka_key, payload, headers FROM outbox
            WHERE ${column} IS NULL ORDER BY id LIMIT $1`,
-          [this.batchSize],
-        );
+          values: [this.batchSize],
+        });
         this.pending[sink] = rows.length;
         if (rows.length > 0) {
           await publish(rows);
-          await this.options.pool.query(`UPDATE outbox SET ${column} = now() WHERE id = ANY($1::bigint[])`, [rows.map((row) => row.id)]);
+          await this.options.pool.query({
+            name: `outbox-published-${sink}`,
+            text: `UPDATE outbox SET ${column} = now() WHERE id = ANY($1::bigint[])`,
+            values: [rows.map((row) => row.id)],
+          });
           failures = 0;
           if (rows.length === this.batchSize) continue;
         }
         await this.cleanUp(sink);
         await this.idle(this.options.pollMs, sink);
+        // Woken (or polled): let the commits of the linger window gather first (a backlog above goes round without it).
+        if (sink === 'kafka' && this.options.kafkaLingerMs) await new Promise((r) => setTimeout(r, this.options.kafkaLingerMs));
       } catch (err) {
         failures += 1;
         this.options.logger.warn({ err, sink, failures }, 'outbox relay could not publish; retrying');

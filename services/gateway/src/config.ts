@@ -76,6 +76,14 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       RECEIPT_COALESCE_MS: env.positiveInt(100),
       /** Deadline for the gRPC calls a frame makes. */
       BACKEND_DEADLINE_MS: env.positiveInt(5000),
+      /**
+       * Sends of this process waiting for messaging at once. Beyond it a send
+       * is refused at once with OVERLOADED (load shedding) instead of joining
+       * a queue that would outlast its deadline.
+       */
+      MAX_PENDING_SENDS: env.positiveInt(2000),
+      /** The retry hint of such a refusal. */
+      OVERLOAD_RETRY_AFTER_MS: env.positiveInt(500),
     },
     source,
   );

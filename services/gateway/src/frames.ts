@@ -1,4 +1,4 @@
-import { asSwitchboardError, ErrorCode, UnsupportedError } from '@switchboard/errors';
+import { asSwitchboardError, ErrorCode, OverloadedError, UnsupportedError } from '@switchboard/errors';
 import type { PromiseClient } from '@switchboard/grpc';
 import type { Logger } from '@switchboard/logging';
 import type { framesV1, messagingV1 } from '@switchboard/proto';
@@ -20,6 +20,8 @@ export class FrameHandler {
   private readonly duration: Histogram;
   /** Serves the presence frames (set by main). */
   presence: PresenceLink | undefined;
+  /** Sends waiting for messaging's answer. */
+  private pendingSends = 0;
 
   constructor(
     private readonly messaging: Messaging,
@@ -27,6 +29,7 @@ export class FrameHandler {
     private readonly backendDeadlineMs: number,
     meter: Meter,
     private readonly rooms: Rooms,
+    private readonly shedding: { maxPendingSends: number; retryAfterMs: number } = { maxPendingSends: Infinity, retryAfterMs: 500 },
   ) {
     this.duration = meter.createHistogram('gateway_frame_duration_seconds', {
       description: 'Time from a client frame to its reply, by frame kind and outcome',
@@ -57,9 +60,18 @@ export class FrameHandler {
       case 'ping':
         return { $case: 'pong', value: { clientTimeMs: kind.value.clientTimeMs, serverTimeMs: Date.now() } };
       case 'sendMessage': {
+        if (this.pendingSends >= this.shedding.maxPendingSends) {
+          // Load shedding: refused now (nothing stored), not after the backend deadline.
+          throw new OverloadedError('this gateway has more sends waiting for messaging than it queues; try again later', { retryAfterMs: this.shedding.retryAfterMs });
+        }
         const { target, ...rest } = kind.value;
-        const { ack } = await this.messaging.sendMessage({ context: undefined, kind: 0, target, ...rest }, options);
-        return { $case: 'messageAck', value: ack! };
+        this.pendingSends += 1;
+        try {
+          const { ack } = await this.messaging.sendMessage({ context: undefined, kind: 0, target, ...rest }, options);
+          return { $case: 'messageAck', value: ack! };
+        } finally {
+          this.pendingSends -= 1;
+        }
       }
       case 'getHistory': {
         const page = await this.messaging.getHistory({ context: undefined, ...kind.value }, options);

@@ -62,7 +62,10 @@ async function main(): Promise<void> {
 
   // 3. Background runners: the heartbeat that tells the mesh this gateway lives.
   const fanout = new Fanout(nats, messaging, logger, telemetry.meter.createCounter('gateway_messages_delivered_total', { description: 'Messages written to sockets' }), config.BACKEND_DEADLINE_MS, config.RECEIPT_COALESCE_MS, rooms);
-  const frames = new FrameHandler(messaging, logger, config.BACKEND_DEADLINE_MS, telemetry.meter, rooms);
+  const frames = new FrameHandler(messaging, logger, config.BACKEND_DEADLINE_MS, telemetry.meter, rooms, {
+    maxPendingSends: config.MAX_PENDING_SENDS,
+    retryAfterMs: config.OVERLOAD_RETRY_AFTER_MS,
+  });
   const server = new GatewayServer(config, new TokenVerifier(config), fanout, frames, logger, telemetry.meter, limits);
   const presenceLink = new PresenceLink(presence, nats, fanout, () => server.connections, config, logger, room);
   server.presence = presenceLink;

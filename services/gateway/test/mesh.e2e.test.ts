@@ -1,3 +1,4 @@
+import { createServer, Socket } from 'node:net';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
@@ -405,6 +406,83 @@ describe('operations: every service answers health, reflection and metrics', () 
     expect(await healthOf(address, serviceName)).toBe('SERVING');
     // Reflection describes this service's API, and only it.
     expect(await servicesOf(address)).toEqual([serviceName]);
+  });
+
+  it('sheds sends past its bound with OVERLOADED at once, while an earlier send still waits for messaging', async () => {
+    // Messaging behind a proxy that can be frozen: bytes stop flowing, so a send waits until its deadline.
+    const [host, targetPort] = mesh.addresses.messaging.split(':') as [string, string];
+    let frozen = false;
+    const links: Socket[] = [];
+    const proxy = createServer((inbound) => {
+      const outbound = new Socket().connect(Number(targetPort), host);
+      links.push(inbound, outbound);
+      inbound.on('data', (chunk) => (frozen ? undefined : outbound.write(chunk)));
+      outbound.on('data', (chunk) => (frozen ? undefined : inbound.write(chunk)));
+      inbound.on('error', () => outbound.destroy());
+      outbound.on('error', () => inbound.destroy());
+      inbound.on('close', () => outbound.destroy());
+      outbound.on('close', () => inbound.destroy());
+    });
+    const proxyPort = await freePort();
+    await new Promise<void>((resolve) => proxy.listen(proxyPort, '127.0.0.1', resolve));
+    const port = await freePort();
+    const gateway = await launchService({
+      service: 'gateway',
+      name: 'gateway-shedding',
+      env: {
+        ...infraEnv(),
+        PORT: String(port),
+        GRPC_PORT: String(await freePort()),
+        GATEWAY_ID: 'gateway-shedding',
+        MESSAGING_ADDR: `127.0.0.1:${proxyPort}`,
+        PRESENCE_ADDR: mesh.addresses.presence,
+        ROOM_ADDR: mesh.addresses.room,
+        MAX_PENDING_SENDS: '1',
+        OVERLOAD_RETRY_AFTER_MS: '250',
+        BACKEND_DEADLINE_MS: '3000',
+        SHUTDOWN_DEADLINE_MS: '3000',
+      },
+      opsPort: await freePort(),
+    });
+    try {
+      const token = await mintDevToken({ secret: DEV_JWT_SECRET, tenantId: tenant, userId: user('shed') });
+      const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, ['switchboard.v1.json'], { headers: { authorization: `Bearer ${token}` } });
+      sockets.push(ws);
+      const frames: { requestId?: string; error?: { code: string; retryAfterMs?: number } }[] = [];
+      ws.on('message', (data) => frames.push(JSON.parse(data.toString())));
+      await waitFor(() => frames.some((f) => 'welcome' in f));
+      frozen = true;
+      const sendFrame = (requestId: string) =>
+        ws.send(JSON.stringify({ requestId, sendMessage: { recipientUserId: user('shed-to'), clientMessageId: newId(), text: requestId } }));
+      sendFrame('waits');
+      await new Promise((r) => setTimeout(r, 200));
+      sendFrame('shed');
+      await waitFor(() => frames.some((f) => f.requestId === 'shed'));
+      // Refused while the first send is still unanswered: a fast, specific, retryable refusal, not a timeout.
+      expect(frames.some((f) => f.requestId === 'waits')).toBe(false);
+      expect(frames.find((f) => f.requestId === 'shed')).toMatchObject({ error: { code: 'ERROR_CODE_OVERLOADED', retryAfterMs: 250 } });
+      // The frozen send ends at its deadline as retryable; once messaging answers again, sends go through.
+      await waitFor(() => frames.some((f) => f.requestId === 'waits'), 10_000);
+      expect(frames.find((f) => f.requestId === 'waits')?.error?.code).toMatch(/ERROR_CODE_(UNAVAILABLE|DEADLINE_EXCEEDED)/);
+      frozen = false;
+      for (const link of links) link.destroy();
+      // A channel that reconnects may refuse the first tries as UNAVAILABLE; a client tries again.
+      let acked = false;
+      for (let attempt = 0; !acked && attempt < 50; attempt += 1) {
+        sendFrame(`after-${attempt}`);
+        await waitFor(() => frames.some((f) => f.requestId === `after-${attempt}`), 10_000);
+        acked = 'messageAck' in frames.find((f) => f.requestId === `after-${attempt}`)!;
+        if (!acked) await new Promise((r) => setTimeout(r, 200));
+      }
+      expect(acked).toBe(true);
+      const closed = new Promise((resolve) => ws.once('close', resolve));
+      ws.close();
+      await closed;
+    } finally {
+      expect(await gateway.stop(10_000)).toBe(0);
+      proxy.close();
+      for (const link of links) link.destroy();
+    }
   });
 
   it('serves Prometheus metrics that count what just happened', async () => {

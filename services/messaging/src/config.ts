@@ -1,4 +1,4 @@
-import { env, infraSettings, loadConfig, serviceSettings } from '@switchboard/config';
+import { env, infraSettings, loadConfig, serviceSettings, z } from '@switchboard/config';
 
 export function readConfig(source: NodeJS.ProcessEnv = process.env) {
   return loadConfig(
@@ -25,10 +25,20 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       SEND_CONCURRENCY: env.positiveInt(8),
       /** Most sends committed in one transaction. */
       SEND_BATCH_MAX: env.positiveInt(64),
+      /**
+       * Most sends waiting for a transaction slot. Beyond it a send is refused
+       * at once with OVERLOADED (load shedding) rather than queued past its
+       * caller's deadline: about one round of SEND_CONCURRENCY full batches.
+       */
+      SEND_QUEUE_MAX: env.positiveInt(512),
+      /** The retry hint of such a refusal. */
+      SEND_RETRY_AFTER_MS: env.positiveInt(500),
       /** Roles (token claim `roles`) that may broadcast to tenant-wide audiences; internal callers always may. */
       BROADCAST_ROLES: env.list(['admin']),
       /** How often the outbox relay looks for work when no notification arrives. */
       OUTBOX_POLL_MS: env.positiveInt(500),
+      /** The relay's Kafka sink gathers the commits of this window into one produce request (NATS, the live path, does not wait). */
+      OUTBOX_KAFKA_LINGER_MS: z.coerce.number().int().min(0).max(1000).default(50),
     },
     source,
   );

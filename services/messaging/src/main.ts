@@ -58,6 +58,7 @@ async function main(): Promise<void> {
     producer,
     logger,
     pollMs: config.OUTBOX_POLL_MS,
+    kafkaLingerMs: config.OUTBOX_KAFKA_LINGER_MS,
     pendingGauge: host.telemetry.meter.createObservableGauge('messaging_outbox_pending', { description: 'Outbox events not yet published, per sink' }),
   });
   host.runner('outbox relay', () => relay.start(), () => relay.stop());
@@ -85,7 +86,17 @@ async function main(): Promise<void> {
   // 4. Servers.
   const grpc = new GrpcServer({ logger });
   grpc.addService('switchboard.messaging.v1.MessagingService', messagingV1.MessagingServiceService, messagingService(
-      new MessageStore(pool, { maxConcurrent: config.SEND_CONCURRENCY, maxBatch: config.SEND_BATCH_MAX, meter: host.telemetry.meter }, outboxWritten),
+      new MessageStore(
+        pool,
+        {
+          maxConcurrent: config.SEND_CONCURRENCY,
+          maxBatch: config.SEND_BATCH_MAX,
+          maxQueued: config.SEND_QUEUE_MAX,
+          retryAfterMs: config.SEND_RETRY_AFTER_MS,
+          meter: host.telemetry.meter,
+        },
+        outboxWritten,
+      ),
       new RoomAccess(rooms, config.ROOM_DEADLINE_MS),
       config,
       logger,

@@ -1,7 +1,7 @@
-import { SwitchboardError } from '@switchboard/errors';
+import { OverloadedError, SwitchboardError } from '@switchboard/errors';
 import { connectOrUnavailable, type Pool, type PoolClient } from '@switchboard/postgres';
 import type { messagingV1 } from '@switchboard/proto';
-import type { Histogram } from '@switchboard/telemetry';
+import type { Counter, Histogram } from '@switchboard/telemetry';
 import { OutboxWriter } from './outbox-writer';
 import type { SendRequest } from './store';
 
@@ -20,6 +20,17 @@ interface Pending {
 }
 
 type Outcome = { ok: true; ack: Ack } | { ok: false; error: unknown };
+
+export interface BatchLimits {
+  /** Transactions running at once. */
+  maxConcurrent: number;
+  /** Most sends in one transaction. */
+  maxBatch: number;
+  /** Most sends waiting for a slot; beyond it a send is refused with OVERLOADED. Unbounded when absent. */
+  maxQueued?: number;
+  /** The retry hint of that refusal. */
+  retryAfterMs?: number;
+}
 
 /**
  * Group commit for sends. A send runs at once when a transaction slot is
@@ -42,13 +53,25 @@ export class SendBatcher {
 
   constructor(
     private readonly pool: Pool,
-    private readonly limits: { maxConcurrent: number; maxBatch: number },
+    private readonly limits: BatchLimits,
     private readonly sendIn: SendIn,
     private readonly originalOf: (request: SendRequest) => Promise<Ack | undefined>,
     private readonly batchSize?: Histogram,
+    private readonly shed?: Counter,
   ) {}
 
+  /**
+   * Queues a send. When the queue is at its bound the send is refused at
+   * once (OVERLOADED, nothing stored): under overload some sends fail fast
+   * and are retried later, instead of every send waiting past its deadline.
+   */
   submit(request: SendRequest): Promise<Ack> {
+    if (this.limits.maxQueued !== undefined && this.queue.length >= this.limits.maxQueued) {
+      this.shed?.add(1);
+      return Promise.reject(
+        new OverloadedError('messaging has more sends waiting to commit than it queues; try again later', { retryAfterMs: this.limits.retryAfterMs ?? 500 }),
+      );
+    }
     return new Promise((resolve, reject) => {
       this.queue.push({ request, resolve, reject });
       this.pump();

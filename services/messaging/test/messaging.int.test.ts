@@ -149,6 +149,63 @@ describe('messaging service (real PostgreSQL, NATS, Kafka, room service)', () =>
     expect(page.messages.filter((m) => m.text.startsWith('intrude') || m.text.startsWith('reuse'))).toHaveLength(0);
   });
 
+  it('sheds load past its send queue: refuses at once with OVERLOADED, stores nothing refused, and loses nothing acknowledged', async () => {
+    // A replica that commits one send at a time and queues at most four.
+    const small = await launchWithClient('messaging', messagingV1.MessagingServiceClient, {
+      OUTBOX_POLL_MS: '200',
+      ROOM_ADDR: roomAddress,
+      SEND_CONCURRENCY: '1',
+      SEND_BATCH_MAX: '1',
+      SEND_QUEUE_MAX: '4',
+      SEND_RETRY_AFTER_MS: '50',
+    });
+    try {
+      const conversations = await Promise.all(
+        Array.from({ length: 5 }, async (_, i) => (await send(small.client, `shed-a${i}`, { recipientUserId: `shed-b${i}` }, 'start')).ack!.conversationId),
+      );
+      const planned = Array.from({ length: 100 }, (_, i) => ({ from: `shed-a${i % 5}`, conversationId: conversations[i % 5]!, text: `m${i}`, clientMessageId: newId() }));
+      const first = await Promise.allSettled(planned.map((p) => send(small.client, p.from, { conversationId: p.conversationId }, p.text, p.clientMessageId)));
+      const refusals = await Promise.all(first.flatMap((r) => (r.status === 'rejected' ? [errorOf(Promise.reject(r.reason))] : [])));
+      // Some were refused, each with the specific code and a retry hint; none failed any other way.
+      expect(refusals.length).toBeGreaterThan(0);
+      for (const refusal of refusals) expect(refusal).toMatchObject({ code: ErrorCode.ERROR_CODE_OVERLOADED, retryAfterMs: 50 });
+      const historyOf = async (k: number) =>
+        (
+          await small.client.getHistory(
+            { context: undefined, conversationId: conversations[k]!, fromSeq: 0, direction: messagingV1.Direction.DIRECTION_FORWARD, limit: 200 },
+            as(`shed-a${k}`),
+          )
+        ).messages;
+      const acked = new Set(first.flatMap((r, i) => (r.status === 'fulfilled' ? [planned[i]!.clientMessageId] : [])));
+      const storedNow = (await Promise.all(conversations.map((_, k) => historyOf(k)))).flat();
+      // Only what was acknowledged is stored (a refused send changed nothing).
+      expect(storedNow.filter((m) => m.text !== 'start').map((m) => m.clientMessageId).sort()).toEqual([...acked].sort());
+      // The refused sends go through when retried with their client ids, as a client does after retry_after_ms.
+      for (const [i, p] of planned.entries()) {
+        if (first[i]!.status === 'fulfilled') continue;
+        for (;;) {
+          const retried = await send(small.client, p.from, { conversationId: p.conversationId }, p.text, p.clientMessageId).catch((err: unknown) => err);
+          if (!(retried instanceof Error)) break;
+          const refusal = await errorOf(Promise.reject(retried));
+          expect(refusal.code).toBe(ErrorCode.ERROR_CODE_OVERLOADED);
+          await new Promise((r) => setTimeout(r, refusal.retryAfterMs));
+        }
+      }
+      for (const [k, conversationId] of conversations.entries()) {
+        const messages = await historyOf(k);
+        // All 20 of each conversation, once each, gap-free.
+        expect(messages.map((m) => m.seq)).toEqual(Array.from({ length: 21 }, (_, i) => i + 1));
+        expect(new Set(messages.map((m) => m.clientMessageId)).size).toBe(21);
+        expect(messages.filter((m) => m.text !== 'start').map((m) => m.text).sort()).toEqual(
+          planned.filter((p) => p.conversationId === conversationId).map((p) => p.text).sort(),
+        );
+      }
+    } finally {
+      small.client.close();
+      expect(await small.service.stop()).toBe(0);
+    }
+  });
+
   it('stores one copy when two messaging replicas commit the same client id at once', async () => {
     const second = await launchWithClient('messaging', messagingV1.MessagingServiceClient, { OUTBOX_POLL_MS: '200', ROOM_ADDR: roomAddress });
     try {
