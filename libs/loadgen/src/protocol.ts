@@ -56,6 +56,8 @@ export interface WorkerCounts {
   sent: number;
   acked: number;
   failed: number;
+  /** Sends sent again (same client id) after their device reconnected. */
+  resent: number;
   delivered: number;
   /** Delivered by a sync after a reconnect rather than pushed live. */
   recovered: number;

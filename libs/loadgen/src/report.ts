@@ -31,10 +31,18 @@ export function summaryOf(r: LoadResult): string {
       `   CPU: services ${(r.cpu.servicesMs / 1000).toFixed(1)} s, infrastructure ${(r.cpu.infraMs / 1000).toFixed(1)} s, ${r.cpu.perDeliveredUs} µs per delivered message`,
     );
   }
-  if (r.churn.reconnects > 0) lines.push(`   churn: ${r.churn.reconnects} reconnects, reconnect p50 ${r.churn.reconnectLatency.p50Ms} ms p99 ${r.churn.reconnectLatency.p99Ms} ms`);
+  if (r.churn.reconnects > 0) {
+    lines.push(
+      `   churn: ${r.churn.reconnects} reconnects, reconnect p50 ${r.churn.reconnectLatency.p50Ms} ms p99 ${r.churn.reconnectLatency.p99Ms} ms; ${r.churn.resent ?? 0} sends sent again after their reconnect`,
+    );
+  }
   lines.push(`   load generator: ${r.loadgen.workers} workers, ${(r.loadgen.cpuMs / 1000).toFixed(1)} s CPU, ${mb(r.loadgen.rssBytes)} RSS`);
+  for (const stage of r.stages ?? []) {
+    lines.push(`   stage ${stage.what}: ${stage.count} calls, mean ${stage.meanMs} ms, p50 <= ${stage.p50AtMostMs} ms, p99 <= ${stage.p99AtMostMs} ms`);
+  }
   for (const [kind, lines2] of Object.entries(r.profiles ?? {})) {
-    lines.push(`   ${kind} profile of the first gateway (top):`, ...lines2.slice(0, 10).map((l) => `     ${String(l.share).padStart(5)}%  ${l.where}`));
+    const of = kind === 'messagingCpu' ? 'cpu profile of messaging' : `${kind} profile of the first gateway`;
+    lines.push(`   ${of} (top):`, ...lines2.slice(0, 10).map((l) => `     ${String(l.share).padStart(5)}%  ${l.where}`));
   }
   const errors = Object.entries(r.errors);
   if (errors.length > 0) lines.push(`   errors: ${errors.map(([k, v]) => `${v} x ${k}`).join('; ')}`);

@@ -4,9 +4,10 @@ import * as path from 'node:path';
 import { DEV_JWT_SECRET } from '@switchboard/client';
 import { mergeEncoded, summarize, type LatencySummary } from './histogram';
 import { cpuTop, heapTop, InspectorSession, saveProfile, type ProfileLine } from './profiler';
+import { parseHistogram, scrape, STAGES, stageTiming, type HistogramSnapshot, type StageTiming } from './stages';
 import { load1, sample, type ProcSample } from './procstat';
 import { scheduledCount, type FromWorker, type RateSegment, type SenderAssignment, type ToWorker, type WorkerReport } from './protocol';
-import { gatewayHeap, startSocketio, startSwitchboard, type Target } from './targets';
+import { analyzeDatabase, gatewayHeap, startSocketio, startSwitchboard, type Target } from './targets';
 import type { ClientSpec } from './transport';
 
 /** Everything a run can vary; scenarios are presets of these. */
@@ -42,7 +43,7 @@ export interface LoadOptions {
   gatewayEnv?: Record<string, string>;
   /** File the services' log lines (warnings and errors) are appended to. */
   serviceLog?: string;
-  /** Directory for CPU (load phase) and heap (ramp) profiles of the first gateway, taken over the inspector. */
+  /** Directory for CPU (load phase) and heap (ramp) profiles of the first gateway, and a CPU profile of messaging over the load, taken over the inspector. */
   profileDir?: string;
   /** Progress lines (default: stderr). */
   log?: (line: string) => void;
@@ -106,12 +107,14 @@ export interface LoadResult {
     latency: LatencySummary;
     ackLatency: LatencySummary;
   };
-  churn: { reconnects: number; reconnectLatency: LatencySummary };
+  churn: { reconnects: number; reconnectLatency: LatencySummary; resent?: number };
   cpu: { servicesMs: number; infraMs: number; perDeliveredUs: number; byProcess: Record<string, number> };
   loadgen: { workers: number; cpuMs: number; rssBytes: number };
   samples: { t: number; connected: number; edgeRssBytes: number; load1: number }[];
   /** Where the first gateway's live heap (sampled over the ramp) and CPU (over the load) went. */
-  profiles?: { heap?: ProfileLine[]; idleCpu?: ProfileLine[]; cpu?: ProfileLine[] };
+  profiles?: { heap?: ProfileLine[]; idleCpu?: ProfileLine[]; cpu?: ProfileLine[]; messagingCpu?: ProfileLine[] };
+  /** Server-side time of each stage of a send over the load window (Switchboard only). */
+  stages?: StageTiming[];
   errors: Record<string, number>;
 }
 
@@ -171,11 +174,17 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
   const tenantId = `load${Date.now().toString(36)}`;
   log(`[${options.label}] starting ${options.target} with ${options.gateways} ${options.target === 'switchboard' ? 'gateway(s)' : 'instance(s)'} (load ${loadStart})`);
   const profiling = options.profileDir !== undefined && options.target === 'switchboard';
+  const inspect = { NODE_OPTIONS: '--inspect=127.0.0.1:0' };
   const gatewayEnv = { ...options.gatewayEnv, ...(profiling ? { NODE_OPTIONS: `${options.gatewayEnv?.NODE_OPTIONS ?? ''} --inspect=127.0.0.1:0`.trim() } : {}) };
   const target: Target =
-    options.target === 'switchboard' ? await startSwitchboard({ gateways: options.gateways, gatewayEnv, ...(options.serviceLog ? { serviceLog: options.serviceLog } : {}) }) : await startSocketio({ instances: options.gateways });
+    options.target === 'switchboard'
+      ? await startSwitchboard({ gateways: options.gateways, gatewayEnv, ...(profiling ? { serviceEnv: inspect } : {}), ...(options.serviceLog ? { serviceLog: options.serviceLog } : {}) })
+      : await startSocketio({ instances: options.gateways });
   const profiles: NonNullable<LoadResult['profiles']> = {};
   let inspector: InspectorSession | undefined;
+  /** Messaging holds the commit path: its CPU profile over the load shows what a send costs there. */
+  let messagingInspector: InspectorSession | undefined;
+  const messagingProcess = target.processes.find((p) => p.name === 'messaging');
   const workers: Worker[] = [];
   // Ctrl-C or a kill still stops what this run started (the services run in their own process groups).
   const abort = () => {
@@ -239,6 +248,7 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
     const samples: LoadResult['samples'] = [];
     if (profiling) {
       inspector = await InspectorSession.attach(edges[0]!.output ?? []);
+      if (messagingProcess) messagingInspector = await InspectorSession.attach(messagingProcess.output ?? []);
       await inspector.call('HeapProfiler.enable');
       await inspector.call('HeapProfiler.startSampling', { samplingInterval: 8192 });
     }
@@ -320,6 +330,14 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
     const forWorker = (list: SenderAssignment[], w: number) => list.filter((s) => s.local % workers.length === w).map((s) => ({ ...s, local: Math.floor(s.local / workers.length) }));
 
     const before = new Map<string, ProcSample>();
+    const stageSnapshots = () =>
+      Promise.all(
+        STAGES.map(async (stage) => {
+          const ops = target.processes.find((p) => p.name === stage.process)?.opsPort;
+          return ops === undefined ? undefined : parseHistogram(await scrape(ops), stage.metric, stage.label);
+        }),
+      );
+    let stagesBefore: (HistogramSnapshot | undefined)[] = [];
     let loadClock = Date.now();
     if (options.pattern !== 'idle') {
       // Warm-up: direct pairs each send once (creates the conversation and the recipient's subscription); rooms once per room.
@@ -341,13 +359,16 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
         await sleep(500);
       }
       log(`[${options.label}] warm-up: ${warmAcked}/${warm.length} acked, ${warmDelivered}/${warmExpected} delivered`);
+      await analyzeDatabase();
 
       for (const p of target.processes) before.set(p.name, sample(p.pid));
       for (const p of target.infra) before.set(p.name, sample(p.pid, p.tree));
-      if (inspector) {
-        await inspector.call('Profiler.enable');
-        await inspector.call('Profiler.setSamplingInterval', { interval: 500 });
-        await inspector.call('Profiler.start');
+      stagesBefore = await stageSnapshots();
+      for (const session of [inspector, messagingInspector]) {
+        if (!session) continue;
+        await session.call('Profiler.enable');
+        await session.call('Profiler.setSamplingInterval', { interval: 500 });
+        await session.call('Profiler.start');
       }
       const startMs = performance.timeOrigin + performance.now() + 1000;
       loadClock = Date.now() + 1000;
@@ -367,10 +388,17 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
     }
     const endClock = Date.now();
     clearInterval(sampler);
+    const stagesAfter = options.pattern !== 'idle' ? await stageSnapshots() : [];
+    const stages = stagesAfter.flatMap((after, i) => (after && stagesBefore[i] ? [stageTiming(STAGES[i]!.what, stagesBefore[i]!, after)] : []));
     if (inspector && options.pattern !== 'idle') {
       const { profile } = await inspector.call<{ profile: Parameters<typeof cpuTop>[0] }>('Profiler.stop');
       saveProfile(path.join(options.profileDir!, `${options.label}.${edges[0]!.name}.cpuprofile`), profile);
       profiles.cpu = cpuTop(profile);
+    }
+    if (messagingInspector && options.pattern !== 'idle') {
+      const { profile } = await messagingInspector.call<{ profile: Parameters<typeof cpuTop>[0] }>('Profiler.stop');
+      saveProfile(path.join(options.profileDir!, `${options.label}.messaging.cpuprofile`), profile);
+      profiles.messagingCpu = cpuTop(profile);
     }
     const cpuByProcess: Record<string, number> = {};
     let servicesMs = 0;
@@ -410,11 +438,12 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
         latency,
         ackLatency: summarize(mergeEncoded(reports.map((r) => r.histograms.ack))),
       },
-      churn: { reconnects: t.reconnects, reconnectLatency: summarize(mergeEncoded(reports.map((r) => r.histograms.reconnect))) },
+      churn: { reconnects: t.reconnects, resent: t.resent, reconnectLatency: summarize(mergeEncoded(reports.map((r) => r.histograms.reconnect))) },
       cpu: { servicesMs, infraMs, perDeliveredUs: t.delivered > 0 ? Math.round(((servicesMs + infraMs) * 1000) / t.delivered) : 0, byProcess: cpuByProcess },
       loadgen: { workers: workers.length, cpuMs: Math.round(reports.reduce((n, r) => n + r.cpuMs, 0)), rssBytes: reports.reduce((n, r) => n + r.rssBytes, 0) },
       samples,
       ...(profiling ? { profiles } : {}),
+      ...(stages.length > 0 ? { stages } : {}),
       errors,
     };
     return result;
@@ -422,6 +451,7 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
     process.off('SIGINT', abort);
     process.off('SIGTERM', abort);
     inspector?.close();
+    messagingInspector?.close();
     await Promise.all(
       workers.map(
         (worker) =>
@@ -460,5 +490,6 @@ function totals(reports: WorkerReport[]) {
     recovered: sum('recovered'),
     duplicates: sum('duplicates'),
     reconnects: sum('reconnects'),
+    resent: sum('resent'),
   };
 }

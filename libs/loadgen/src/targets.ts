@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { freePort, infraEnv, repoRoot, startMesh, type Mesh } from '@switchboard/devenv';
 import { createClient } from '@switchboard/grpc';
 import { roomV1 } from '@switchboard/proto';
+import { Client as PgClient } from 'pg';
 
 export interface ServerProcess {
   name: string;
@@ -50,11 +51,17 @@ function infraProcesses(kinds: string[]): InfraProcess[] {
   return out;
 }
 
-export async function startSwitchboard(options: { gateways: number; gatewayEnv?: Record<string, string>; serviceLog?: string }): Promise<Target> {
+export async function startSwitchboard(options: {
+  gateways: number;
+  gatewayEnv?: Record<string, string>;
+  /** Extra environment for every service (the gateways' own settings win). */
+  serviceEnv?: Record<string, string>;
+  serviceLog?: string;
+}): Promise<Target> {
   const mesh: Mesh = await startMesh({
     gateways: options.gateways,
     ports: 'free',
-    env: { LOG_LEVEL: 'warn' },
+    env: { LOG_LEVEL: 'warn', ...options.serviceEnv },
     ...(options.gatewayEnv ? { gatewayEnv: options.gatewayEnv } : {}),
     ...(options.serviceLog ? { onLine: (name: string, line: string) => appendFileSync(options.serviceLog!, `${name} | ${line}\n`) } : {}),
   });
@@ -144,6 +151,25 @@ export async function startSocketio(options: { instances: number }): Promise<Tar
       );
     },
   };
+}
+
+/**
+ * Refreshes PostgreSQL's statistics (`ANALYZE`, the whole database). A run
+ * uses a tenant the planner has never seen, so without this its estimate for
+ * the tenant is one row, and lookups by id turn into scans of the whole
+ * tenant that grow with every message of the run (notification's confirm
+ * queries did). Called after the warm-up, when the tenant has rows: the
+ * plans are then those of an established tenant, as in production, for
+ * Switchboard and the baseline alike.
+ */
+export async function analyzeDatabase(): Promise<void> {
+  const client = new PgClient({ connectionString: infraEnv().DATABASE_ADMIN_URL });
+  await client.connect();
+  try {
+    await client.query('ANALYZE');
+  } finally {
+    await client.end();
+  }
 }
 
 /** The gateway's V8 heap in use, from its /metrics. */

@@ -27,7 +27,21 @@ interface Device {
 let init: WorkerInit;
 let transport: LoadTransport;
 const devices: Device[] = [];
-const counts: WorkerCounts = { connectAttempts: 0, connected: 0, connectFailed: 0, open: 0, sent: 0, acked: 0, failed: 0, delivered: 0, recovered: 0, duplicates: 0, reconnects: 0, warmDelivered: 0 };
+const counts: WorkerCounts = {
+  connectAttempts: 0,
+  connected: 0,
+  connectFailed: 0,
+  open: 0,
+  sent: 0,
+  acked: 0,
+  failed: 0,
+  resent: 0,
+  delivered: 0,
+  recovered: 0,
+  duplicates: 0,
+  reconnects: 0,
+  warmDelivered: 0,
+};
 const errors: Record<string, number> = {};
 const histograms: Record<'delivery' | 'ack' | 'connect' | 'reconnect', hdr.Histogram> = {
   delivery: newHistogram(),
@@ -37,8 +51,22 @@ const histograms: Record<'delivery' | 'ack' | 'connect' | 'reconnect', hdr.Histo
 };
 let run = '';
 let warmRun = '';
-/** Sends waiting for their ack: client message id → intended send time. Swept by one timer, not one per send. */
-const pending = new Map<string, { intendedMs: number; sentMs: number }>();
+/**
+ * Sends waiting for their ack, by client message id: when they were meant to
+ * go, when they last went, and what to send again. Swept by one timer, not
+ * one per send. A device that churns keeps its entries and sends them again
+ * (same client ids) once it is back, as a client with an outbox does: a send
+ * whose ack was lost with the connection is acknowledged then (as a
+ * duplicate when it had been stored), so churn runs can prove zero loss.
+ */
+interface PendingSend {
+  device: Device;
+  target: SenderAssignment['target'];
+  text: string;
+  intendedMs: number;
+  sentMs: number;
+}
+const pending = new Map<string, PendingSend>();
 let scheduleDone = true;
 const cpuStart = process.cpuUsage();
 
@@ -134,13 +162,25 @@ function sendOne(assignment: SenderAssignment, runId: string, n: number, intende
   const device = devices[assignment.local]!;
   const clientMessageId = `${runId}-${n}`;
   counts.sent += 1;
-  if (!device.connection) {
+  if (!device.connection && !device.churning) {
     counts.failed += 1;
     countError('send: sender not connected');
     return;
   }
-  pending.set(clientMessageId, { intendedMs, sentMs: nowMs() });
-  device.connection.send(assignment.target, clientMessageId, encodeBody({ run: runId, n, intendedMs }, init.messageBytes));
+  const text = encodeBody({ run: runId, n, intendedMs }, init.messageBytes);
+  // While churning it waits in `pending` and goes out after the reconnect.
+  pending.set(clientMessageId, { device, target: assignment.target, text, intendedMs, sentMs: nowMs() });
+  device.connection?.send(assignment.target, clientMessageId, text);
+}
+
+/** After a reconnect: everything of this device still without an ack goes again, with its client id. */
+function resendPending(device: Device): void {
+  for (const [clientMessageId, send] of pending) {
+    if (send.device !== device || !device.connection) continue;
+    send.sentMs = nowMs();
+    counts.resent += 1;
+    device.connection.send(send.target, clientMessageId, send.text);
+  }
 }
 
 /** One message per sender, not measured: creates direct conversations and subscriptions before the clock starts. */
@@ -218,6 +258,7 @@ async function reconnect(device: Device): Promise<void> {
   try {
     await open(device, histograms.reconnect);
     counts.reconnects += 1;
+    resendPending(device);
     if (transport.hasRecovery) {
       const positions = [...device.seqs].map(([conversationId, tracker]) => ({ conversationId, lastSeq: tracker.contiguous }));
       for (const message of await device.connection!.sync(positions)) onPushed(device, message, true);
@@ -226,6 +267,15 @@ async function reconnect(device: Device): Promise<void> {
     countError(`reconnect: ${(err as Error).message}`);
   } finally {
     device.churning = false;
+  }
+  if (!device.connection) {
+    // The reconnect failed: what waited for it fails now.
+    for (const [clientMessageId, send] of pending) {
+      if (send.device !== device) continue;
+      pending.delete(clientMessageId);
+      counts.failed += 1;
+      countError('send: sender not reconnected');
+    }
   }
 }
 

@@ -25,13 +25,26 @@ function expectCountsAddUp(result: LoadResult, fanout: number): void {
 describe('load generator scenarios (miniature)', () => {
   jest.setTimeout(180_000);
 
-  // Without churn: the tool's raw client does not resend a send whose connection it dropped itself, so a
-  // churned sender can miss an ack (the client library does resend; the fault suite checks that path).
-  it('direct messages through two Switchboard gateways: every acknowledged message reaches its recipient once', async () => {
-    const result = await runLoad({ label: 'e2e-direct', target: 'switchboard', gateways: 2, connections: 20, pattern: 'direct', perMinute: 600, durationS: 8, idleS: 1, sourceAddresses: 2, log: quiet });
+  // With churn: a churned sender sends again, with the same client ids, what its dropped connection left
+  // without an ack (and what was scheduled while it was away), so every send is acknowledged exactly once.
+  it('direct messages through two Switchboard gateways while clients reconnect: every message is acknowledged and reaches its recipient once (live or by sync)', async () => {
+    const result = await runLoad({
+      label: 'e2e-direct',
+      target: 'switchboard',
+      gateways: 2,
+      connections: 20,
+      pattern: 'direct',
+      perMinute: 600,
+      durationS: 8,
+      idleS: 1,
+      sourceAddresses: 2,
+      churnPerMinute: 1,
+      log: quiet,
+    });
     expectCountsAddUp(result, 1);
     expect(result.messages.scheduled).toBe(80);
     expect(result.edges.map((e) => e.connections)).toEqual([10, 10]);
+    expect(result.churn.reconnects).toBeGreaterThan(0);
   });
 
   it('the Socket.IO baseline, direct and rooms, driven by the same generator', async () => {

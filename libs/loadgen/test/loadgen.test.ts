@@ -1,9 +1,11 @@
 // Pure logic of the load generator: the send schedule, the spike profile,
-// the per-conversation sequence tracking, the message body, and the plots.
+// the per-conversation sequence tracking, the message body, the plots, and
+// the per-stage timings read from the services' histograms.
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { decodeBody, encodeBody, plot, schedule, scheduledCount, segmentsOf, SeqTracker, type LoadResult } from '../src';
+import { parseHistogram, stageTiming } from '../src/stages';
 
 describe('send schedule', () => {
   it('spaces messages evenly at the segment rate and counts them exactly', () => {
@@ -25,6 +27,27 @@ describe('send schedule', () => {
     const times = [...schedule(0, segments)];
     expect(times[60]).toBe(60_000);
     expect(times[61]).toBe(60_500);
+  });
+});
+
+describe('stage timings', () => {
+  const metrics = (ok: number[], failed: number[], sum: number) =>
+    [
+      '# HELP gateway_frame_duration_seconds Time from a client frame to its reply',
+      ...[0.01, 0.05, 0.5, '+Inf'].map((le, i) => `gateway_frame_duration_seconds_bucket{kind="sendMessage",outcome="ok",le="${le}"} ${ok[i]}`),
+      ...[0.01, 0.05, 0.5, '+Inf'].map((le, i) => `gateway_frame_duration_seconds_bucket{kind="sendMessage",outcome="UNAVAILABLE",le="${le}"} ${failed[i]}`),
+      `gateway_frame_duration_seconds_bucket{kind="ping",outcome="ok",le="0.01"} 999`,
+      `gateway_frame_duration_seconds_sum{kind="sendMessage",outcome="ok"} ${sum}`,
+      `gateway_frame_duration_seconds_count{kind="sendMessage",outcome="ok"} ${ok[3]}`,
+      `gateway_frame_duration_seconds_count{kind="sendMessage",outcome="UNAVAILABLE"} ${failed[3]}`,
+    ].join('\n');
+
+  it('counts only the load window, every outcome of the selected series, and reports the bucket holding each percentile', () => {
+    const before = parseHistogram(metrics([10, 10, 10, 10], [0, 0, 0, 0], 0.05), 'gateway_frame_duration_seconds', 'kind="sendMessage"');
+    // 100 more calls: 60 under 10 ms, 39 more under 50 ms, one refusal after 0.5 s.
+    const after = parseHistogram(metrics([70, 109, 109, 109], [0, 0, 0, 1], 1.05), 'gateway_frame_duration_seconds', 'kind="sendMessage"');
+    const timing = stageTiming('send', before, after);
+    expect(timing).toEqual({ what: 'send', count: 100, meanMs: 10, p50AtMostMs: 10, p99AtMostMs: 50 });
   });
 });
 
