@@ -1,8 +1,8 @@
 import type { Logger } from '@switchboard/logging';
 import { newEnvelope, publishEnvelope, subjects, type NatsConnection } from '@switchboard/nats';
 import { eventsV1, presenceV1 } from '@switchboard/proto';
-import { appearsOffline, fingerprint, mergePresence, nextDue, presenceChanged } from './merge';
-import type { Occupancy, PresenceStore, Snapshot } from './store';
+import { appearsOffline, fingerprint, mergePresence, nextDue, PresenceStatus, presenceChanged } from './merge';
+import type { DroppedUser, Occupancy, PresenceStore, Snapshot } from './store';
 
 export const Cause = presenceV1.PresenceChangeCause;
 export type Cause = presenceV1.PresenceChangeCause;
@@ -59,6 +59,25 @@ export class ChangeAnnouncer {
     } catch (err) {
       // The writes are committed and the caller must hear so; watchers catch up on their next GetPresence.
       this.logger.warn({ err, tenant: tenantId, users: snapshots.length }, 'could not announce presence changes');
+    }
+  }
+
+  /**
+   * Users a gateway drop took offline, already decided and claimed in Redis
+   * (PresenceStore.dropUsers): published as they are, nothing to merge.
+   */
+  announceOffline(tenantId: string, users: Extract<DroppedUser, { online: false }>[], now: number): void {
+    const changedAt = new Date(now);
+    for (const user of users) {
+      try {
+        if (user.news) {
+          const value = { userId: user.userId, status: PresenceStatus.PRESENCE_STATUS_OFFLINE, customMessage: user.customMessage, lastSeen: user.lastSeen > 0 ? new Date(user.lastSeen) : undefined, deviceCount: 0, changedAt };
+          publishEnvelope(this.nats, subjects.presence(tenantId, user.userId), newEnvelope(tenantId, { $case: 'presenceChanged', value }));
+        }
+      } catch (err) {
+        this.logger.warn({ err, tenant: tenantId, user: user.userId }, 'could not announce a presence change');
+      }
+      for (const [conversationId, counts] of user.occupancy) this.occupancyChanged(tenantId, conversationId, counts);
     }
   }
 

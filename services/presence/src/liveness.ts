@@ -112,9 +112,11 @@ export class Liveness {
   /**
    * Every connection the gateway held goes offline at once: per tenant, the
    * users are dropped in batches of DROP_BATCH, each batch one script call
-   * (connections removed, devices marked disconnected, snapshots read), one
-   * claim call and its publishes, so watchers hear of the first users while
-   * later batches run. Occupancy it held is released.
+   * that removes the connections and, for users left without any, decides
+   * and claims the OFFLINE change; those are published as soon as the call
+   * returns (watchers hear of the first users while later batches run).
+   * Users still connected elsewhere are merged and claimed as usual.
+   * Occupancy it held is released.
    */
   async dropGateway(gatewayId: string, cause: Cause): Promise<{ connections: number; usersOffline: number }> {
     let connections = 0;
@@ -130,18 +132,22 @@ export class Liveness {
         user.connections.push({ connectionId: c.connectionId, deviceId: c.deviceId });
       }
       const users = [...byUser.values()];
-      // Redis drops the next batch while this process merges and announces the previous one.
+      // Redis drops the next batch while this process announces the previous one.
       const drop = (from: number) => {
         const now = Date.now();
-        return this.store.disconnectMany(tenantId, gatewayId, users.slice(from, from + DROP_BATCH), now, true).then((snapshots) => ({ snapshots, now }));
+        return this.store.dropUsers(tenantId, gatewayId, users.slice(from, from + DROP_BATCH), now, cause).then((dropped) => ({ dropped, now }));
       };
       const announcing: Promise<void>[] = [];
       let next = drop(0);
       for (let i = 0; i < users.length; i += DROP_BATCH) {
-        const { snapshots, now } = await next;
+        const { dropped, now } = await next;
         if (i + DROP_BATCH < users.length) next = drop(i + DROP_BATCH);
-        usersOffline += snapshots.filter((s) => s.leases.length === 0).length;
-        announcing.push(this.announcer.announceMany(tenantId, snapshots, now, cause));
+        const offline = dropped.filter((d) => !d.online);
+        usersOffline += offline.length;
+        this.announcer.announceOffline(tenantId, offline, now);
+        // Users still connected through another gateway: the ordinary merge and claim.
+        const stillOnline = dropped.flatMap((d) => (d.online ? [d.snapshot] : []));
+        if (stillOnline.length > 0) announcing.push(this.announcer.announceMany(tenantId, stillOnline, now, cause));
       }
       await Promise.all(announcing);
       const vacated = await this.store.vacate(

@@ -1,7 +1,7 @@
 import { assertSafeId } from '@switchboard/ids';
 import { tenantKey, type Redis } from '@switchboard/redis';
 import type { presenceV1 } from '@switchboard/proto';
-import type { PresenceStatus } from './merge';
+import { PresenceStatus } from './merge';
 
 /** What the client said about a device when it connected, and when it was last connected. */
 export type StoredDevice = Omit<presenceV1.DeviceInfo, 'deviceId'> & { connectedAt: number; disconnectedAt?: number };
@@ -51,6 +51,11 @@ export interface UserConnections {
   connections: { connectionId: string; deviceId: string }[];
 }
 
+/** One user of a dropped gateway: offline and already claimed, or still connected elsewhere. */
+export type DroppedUser =
+  | { userId: string; online: true; snapshot: Snapshot }
+  | { userId: string; online: false; news: boolean; customMessage: string; /** 0 = not shown */ lastSeen: number; occupancy: Map<string, Occupancy> };
+
 export interface ConnectionRef {
   deviceId: string;
   gatewayId: string;
@@ -79,6 +84,46 @@ export interface ChangeClaim {
 }
 
 /**
+ * The claim of one user's change, shared by CLAIM_CHANGES and DROP_USERS
+ * (Lua): see CLAIM_CHANGES. `shared` = {due, online, invisible keys, now,
+ * minHistoryId, retentionMs, occupancy key prefix}. Returns news (0/1) and
+ * the flat {conversationId, users, connections}… whose counts changed.
+ */
+const CLAIM_ONE = `
+local function claim(shared, meta, history, occupying, version, fingerprint, userId, dueAt, online, hidden, at, status, message, cause, devices)
+  local news = 0
+  local counts = {}
+  local cur = redis.call('HMGET', meta, 'publishedVersion', 'publishedFingerprint')
+  if not (cur[1] and tonumber(cur[1]) >= tonumber(version)) then
+    redis.call('HSET', meta, 'publishedVersion', version, 'publishedFingerprint', fingerprint)
+    if tonumber(dueAt) > 0 then redis.call('ZADD', shared.due, dueAt, userId) else redis.call('ZREM', shared.due, userId) end
+    if online == '1' then redis.call('ZADD', shared.online, 'NX', shared.now, userId) else redis.call('ZREM', shared.online, userId) end
+    local flipped
+    if hidden == '1' then flipped = redis.call('SADD', shared.invisible, userId) else flipped = redis.call('SREM', shared.invisible, userId) end
+    if flipped == 1 then
+      local sign = hidden == '1' and -1 or 1
+      for _, cid in ipairs(redis.call('SMEMBERS', occupying)) do
+        local n = tonumber(redis.call('HGET', shared.prefix .. 'occu:' .. cid, userId) or '0')
+        local visible = shared.prefix .. 'occv:' .. cid
+        if n > 0 then
+          redis.call('HINCRBY', visible, 'users', sign)
+          redis.call('HINCRBY', visible, 'connections', sign * n)
+        end
+        local c = redis.call('HMGET', visible, 'users', 'connections')
+        table.insert(counts, cid); table.insert(counts, tonumber(c[1] or '0')); table.insert(counts, tonumber(c[2] or '0'))
+      end
+    end
+    if cur[2] ~= fingerprint then
+      redis.call('XADD', history, 'MINID', '~', shared.minId, '*', 'at', at, 'status', status, 'message', message, 'cause', cause, 'devices', devices)
+      redis.call('PEXPIRE', history, shared.retention)
+      news = 1
+    end
+  end
+  return news, counts
+end
+`;
+
+/**
  * Decides, for many users of one tenant at once, whether each snapshot's
  * public presence is news: only a write newer than the last one announced
  * wins; when its fingerprint differs it is also appended to the history
@@ -95,42 +140,92 @@ export interface ChangeClaim {
  * The occupancy keys are built from the prefix: the same tenant, so the
  * same hash slot as every declared key.
  */
-const CLAIM_CHANGES = `
+const CLAIM_CHANGES = `${CLAIM_ONE}
+local shared = {due = KEYS[1], online = KEYS[2], invisible = KEYS[3], now = ARGV[1], minId = ARGV[2], retention = ARGV[3], prefix = ARGV[4]}
 local result = {}
 local a = 5
 for u = 0, (#KEYS - 3) / 3 - 1 do
-  local meta, history, occupying = KEYS[4 + u * 3], KEYS[5 + u * 3], KEYS[6 + u * 3]
-  local version, fingerprint, userId, dueAt, online, hidden = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
-  local news = 0
-  local counts = {}
-  local cur = redis.call('HMGET', meta, 'publishedVersion', 'publishedFingerprint')
-  if not (cur[1] and tonumber(cur[1]) >= tonumber(version)) then
-    redis.call('HSET', meta, 'publishedVersion', version, 'publishedFingerprint', fingerprint)
-    if tonumber(dueAt) > 0 then redis.call('ZADD', KEYS[1], dueAt, userId) else redis.call('ZREM', KEYS[1], userId) end
-    if online == '1' then redis.call('ZADD', KEYS[2], 'NX', ARGV[1], userId) else redis.call('ZREM', KEYS[2], userId) end
-    local flipped
-    if hidden == '1' then flipped = redis.call('SADD', KEYS[3], userId) else flipped = redis.call('SREM', KEYS[3], userId) end
-    if flipped == 1 then
-      local sign = hidden == '1' and -1 or 1
-      for _, cid in ipairs(redis.call('SMEMBERS', occupying)) do
-        local n = tonumber(redis.call('HGET', ARGV[4] .. 'occu:' .. cid, userId) or '0')
-        local visible = ARGV[4] .. 'occv:' .. cid
-        if n > 0 then
-          redis.call('HINCRBY', visible, 'users', sign)
-          redis.call('HINCRBY', visible, 'connections', sign * n)
-        end
-        local c = redis.call('HMGET', visible, 'users', 'connections')
-        table.insert(counts, cid); table.insert(counts, tonumber(c[1] or '0')); table.insert(counts, tonumber(c[2] or '0'))
-      end
-    end
-    if cur[2] ~= fingerprint then
-      redis.call('XADD', history, 'MINID', '~', ARGV[2], '*', 'at', ARGV[a + 6], 'status', ARGV[a + 7], 'message', ARGV[a + 8], 'cause', ARGV[a + 9], 'devices', ARGV[a + 10])
-      redis.call('PEXPIRE', history, ARGV[3])
-      news = 1
-    end
-  end
+  local news, counts = claim(shared, KEYS[4 + u * 3], KEYS[5 + u * 3], KEYS[6 + u * 3], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10])
   table.insert(result, {news, counts})
   a = a + 11
+end
+return result`;
+
+/**
+ * Drops the connections of many users of one dead gateway (its connection
+ * hash already taken) and, for each user left without any connection,
+ * decides and claims the OFFLINE announcement in the same call: a user with
+ * no device left is offline whatever else is stored, so the public face
+ * needs only the chosen status (appear-offline freezes last seen and hides
+ * the custom message; a live custom message still shows) and the last-seen
+ * setting: mergePresence's rule for a user without devices, in Lua, proven
+ * equal by the presence tests. The version is bumped in the same atomic
+ * call, so the claim always wins over earlier writes and later writes win
+ * over it. Users with a connection left elsewhere get their snapshot back
+ * for the ordinary merge and claim.
+ *   KEYS: due, online, invisible, then per user leases, devices, status,
+ *   meta, active, settings, history, occupying;
+ *   ARGV: now, gatewayId, minHistoryId, retentionMs, occupancy key prefix,
+ *   cause, OFFLINE status number, then per user: userId, n, n × (connectionId, deviceId).
+ * Returns per user either {0, leaseList, devices, status, meta, active,
+ * settings} (still online) or {1, news, customMessage, lastSeen (0 =
+ * hidden), {conversationId, users, connections}…} (offline).
+ */
+const DROP_USERS = `${CLAIM_ONE}
+local now = ARGV[1]
+local shared = {due = KEYS[1], online = KEYS[2], invisible = KEYS[3], now = now, minId = ARGV[3], retention = ARGV[4], prefix = ARGV[5]}
+local nowN = tonumber(now)
+local offline = ARGV[7]
+local function live(expiresAt) return expiresAt == 0 or expiresAt > nowN end
+local result = {}
+local a = 8
+for u = 0, (#KEYS - 3) / 8 - 1 do
+  local k = 3 + u * 8
+  local leases, devices, status, meta, active, settings, history, occupying = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], KEYS[k + 6], KEYS[k + 7], KEYS[k + 8]
+  local userId = ARGV[a]
+  local n = tonumber(ARGV[a + 1])
+  local touched = {}
+  for i = 1, n do
+    local connection, device = ARGV[a + i * 2], ARGV[a + i * 2 + 1]
+    redis.call('ZREM', leases, device .. ':' .. ARGV[2] .. ':' .. connection)
+    touched[device] = true
+  end
+  a = a + 2 + n * 2
+  -- The user was online until this moment, whichever connection remains.
+  redis.call('HSET', meta, 'lastSeen', now)
+  local version = redis.call('HINCRBY', meta, 'version', 1)
+  local leaseList = redis.call('ZRANGE', leases, 0, -1, 'WITHSCORES')
+  local remaining = {}
+  for i = 1, #leaseList, 2 do remaining[string.match(leaseList[i], '^[^:]*')] = true end
+  for device in pairs(touched) do
+    local json = not remaining[device] and redis.call('HGET', devices, device)
+    if json then
+      local stored = cjson.decode(json)
+      stored.disconnectedAt = nowN
+      redis.call('HSET', devices, device, cjson.encode(stored))
+    end
+  end
+  if #leaseList > 0 then
+    table.insert(result, {0, leaseList, redis.call('HGETALL', devices), redis.call('HGETALL', status), {'lastSeen', now, 'version', version}, redis.call('HGETALL', active), redis.call('HGETALL', settings)})
+  else
+    local m = redis.call('HMGET', status, 'status', 'statusExpiresAt', 'customMessage', 'customMessageExpiresAt', 'frozenLastSeen', 'updatedAt')
+    local chosen = m[6] and m[1] or nil
+    local statusExpiresAt, messageExpiresAt = tonumber(m[2] or '0'), tonumber(m[4] or '0')
+    local invisible = chosen == offline and live(statusExpiresAt)
+    local message = ''
+    if m[6] and not invisible and m[3] and m[3] ~= '' and live(messageExpiresAt) then message = m[3] end
+    local dueAt = 0
+    if m[6] then
+      for _, at in ipairs({statusExpiresAt, messageExpiresAt}) do
+        if at > nowN and (dueAt == 0 or at < dueAt) then dueAt = at end
+      end
+    end
+    local lastSeen = now
+    if invisible then lastSeen = m[5] or '0' end
+    if redis.call('HGET', settings, 'hideLastSeen') == '1' then lastSeen = '0' end
+    local news, counts = claim(shared, meta, history, occupying, version, offline .. '|' .. message, userId, dueAt, '0', invisible and '1' or '0', now, offline, message, ARGV[6], 0)
+    table.insert(result, {1, news, message, tonumber(lastSeen), counts})
+  end
 end
 return result`;
 
@@ -248,6 +343,7 @@ return {tonumber(c[1] or '0'), tonumber(c[2] or '0')}`;
 type ScriptedRedis = Redis & {
   claimPresenceChanges(numberOfKeys: number, ...args: (string | number)[]): Promise<[number, (string | number)[]][]>;
   disconnectMany(numberOfKeys: number, ...args: (string | number)[]): Promise<unknown[][]>;
+  dropUsers(numberOfKeys: number, ...args: (string | number)[]): Promise<unknown[][]>;
   reconcileLeases(key: string, ...args: (string | number)[]): Promise<[string[], string[]]>;
   popDue(key: string, now: number, limit: number): Promise<string[]>;
   occupy(occ: string, occu: string, occv: string, occupying: string, invisible: string, field: string, userId: string, delta: number, conversationId: string): Promise<[number, number]>;
@@ -302,6 +398,7 @@ export class PresenceStore {
     // Variable key counts: given with each call.
     redis.defineCommand('claimPresenceChanges', { lua: CLAIM_CHANGES });
     redis.defineCommand('disconnectMany', { lua: DISCONNECT });
+    redis.defineCommand('dropUsers', { lua: DROP_USERS });
     redis.defineCommand('reconcileLeases', { numberOfKeys: 1, lua: RECONCILE });
     redis.defineCommand('popDue', { numberOfKeys: 1, lua: POP_DUE });
     redis.defineCommand('occupy', { numberOfKeys: 5, lua: OCCUPY });
@@ -353,6 +450,37 @@ export class PresenceStore {
     return users.map(({ userId }, i) => {
       const [leaseList, ...hashes] = results[i]!;
       return this.parseSnapshot(userId, [leaseList, ...hashes.map((flat) => objectOf(flat as string[]))]);
+    });
+  }
+
+  /**
+   * Drops many users' connections of a dead gateway whose connection list
+   * was taken (see DROP_USERS): users left offline come back decided and
+   * claimed (publish when `news`); users still connected elsewhere come back
+   * as snapshots for the ordinary merge and claim.
+   */
+  async dropUsers(tenantId: string, gatewayId: string, users: UserConnections[], now: number, cause: number): Promise<DroppedUser[]> {
+    if (users.length === 0) return [];
+    const prefix = tenantKey(tenantId, 'presence');
+    const keyList = [tenantKey(tenantId, 'presence', 'due'), tenantKey(tenantId, 'presence', 'online'), invisibleKey(tenantId)];
+    const args: (string | number)[] = [now, gatewayId, `${Math.max(0, now - this.historyRetentionMs)}-0`, this.historyRetentionMs, occupancyPrefix(tenantId), cause, PresenceStatus.PRESENCE_STATUS_OFFLINE];
+    for (const { userId, connections } of users) {
+      const k = keysIn(prefix, userId);
+      keyList.push(k.leases, k.devices, k.status, k.meta, k.active, k.settings, k.history, k.occupying);
+      args.push(userId, connections.length);
+      for (const c of connections) args.push(c.connectionId, c.deviceId);
+    }
+    const results = await this.redis.dropUsers(keyList.length, ...keyList, ...args);
+    return users.map(({ userId }, i): DroppedUser => {
+      const [offline, ...rest] = results[i]!;
+      if (offline === 0) {
+        const [leaseList, ...hashes] = rest;
+        return { userId, online: true, snapshot: this.parseSnapshot(userId, [leaseList, ...hashes.map((flat) => objectOf(flat as string[]))]) };
+      }
+      const [news, customMessage, lastSeen, flat] = rest as [number, string, number, (string | number)[]];
+      const occupancy = new Map<string, Occupancy>();
+      for (let j = 0; j < flat.length; j += 3) occupancy.set(String(flat[j]), { onlineCount: Number(flat[j + 1]), connectionCount: Number(flat[j + 2]) });
+      return { userId, online: false, news: news === 1, customMessage, lastSeen, occupancy };
     });
   }
 
@@ -673,16 +801,21 @@ export class PresenceStore {
 type Keys = ReturnType<typeof keys>;
 
 function keys(tenantId: string, userId: string) {
+  return keysIn(tenantKey(tenantId, 'presence'), userId);
+}
+
+/** A user's keys under the tenant's presence prefix (`tenantKey(tenant, 'presence')`), for callers that build many. */
+function keysIn(prefix: string, userId: string) {
   return {
-    devices: tenantKey(tenantId, 'presence', 'user', userId),
-    leases: tenantKey(tenantId, 'presence', 'leases', userId),
-    status: tenantKey(tenantId, 'presence', 'status', userId),
-    meta: tenantKey(tenantId, 'presence', 'meta', userId),
-    active: tenantKey(tenantId, 'presence', 'active', userId),
-    settings: tenantKey(tenantId, 'presence', 'settings', userId),
-    history: tenantKey(tenantId, 'presence', 'history', userId),
-    watch: tenantKey(tenantId, 'presence', 'watch', userId),
-    occupying: tenantKey(tenantId, 'presence', 'occupying', userId),
+    devices: `${prefix}:user:${userId}`,
+    leases: `${prefix}:leases:${userId}`,
+    status: `${prefix}:status:${userId}`,
+    meta: `${prefix}:meta:${userId}`,
+    active: `${prefix}:active:${userId}`,
+    settings: `${prefix}:settings:${userId}`,
+    history: `${prefix}:history:${userId}`,
+    watch: `${prefix}:watch:${userId}`,
+    occupying: `${prefix}:occupying:${userId}`,
   };
 }
 

@@ -143,6 +143,44 @@ describe('presence liveness and features', () => {
     await client.gatewayDown({ context: undefined, gatewayId: 'gw-other', reason: 'test' }, system);
   });
 
+  it('announces a dropped gateway’s users as GetPresence shows them: custom message, appear-offline, hidden last seen; a user still connected elsewhere stays online', async () => {
+    const gatewayId = `gw-${newId().slice(0, 8)}`;
+    const [surgeon, hidden, private_, twoDevices] = [newId(), newId(), newId(), newId()];
+    const watcher = newId();
+    for (const [i, userId] of [surgeon, hidden, private_, twoDevices].entries()) await client.connectDevice({ context: undefined, gatewayId, connectionId: `c${i}`, device: device('phone') }, as(userId));
+    await client.connectDevice({ context: undefined, gatewayId: 'gw-live', connectionId: 'c-live', device: device('laptop') }, as(twoDevices));
+    await client.setStatus(status(PresenceStatus.PRESENCE_STATUS_BUSY, { customMessage: 'In surgery' }), as(surgeon));
+    await client.setStatus(status(PresenceStatus.PRESENCE_STATUS_OFFLINE), as(hidden));
+    const frozen = (await presenceOf(hidden, as(watcher))).lastSeen;
+    await client.updatePresenceSettings({ context: undefined, userId: '', settings: { autoAwayAfterMs: 0, hideLastSeen: true } }, as(private_));
+    const changes = Object.fromEntries(await Promise.all([surgeon, hidden, private_, twoDevices].map(async (u) => [u, await changesOf(u)] as const)));
+
+    expect(await client.gatewayDown({ context: undefined, gatewayId, reason: 'test' }, system)).toEqual({ connections: 4, usersOffline: 3 });
+    await eventually(() => changes[surgeon]!().length > 0 && changes[private_]!().length > 0);
+    // What watchers were told is what they read afterwards.
+    for (const userId of [surgeon, private_]) {
+      const [told] = changes[userId]!();
+      const read = await presenceOf(userId, as(watcher));
+      expect(told).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_OFFLINE, deviceCount: 0, customMessage: read.customMessage, lastSeen: read.lastSeen });
+      expect(read.status).toBe(PresenceStatus.PRESENCE_STATUS_OFFLINE);
+    }
+    // A custom message outlives the devices; hidden last seen stays hidden.
+    expect(changes[surgeon]!()[0]).toMatchObject({ customMessage: 'In surgery', lastSeen: expect.any(Date) });
+    expect(changes[private_]!()[0]!.lastSeen).toBeUndefined();
+    // Appearing offline already: nothing new to announce, last seen stays frozen.
+    expect(changes[hidden]!()).toEqual([]);
+    expect(await presenceOf(hidden, as(watcher))).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_OFFLINE, lastSeen: frozen });
+    // Still connected through another gateway: online, nothing announced.
+    expect(await presenceOf(twoDevices, as(watcher))).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 1 });
+    expect(changes[twoDevices]!()).toEqual([]);
+    const history = await client.getPresenceHistory({ context: undefined, userId: surgeon, range: undefined, page: undefined }, internal);
+    expect(history.entries[0]).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_OFFLINE, customMessage: 'In surgery', cause: Cause.PRESENCE_CHANGE_CAUSE_GATEWAY_DOWN });
+    const online = await client.listOnlineUsers({ context: undefined, conversationId: '', page: { pageSize: 500, pageToken: '' } }, internal);
+    expect(online.users.map((u) => u.userId)).toContain(twoDevices);
+    expect(online.users.map((u) => u.userId)).not.toContain(surgeon);
+    await client.gatewayDown({ context: undefined, gatewayId: 'gw-live', reason: 'test' }, system);
+  });
+
   it('goes away after the inactivity delay, comes back on activity, and lets an explicit status win over both', async () => {
     const gatewayId = `gw-${newId().slice(0, 8)}`;
     const carol = newId();
