@@ -10,7 +10,7 @@
 'use strict';
 const { createRedis } = require('@switchboard/redis');
 const { connectNats, decodeEnvelope } = require('@switchboard/nats');
-const { infraEnv } = require('@switchboard/devenv');
+const { infraEnv, natsSeedFile } = require('@switchboard/devenv');
 const { PresenceStore } = require('../dist/store');
 const { ChangeAnnouncer, Cause } = require('../dist/announcer');
 const { Liveness } = require('../dist/liveness');
@@ -33,8 +33,8 @@ async function main() {
   const env = infraEnv();
   const redis = createRedis(env.REDIS_URL, 'drop-bench', { autoPipelining: true });
   await redis.connect();
-  const nats = await connectNats({ servers: env.NATS_URL, name: 'drop-bench' });
-  const watcher = await connectNats({ servers: env.NATS_URL, name: 'drop-bench-watcher' });
+  const nats = await connectNats({ servers: env.NATS_URL, nkeySeedFile: natsSeedFile(), name: 'drop-bench' });
+  const watcher = await connectNats({ servers: env.NATS_URL, nkeySeedFile: natsSeedFile(), name: 'drop-bench-watcher' });
   const store = new PresenceStore(redis, 3600, 3600_000, 300_000);
   const announcer = new ChangeAnnouncer(store, nats, quiet, 1000);
   const liveness = new Liveness(store, announcer, nats, {}, quiet);
