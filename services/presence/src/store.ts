@@ -84,6 +84,41 @@ export interface ChangeClaim {
 }
 
 /**
+ * Removes n connections of one user (ARGV[first…], pairs of connectionId,
+ * deviceId) held by one gateway, and from the gateway's hash too when it is
+ * given; the user was online until now, so last seen moves and the version
+ * is bumped; devices left without a connection are marked disconnected.
+ * Shared by DROP_USERS and DISCONNECT (Lua). Returns the version and the
+ * remaining lease list (with scores).
+ */
+const DROP_CONNECTIONS = `
+local function dropConnections(leases, devices, meta, gatewayId, now, first, n, gatewayHash)
+  local touched = {}
+  for i = 0, n - 1 do
+    local connection, device = ARGV[first + i * 2], ARGV[first + i * 2 + 1]
+    redis.call('ZREM', leases, device .. ':' .. gatewayId .. ':' .. connection)
+    if gatewayHash then redis.call('HDEL', gatewayHash, connection) end
+    touched[device] = true
+  end
+  -- The user was online until this moment, whichever connection remains.
+  redis.call('HSET', meta, 'lastSeen', now)
+  local version = redis.call('HINCRBY', meta, 'version', 1)
+  local leaseList = redis.call('ZRANGE', leases, 0, -1, 'WITHSCORES')
+  local remaining = {}
+  for i = 1, #leaseList, 2 do remaining[string.match(leaseList[i], '^[^:]*')] = true end
+  for device in pairs(touched) do
+    local json = not remaining[device] and redis.call('HGET', devices, device)
+    if json then
+      local stored = cjson.decode(json)
+      stored.disconnectedAt = tonumber(now)
+      redis.call('HSET', devices, device, cjson.encode(stored))
+    end
+  end
+  return version, leaseList
+end
+`;
+
+/**
  * The claim of one user's change, shared by CLAIM_CHANGES and DROP_USERS
  * (Lua): see CLAIM_CHANGES. `shared` = {due, online, invisible keys, now,
  * minHistoryId, retentionMs, occupancy key prefix}. Returns news (0/1) and
@@ -171,7 +206,7 @@ return result`;
  * settings} (still online) or {1, news, customMessage, lastSeen (0 =
  * hidden), {conversationId, users, connections}…} (offline).
  */
-const DROP_USERS = `${CLAIM_ONE}
+const DROP_USERS = `${CLAIM_ONE}${DROP_CONNECTIONS}
 local now = ARGV[1]
 local shared = {due = KEYS[1], online = KEYS[2], invisible = KEYS[3], now = now, minId = ARGV[3], retention = ARGV[4], prefix = ARGV[5]}
 local nowN = tonumber(now)
@@ -184,27 +219,8 @@ for u = 0, (#KEYS - 3) / 8 - 1 do
   local leases, devices, status, meta, active, settings, history, occupying = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], KEYS[k + 6], KEYS[k + 7], KEYS[k + 8]
   local userId = ARGV[a]
   local n = tonumber(ARGV[a + 1])
-  local touched = {}
-  for i = 1, n do
-    local connection, device = ARGV[a + i * 2], ARGV[a + i * 2 + 1]
-    redis.call('ZREM', leases, device .. ':' .. ARGV[2] .. ':' .. connection)
-    touched[device] = true
-  end
+  local version, leaseList = dropConnections(leases, devices, meta, ARGV[2], now, a + 2, n, nil)
   a = a + 2 + n * 2
-  -- The user was online until this moment, whichever connection remains.
-  redis.call('HSET', meta, 'lastSeen', now)
-  local version = redis.call('HINCRBY', meta, 'version', 1)
-  local leaseList = redis.call('ZRANGE', leases, 0, -1, 'WITHSCORES')
-  local remaining = {}
-  for i = 1, #leaseList, 2 do remaining[string.match(leaseList[i], '^[^:]*')] = true end
-  for device in pairs(touched) do
-    local json = not remaining[device] and redis.call('HGET', devices, device)
-    if json then
-      local stored = cjson.decode(json)
-      stored.disconnectedAt = nowN
-      redis.call('HSET', devices, device, cjson.encode(stored))
-    end
-  end
   if #leaseList > 0 then
     table.insert(result, {0, leaseList, redis.call('HGETALL', devices), redis.call('HGETALL', status), {'lastSeen', now, 'version', version}, redis.call('HGETALL', active), redis.call('HGETALL', settings)})
   else
@@ -241,35 +257,15 @@ return result`;
  *   ARGV: now, gatewayId, '1' when the gateway hash is already gone, then
  *   per user: n, n × (connectionId, deviceId).
  */
-const DISCONNECT = `
+const DISCONNECT = `${DROP_CONNECTIONS}
 local now = ARGV[1]
 local result = {}
 local a = 4
 for u = 0, (#KEYS - 1) / 6 - 1 do
   local leases, devices, status, meta, active, settings = KEYS[2 + u * 6], KEYS[3 + u * 6], KEYS[4 + u * 6], KEYS[5 + u * 6], KEYS[6 + u * 6], KEYS[7 + u * 6]
   local n = tonumber(ARGV[a])
-  local touched = {}
-  for i = 1, n do
-    local connection, device = ARGV[a + i * 2 - 1], ARGV[a + i * 2]
-    redis.call('ZREM', leases, device .. ':' .. ARGV[2] .. ':' .. connection)
-    if ARGV[3] ~= '1' then redis.call('HDEL', KEYS[1], connection) end
-    touched[device] = true
-  end
+  local version, leaseList = dropConnections(leases, devices, meta, ARGV[2], now, a + 1, n, ARGV[3] ~= '1' and KEYS[1] or nil)
   a = a + 1 + n * 2
-  -- The user was online until this moment, whichever connection remains.
-  redis.call('HSET', meta, 'lastSeen', now)
-  local version = redis.call('HINCRBY', meta, 'version', 1)
-  local leaseList = redis.call('ZRANGE', leases, 0, -1, 'WITHSCORES')
-  local remaining = {}
-  for i = 1, #leaseList, 2 do remaining[string.match(leaseList[i], '^[^:]*')] = true end
-  for device in pairs(touched) do
-    local json = not remaining[device] and redis.call('HGET', devices, device)
-    if json then
-      local stored = cjson.decode(json)
-      stored.disconnectedAt = tonumber(now)
-      redis.call('HSET', devices, device, cjson.encode(stored))
-    end
-  end
   local online = #leaseList > 0
   table.insert(result, {leaseList, online and redis.call('HGETALL', devices) or {}, redis.call('HGETALL', status), {'lastSeen', now, 'version', version}, online and redis.call('HGETALL', active) or {}, redis.call('HGETALL', settings)})
 end
