@@ -1,8 +1,8 @@
-import { CompressionTypes, Kafka, logLevel, type IHeaders, type Message, type Producer } from 'kafkajs';
+import { CompressionTypes, Kafka, logLevel, type Consumer, type IHeaders, type Message, type Producer } from 'kafkajs';
 import { eventsV1 } from '@switchboard/proto';
 import { extractTraceContext, injectTraceContext, type Context } from '@switchboard/telemetry';
 
-export { Kafka, CompressionTypes, type Producer };
+export { Kafka, CompressionTypes, type Consumer, type Producer };
 
 /** Durable topics, keyed so that order holds per key. */
 export const TOPICS = {
@@ -41,6 +41,41 @@ export function createKafka(options: KafkaOptions): Kafka {
  */
 export function createIdempotentProducer(kafka: Kafka): Producer {
   return kafka.producer({ idempotent: true, maxInFlightRequests: 1, allowAutoTopicCreation: false });
+}
+
+/**
+ * A member of a service's consumer group. A replica that dies without leaving
+ * (SIGKILL, a lost node) keeps its partitions, and holds up every rebalance of
+ * the group, until its session times out: the session is what the operator
+ * tunes, the heartbeat and the rebalance window follow from it.
+ */
+export function createGroupConsumer(kafka: Kafka, groupId: string, sessionTimeoutMs: number): Consumer {
+  return kafka.consumer({
+    groupId,
+    sessionTimeout: sessionTimeoutMs,
+    heartbeatInterval: Math.max(500, Math.floor(sessionTimeoutMs / 6)),
+    rebalanceTimeout: sessionTimeoutMs,
+  });
+}
+
+/**
+ * Leaves the group at shutdown, but waits at most `withinMs`: a disconnect
+ * asked during a rebalance waits for that rebalance, which waits for every
+ * member — a dead one for its whole session — and the shutdown has a hard
+ * deadline. Not waiting is safe: offsets are committed only after their
+ * records were applied, so the partitions' next owner replays the rest.
+ * Returns false when it gave up.
+ */
+export async function leaveGroup(consumer: Consumer, withinMs: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const gaveUp = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), withinMs);
+  });
+  try {
+    return await Promise.race([consumer.disconnect().then(() => true as const), gaveUp]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** An envelope as a Kafka record: protobuf value, trace context and event id in headers. */

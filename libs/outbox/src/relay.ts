@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { natsHeaders, type NatsConnection } from '@switchboard/nats';
 import type { Producer } from '@switchboard/kafka';
 import type { Logger } from '@switchboard/logging';
@@ -77,13 +78,18 @@ export class OutboxRelay {
     });
   }
 
+  /** Ends the waits of a replica that is not the leader (wake-ups are for the leader's sinks). */
+  private stopping = new AbortController();
+
   start(): void {
     this.running = true;
+    this.stopping = new AbortController();
     this.loops = [this.leadership()];
   }
 
   async stop(): Promise<void> {
     this.running = false;
+    this.stopping.abort();
     this.wake();
     await Promise.allSettled(this.loops);
     await this.leader?.end().catch(() => undefined);
@@ -118,10 +124,12 @@ export class OutboxRelay {
     const { logger } = this.options;
     while (this.running) {
       const client = new PgClient({ connectionString: this.options.databaseUrl, application_name: `${this.options.service}-outbox-relay` });
+      // Set when this process ends the connection itself, which is no loss to report.
+      let ending = false;
       let lost: (reason: unknown) => void = () => undefined;
       const connectionLost = new Promise<void>((resolve) => {
         lost = (reason) => {
-          logger.warn({ err: reason }, 'outbox relay lost its database connection');
+          if (!ending) logger.warn({ err: reason }, 'outbox relay lost its database connection');
           resolve();
         };
       });
@@ -131,8 +139,10 @@ export class OutboxRelay {
         await client.connect();
         const { rows } = await client.query<{ locked: boolean }>('SELECT pg_try_advisory_lock($1) AS locked', [this.options.leaderLockKey]);
         if (!rows[0]?.locked) {
+          ending = true;
           await client.end();
-          await this.idle(2000);
+          // Another replica leads: ask again later, whatever wake-ups arrive meanwhile.
+          await sleep(2000, undefined, { signal: this.stopping.signal }).catch(() => undefined);
           continue;
         }
         this.leader = client;
@@ -147,6 +157,7 @@ export class OutboxRelay {
         if (this.running) logger.warn({ err }, 'outbox relay cannot lead yet');
       } finally {
         this.leader = undefined;
+        ending = true;
         await client.end().catch(() => undefined);
       }
       if (this.running) await this.idle(1000);

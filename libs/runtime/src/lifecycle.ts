@@ -52,16 +52,22 @@ export class Lifecycle {
     const { logger, shutdownDeadlineMs } = this.options;
     const started = Date.now();
     logger.info({ reason, deadlineMs: shutdownDeadlineMs }, 'shutting down');
+    // Named in the deadline's error: the part that did not stop is what the operator needs to know.
+    let current = '';
+    let currentSince = started;
     const deadline = setTimeout(() => {
-      logger.error({ deadlineMs: shutdownDeadlineMs }, 'shutdown deadline passed: exiting');
+      logger.error({ deadlineMs: shutdownDeadlineMs, stuck: current, stuckForMs: Date.now() - currentSince }, `shutdown deadline passed while stopping ${current}: exiting`);
+      logger.flush?.();
       if (this.options.exitProcess !== false) process.exit(1);
     }, shutdownDeadlineMs);
     deadline.unref();
     let failed = false;
     for (const hook of [...this.hooks].reverse()) {
+      current = hook.name;
+      currentSince = Date.now();
       try {
         await hook.run();
-        logger.debug({ part: hook.name }, 'stopped');
+        logger.debug({ part: hook.name, elapsedMs: Date.now() - currentSince }, 'stopped');
       } catch (err) {
         failed = true;
         logger.error({ err, part: hook.name }, 'failed to stop cleanly');

@@ -65,4 +65,15 @@ describe('Lifecycle', () => {
     expect(order).toEqual(['server', 'database']);
     expect(lifecycle.isStopping).toBe(true);
   });
+
+  it('names the part that was still stopping when the deadline passed', async () => {
+    const errors: { fields: Record<string, unknown>; message: string }[] = [];
+    const recording = { ...logger, info: () => undefined, debug: () => undefined, error: (fields: Record<string, unknown>, message: string) => void errors.push({ fields, message }) };
+    const lifecycle = new Lifecycle({ logger: recording as unknown as typeof logger, shutdownDeadlineMs: 50, exitProcess: false });
+    lifecycle.onShutdown('kafka consumer', () => new Promise(() => undefined));
+    lifecycle.onShutdown('server', () => undefined);
+    void lifecycle.shutdown('test');
+    await new Promise((r) => setTimeout(r, 150));
+    expect(errors).toEqual([{ fields: expect.objectContaining({ stuck: 'kafka consumer', deadlineMs: 50 }), message: 'shutdown deadline passed while stopping kafka consumer: exiting' }]);
+  });
 });

@@ -13,6 +13,8 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       ROOM_DEADLINE_MS: env.positiveInt(2000),
       /** Consumer group that feeds the room membership replica from Kafka sb.events (one per deployment). */
       ROOM_EVENTS_GROUP_ID: env.string('messaging-rooms'),
+      /** After how long without a heartbeat a replica's share of sb.events moves to the others (a killed replica's share waits that long). */
+      ROOM_EVENTS_SESSION_TIMEOUT_MS: env.positiveInt(10_000),
       /** How long a deleted room's history is kept before it is purged. */
       DELETED_ROOM_RETENTION_MS: env.positiveInt(30 * 24 * 3600 * 1000),
       /** How often due purges of deleted rooms run. */

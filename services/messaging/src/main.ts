@@ -1,5 +1,5 @@
 import { createClient, GrpcServer } from '@switchboard/grpc';
-import { createIdempotentProducer, createKafka } from '@switchboard/kafka';
+import { createGroupConsumer, createIdempotentProducer, createKafka } from '@switchboard/kafka';
 import { connectNats, natsReady, SYSTEM_SUBJECTS } from '@switchboard/nats';
 import { OutboxRelay, outboxWaker } from '@switchboard/outbox';
 import { openDatabase } from '@switchboard/postgres';
@@ -72,7 +72,9 @@ async function main(): Promise<void> {
   host.runner(
     'room events',
     () => {
-      stopRoomEvents = runRoomEvents(kafka.consumer({ groupId: config.ROOM_EVENTS_GROUP_ID }), replica, logger);
+      const consumer = createGroupConsumer(kafka, config.ROOM_EVENTS_GROUP_ID, config.ROOM_EVENTS_SESSION_TIMEOUT_MS);
+      // A quarter of the shutdown deadline: the servers' drain and the other clients need the rest.
+      stopRoomEvents = runRoomEvents(consumer, replica, logger, config.SHUTDOWN_DEADLINE_MS / 4);
     },
     () => stopRoomEvents(),
   );

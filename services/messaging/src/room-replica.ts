@@ -1,5 +1,5 @@
 import type { Consumer } from 'kafkajs';
-import { decodeRecord, TOPICS } from '@switchboard/kafka';
+import { decodeRecord, leaveGroup, TOPICS } from '@switchboard/kafka';
 import type { Logger } from '@switchboard/logging';
 import { withTenantTransaction, type Pool } from '@switchboard/postgres';
 import { eventsV1, messagingV1 } from '@switchboard/proto';
@@ -154,7 +154,7 @@ export async function consumeRoomEvents(consumer: Consumer, replica: RoomReplica
  * (messaging serves meanwhile: room posts and reads are checked with the
  * room service, not the replica). Returns the stop function.
  */
-export function runRoomEvents(consumer: Consumer, replica: RoomReplica, logger: Logger): () => Promise<void> {
+export function runRoomEvents(consumer: Consumer, replica: RoomReplica, logger: Logger, leaveWithinMs: number): () => Promise<void> {
   let stopped = false;
   let wake = () => undefined as void;
   const started = (async () => {
@@ -179,7 +179,10 @@ export function runRoomEvents(consumer: Consumer, replica: RoomReplica, logger: 
   return async () => {
     stopped = true;
     wake();
-    await consumer.disconnect();
+    if (!(await leaveGroup(consumer, leaveWithinMs))) {
+      logger.warn({ withinMs: leaveWithinMs }, 'the room events consumer did not leave its group in time; its partitions move when its session times out');
+      return;
+    }
     await started;
   };
 }

@@ -1,5 +1,5 @@
 import { GrpcServer } from '@switchboard/grpc';
-import { createIdempotentProducer, createKafka, TOPICS } from '@switchboard/kafka';
+import { createGroupConsumer, createIdempotentProducer, createKafka, leaveGroup, TOPICS } from '@switchboard/kafka';
 import { connectNats, natsReady } from '@switchboard/nats';
 import { openDatabase } from '@switchboard/postgres';
 import { notificationV1 } from '@switchboard/proto';
@@ -57,11 +57,7 @@ async function main(): Promise<void> {
       const spec = { numPartitions: config.DLQ_PARTITIONS, replicationFactor: config.KAFKA_REPLICATION_FACTOR };
       await ensureTopics(kafka, topics.map((topic) => ({ topic, ...spec })), logger);
       const clients = {
-        consumer: kafka.consumer({
-          groupId: config.KAFKA_GROUP_ID,
-          sessionTimeout: config.KAFKA_SESSION_TIMEOUT_MS,
-          heartbeatInterval: Math.max(500, Math.floor(config.KAFKA_SESSION_TIMEOUT_MS / 6)),
-        }),
+        consumer: createGroupConsumer(kafka, config.KAFKA_GROUP_ID, config.KAFKA_SESSION_TIMEOUT_MS),
         producer: createIdempotentProducer(kafka),
       };
       await clients.consumer.connect();
@@ -70,7 +66,8 @@ async function main(): Promise<void> {
     },
     {
       close: async (clients) => {
-        await clients.consumer.disconnect();
+        // Bounded like messaging's: the producer and the rest of the shutdown still need the deadline.
+        if (!(await leaveGroup(clients.consumer, config.SHUTDOWN_DEADLINE_MS / 4))) logger.warn('the consumer did not leave its group in time; its partitions move when its session times out');
         await clients.producer.disconnect();
       },
     },
