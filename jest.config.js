@@ -5,8 +5,9 @@
 // `pnpm build` runs first (README's test command does).
 const transform = { '^.+\\.ts$': ['ts-jest', { tsconfig: '<rootDir>/tsconfig.test.json' }] };
 const roots = ['<rootDir>/libs', '<rootDir>/services', '<rootDir>/charts'];
+// testEnvironment: Node's, which also kills service processes a test file left running (libs/devenv/src/jest-environment.ts).
 // setupFiles: the tests' gRPC clients carry the infrastructure's internal token (libs/devenv/src/jest-setup.ts).
-const common = { transform, roots, testEnvironment: 'node', modulePathIgnorePatterns: ['<rootDir>/.*/dist/'], setupFiles: ['<rootDir>/libs/devenv/dist/jest-setup.js'] };
+const common = { transform, roots, testEnvironment: '<rootDir>/libs/devenv/dist/jest-environment.js', modulePathIgnorePatterns: ['<rootDir>/.*/dist/'], setupFiles: ['<rootDir>/libs/devenv/dist/jest-setup.js'] };
 
 module.exports = {
   globalSetup: '<rootDir>/libs/devenv/dist/jest-global-setup.js',

@@ -31,6 +31,20 @@ export interface ServiceProcess {
   kill(): Promise<number | null>;
 }
 
+/**
+ * Every service process launched from this realm and not yet exited. A test
+ * file's jest environment (jest-environment.ts) kills what its file left
+ * running — a frozen or forgotten replica would otherwise hold locks the next
+ * file's services need and keep jest from exiting. A global symbol, so the
+ * environment (another realm) finds the same set.
+ */
+export const LAUNCHED = Symbol.for('switchboard.devenv.launched');
+type Launched = Set<ServiceProcess>;
+function launched(): Launched {
+  const holder = globalThis as unknown as Record<symbol, Launched | undefined>;
+  return (holder[LAUNCHED] ??= new Set());
+}
+
 /** Ports this process already handed out: the kernel may offer a just-closed port again, and two services given one port collide. */
 const handedOut = new Set<number>();
 
@@ -115,6 +129,8 @@ export async function launchService(options: LaunchOptions): Promise<ServiceProc
       const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
       const code = await exited;
       clearTimeout(timer);
+      // A drain that failed says why in its last lines; show them where the test's failure is read.
+      if (code !== 0) process.stderr.write(`[devenv] ${name} stopped with exit code ${code}; its last lines:\n${output.slice(-30).join('\n')}\n`);
       return code;
     }
     return exited;
@@ -131,6 +147,8 @@ export async function launchService(options: LaunchOptions): Promise<ServiceProc
       return exited;
     },
   };
+  launched().add(processHandle);
+  void exited.then(() => launched().delete(processHandle));
   try {
     await waitReady(processHandle, options.readyTimeoutMs);
   } catch (err) {

@@ -26,8 +26,11 @@ describe('room events (outbox → NATS and Kafka)', () => {
   const onNats: RoomEvent[] = [];
   const onKafka: { key: string; envelope: eventsV1.Envelope }[] = [];
 
+  // At info level the replica says when it leads the relay (the failover test waits for that).
+  const startLeader = () => startRoom({ LOG_LEVEL: 'info' });
+
   beforeAll(async () => {
-    ({ service, client } = await startRoom());
+    ({ service, client } = await startLeader());
     nats = await connectNats({ servers: infraEnv().NATS_URL!, nkeySeedFile: natsSeedFile(), name: 'room-events-test' });
     nats.subscribe(`sb.${tenantId}.>`, {
       callback: (err, msg) => {
@@ -124,7 +127,8 @@ describe('room events (outbox → NATS and Kafka)', () => {
   });
 
   it('delivers events committed while the relay leader is frozen, once another replica takes over after it dies', async () => {
-    // This suite's service is the leader; a second replica serves the calls.
+    // This suite's service is the leader (once the previous file's replicas let go of the lock); a second replica serves the calls.
+    await eventually(() => service.output.some((line) => line.includes('outbox relay is the leader')), 15_000, 'the suite\'s replica leads the relay');
     const second = await startRoom();
     try {
       const owner = newId();
@@ -149,11 +153,13 @@ describe('room events (outbox → NATS and Kafka)', () => {
         ...members.map((userId, i) => [userId, i + 2]),
       ]);
     } finally {
+      // Frozen still if an assertion ended the test early: a stopped process never acts on SIGTERM.
+      if (service.child.exitCode === null && service.child.signalCode === null) await service.kill();
       second.client.close();
       await second.service.stop();
       // The suite's afterAll stops `service`; give it a live one again.
       client.close();
-      ({ service, client } = await startRoom());
+      ({ service, client } = await startLeader());
     }
   });
 });
