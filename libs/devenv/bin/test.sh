@@ -22,4 +22,7 @@ echo "[test] helm, promtool and the Kubernetes schemas for the chart tests"
 bash libs/devenv/bin/kube-tools.sh
 
 echo "[test] jest"
-SB_SKIP_INFRA=1 exec node_modules/.bin/jest --ci "$@"
+# --forceExit: the verdict is known once the last file ends; a client a failed
+# test left open must not hold the run until CI's timeout (the service
+# processes themselves are killed per file: libs/devenv/src/jest-environment.ts).
+SB_SKIP_INFRA=1 exec node_modules/.bin/jest --ci --forceExit "$@"
