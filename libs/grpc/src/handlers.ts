@@ -1,4 +1,4 @@
-import { status, type handleUnaryCall, type Metadata, type ServerUnaryCall } from '@grpc/grpc-js';
+import { status, type handleServerStreamingCall, type handleUnaryCall, type Metadata, type ServerUnaryCall, type ServerWritableStream } from '@grpc/grpc-js';
 import { asSwitchboardError, ErrorCode, PermissionDeniedError } from '@switchboard/errors';
 import type { Logger } from '@switchboard/logging';
 import type { commonV1 } from '@switchboard/proto';
@@ -53,22 +53,7 @@ export function unary<Req, Res>(method: string, logger: Logger, handler: UnaryHa
     const observe = (code: status) => rpcDuration().record((performance.now() - started) / 1000, { method, code: status[code] ?? String(code) });
     void withSpan(method, { kind: SpanKind.SERVER, parent, attributes: { 'rpc.system': 'grpc', 'rpc.method': method } }, async () => {
       try {
-        const tenant = tenantFromMetadata(call.metadata);
-        // Internal callers bypass the user checks: the claim holds only with its proof (mTLS identity or the mesh token).
-        if (tenant.internal) verifyInternalCaller(call.metadata, call.getAuthContext().sslPeerCertificate);
-        const bodyContext = (call.request as { context?: commonV1.TenantContext } | null)?.context;
-        if (bodyContext?.tenantId && bodyContext.tenantId !== tenant.tenantId) {
-          throw new PermissionDeniedError('request context names another tenant than the call metadata', { field: 'context.tenant_id' });
-        }
-        const deadline = call.getDeadline();
-        const ctx: CallContext = {
-          tenant,
-          roles: rolesFromMetadata(call.metadata),
-          metadata: call.metadata,
-          deadlineMs: () => (deadline instanceof Date ? deadline.getTime() - Date.now() : deadline === Infinity ? Infinity : Number(deadline) - Date.now()),
-          logger: logger.child({ method, tenant: tenant.tenantId }),
-        };
-        const response = await handler(call.request, ctx);
+        const response = await handler(call.request, callContext(call, method, logger));
         observe(status.OK);
         callback(null, response);
       } catch (thrown) {
@@ -78,5 +63,47 @@ export function unary<Req, Res>(method: string, logger: Logger, handler: UnaryHa
         callback(toServiceError(err));
       }
     });
+  };
+}
+
+/**
+ * A server-streaming call that is only held open, as a link whose end says
+ * something (a gateway's process died): the same tenant and internal-proof
+ * checks as `unary`, then the handler keeps the call and ends it, or hears
+ * from it ('cancelled') that the caller went away. A refused call ends at
+ * once with the mapped status.
+ */
+export function heldOpen<Req, Res>(
+  method: string,
+  logger: Logger,
+  handler: (request: Req, ctx: CallContext, call: ServerWritableStream<Req, Res>) => Promise<void>,
+): handleServerStreamingCall<Req, Res> {
+  return (call: ServerWritableStream<Req, Res>) => {
+    Promise.resolve()
+      .then(() => handler(call.request, callContext(call, method, logger), call))
+      .catch((thrown: unknown) => {
+        const err = asSwitchboardError(thrown);
+        if (err.code === ErrorCode.ERROR_CODE_INTERNAL) logger.error({ err: thrown, method }, 'request failed');
+        call.emit('error', toServiceError(err));
+      });
+  };
+}
+
+/** Reads and checks the caller's tenant context (see `unary`). */
+function callContext<Req>(call: ServerUnaryCall<Req, unknown> | ServerWritableStream<Req, unknown>, method: string, logger: Logger): CallContext {
+  const tenant = tenantFromMetadata(call.metadata);
+  // Internal callers bypass the user checks: the claim holds only with its proof (mTLS identity or the mesh token).
+  if (tenant.internal) verifyInternalCaller(call.metadata, call.getAuthContext().sslPeerCertificate);
+  const bodyContext = (call.request as { context?: commonV1.TenantContext } | null)?.context;
+  if (bodyContext?.tenantId && bodyContext.tenantId !== tenant.tenantId) {
+    throw new PermissionDeniedError('request context names another tenant than the call metadata', { field: 'context.tenant_id' });
+  }
+  const deadline = call.getDeadline();
+  return {
+    tenant,
+    roles: rolesFromMetadata(call.metadata),
+    metadata: call.metadata,
+    deadlineMs: () => (deadline instanceof Date ? deadline.getTime() - Date.now() : deadline === Infinity ? Infinity : Number(deadline) - Date.now()),
+    logger: logger.child({ method, tenant: tenant.tenantId }),
   };
 }

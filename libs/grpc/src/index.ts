@@ -1,5 +1,5 @@
 export { GrpcServer, type GrpcServerOptions } from './server';
-export { unary, type CallContext, type UnaryHandler } from './handlers';
+export { heldOpen, unary, type CallContext, type UnaryHandler } from './handlers';
 export { actingUser, targetUser, viewer } from './callers';
 export { createClient, type CallOptions, type PromiseClient } from './client';
 export { toServiceError, fromServiceError, grpcStatusFor, ERROR_TRAILER } from './errors';

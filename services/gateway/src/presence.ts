@@ -1,5 +1,6 @@
+import type { ClientReadableStream } from '@grpc/grpc-js';
 import { InvalidArgumentError, NotFoundError } from '@switchboard/errors';
-import type { PromiseClient } from '@switchboard/grpc';
+import { tenantToMetadata, type PromiseClient } from '@switchboard/grpc';
 import { isSafeId } from '@switchboard/ids';
 import type { Logger } from '@switchboard/logging';
 import { subjects, SYSTEM_SUBJECTS, type NatsConnection, type Subscription } from '@switchboard/nats';
@@ -10,6 +11,12 @@ import type { Connection } from './connection';
 import type { Fanout } from './fanout';
 
 type Presence = PromiseClient<presenceV1.PresenceServiceClient>;
+
+/** The liveness link (AttachGateway): held this long, it counts as healthy and its end is retried at once. */
+const LINK_STABLE_MS = 5000;
+/** Retries of a link that keeps failing (presence away): from this, doubling, up to the max. */
+const LINK_RETRY_BASE_MS = 50;
+const LINK_RETRY_MAX_MS = 2000;
 type Room = PromiseClient<roomV1.RoomServiceClient>;
 type ClientKind = NonNullable<framesV1.ClientFrame['kind']>;
 type ServerKind = NonNullable<framesV1.ServerFrame['kind']>;
@@ -120,6 +127,10 @@ export class PresenceLink {
   private resync: Subscription | undefined;
   private readonly typingTimers = new Map<string, NodeJS.Timeout>();
   private readonly currentReads = new Map<string, Promise<presenceV1.UserPresence[]>>();
+  private link: ClientReadableStream<presenceV1.AttachGatewayResponse> | undefined;
+  private linkRetry: NodeJS.Timeout | undefined;
+  private linkFailures = 0;
+  private linkStopped = false;
 
   constructor(
     private readonly presence: Presence,
@@ -152,10 +163,11 @@ export class PresenceLink {
     }
   }
 
-  /** Renews leases every interval, and at once when presence asks for a resync. */
+  /** Renews leases every interval, and at once when presence asks for a resync; holds the liveness link. */
   start(): void {
     this.refreshTimer = setInterval(() => void this.refresh(), this.config.PRESENCE_REFRESH_MS);
     this.resync = this.nats.subscribe(SYSTEM_SUBJECTS.presenceResync, { callback: () => void this.refresh() });
+    this.holdLink();
   }
 
   async stop(): Promise<void> {
@@ -168,6 +180,35 @@ export class PresenceLink {
     } catch (err) {
       this.logger.warn({ err }, 'could not tell presence this gateway is going down; its heartbeat stops instead');
     }
+    // After GatewayDown: the link's end would otherwise read as a crash.
+    this.linkStopped = true;
+    clearTimeout(this.linkRetry);
+    this.link?.cancel();
+  }
+
+  /**
+   * Holds presence's AttachGateway call open while this process lives: if
+   * the process dies, the kernel closes the connection and presence drops
+   * its users after a short grace instead of the whole heartbeat timeout.
+   * Whenever the call ends (a presence replica stopped, the network broke)
+   * it is opened again at once, then backing off while presence is away.
+   */
+  private holdLink(): void {
+    if (this.linkStopped) return;
+    const opened = Date.now();
+    const metadata = tenantToMetadata(this.internal.context);
+    const call = this.presence.raw.attachGateway({ context: undefined, gatewayId: this.config.GATEWAY_ID }, metadata);
+    this.link = call;
+    call.on('data', () => undefined);
+    call.on('error', () => undefined);
+    call.once('status', (status: { code: number; details: string }) => {
+      if (this.linkStopped) return;
+      // A link that held a while was fine: open the next one at once. Quick failures back off (presence away).
+      this.linkFailures = Date.now() - opened > LINK_STABLE_MS ? 0 : this.linkFailures + 1;
+      const delay = this.linkFailures === 0 ? 0 : Math.min(LINK_RETRY_MAX_MS, LINK_RETRY_BASE_MS * 2 ** (this.linkFailures - 1));
+      if (this.linkFailures > 0) this.logger.debug({ code: status.code, details: status.details, delay }, 'presence link ended; attaching again');
+      this.linkRetry = setTimeout(() => this.holdLink(), delay);
+    });
   }
 
   /** As the connection opens, before the Fanout lists its conversations (whose members it then receives). */

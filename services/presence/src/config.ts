@@ -10,6 +10,13 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       LEASE_TTL_MS: env.positiveInt(15_000),
       /** A gateway whose heartbeats stop for this long is declared dead and all its connections go offline. */
       GATEWAY_HEARTBEAT_TIMEOUT_MS: env.positiveInt(1000),
+      /**
+       * When a gateway's link (AttachGateway) closes without presence closing
+       * it — its process died — it has only this long to attach again instead
+       * of the whole heartbeat timeout. A live gateway whose link broke
+       * attaches again within milliseconds.
+       */
+      GATEWAY_LINK_GRACE_MS: env.positiveInt(300),
       /** How often dead gateways are looked for (two script calls; part of the 2 s a crash may take to show). */
       REAPER_INTERVAL_MS: env.positiveInt(100),
       /** How often users whose presence changes with time (auto-away, expiries) are recomputed. */

@@ -1,8 +1,17 @@
+import { randomUUID } from 'node:crypto';
+import { UnavailableError } from '@switchboard/errors';
 import type { Logger } from '@switchboard/logging';
 import { decodeEnvelope, SYSTEM_SUBJECTS, type NatsConnection, type Subscription } from '@switchboard/nats';
 import { Cause, type ChangeAnnouncer } from './announcer';
 import type { PresenceConfig } from './config';
 import type { PresenceStore, UserConnections } from './store';
+
+/** A gateway's open AttachGateway call, as liveness sees it. */
+export interface GatewayLink {
+  /** Called once when the gateway's side went away (not when `end` was called). */
+  onClosed(listener: () => void): void;
+  end(): void;
+}
 
 /** How many users' time-driven recomputations run at once. */
 const PARALLEL_USERS = 500;
@@ -30,6 +39,9 @@ export class Liveness {
   private reaping = false;
   private lastReap = performance.now();
   private sweeping = false;
+  /** Gateways' open links (AttachGateway), ended by this replica when it stops. */
+  private readonly links = new Set<GatewayLink>();
+  private closingLinks = false;
 
   constructor(
     private readonly store: PresenceStore,
@@ -64,6 +76,42 @@ export class Liveness {
     clearInterval(this.reaper);
     clearInterval(this.sweeper);
     this.heartbeats?.unsubscribe();
+  }
+
+  /**
+   * A gateway holds a link to this replica while it lives. The link ending
+   * without this replica ending it means the gateway's connection closed —
+   * its process died, or the network between us broke: it then has
+   * GATEWAY_LINK_GRACE_MS to attach again (a live one does at once) before
+   * the reaper drops its connections, instead of the whole heartbeat
+   * timeout. Beats in flight from a dead gateway no longer count.
+   */
+  async attach(gatewayId: string, link: GatewayLink): Promise<void> {
+    // A replica on its way down takes no new links: the gateway attaches again, elsewhere.
+    if (this.closingLinks) throw new UnavailableError('this presence replica is stopping');
+    const linkId = randomUUID();
+    this.links.add(link);
+    link.onClosed(() => {
+      this.links.delete(link);
+      if (this.closingLinks) return;
+      this.store
+        .linkLost(gatewayId, linkId, Date.now() + this.config.GATEWAY_LINK_GRACE_MS)
+        .then((applied) => applied && this.logger.info({ gateway: gatewayId, graceMs: this.config.GATEWAY_LINK_GRACE_MS }, 'gateway link closed: waiting only the grace for it to attach again'))
+        .catch((err: unknown) => this.logger.warn({ err, gateway: gatewayId }, 'could not record a closed gateway link; its heartbeat timeout still applies'));
+    });
+    try {
+      await this.store.linkAttached(gatewayId, linkId, Date.now() + this.config.GATEWAY_HEARTBEAT_TIMEOUT_MS);
+    } catch (err) {
+      this.links.delete(link);
+      throw err;
+    }
+  }
+
+  /** This replica is stopping: the links it ends say nothing about the gateways, which attach elsewhere. */
+  closeLinks(): void {
+    this.closingLinks = true;
+    for (const link of this.links) link.end();
+    this.links.clear();
   }
 
   private async reap(): Promise<void> {

@@ -54,6 +54,9 @@ async function main(): Promise<void> {
   const grpc = new GrpcServer({ logger });
   grpc.addService('switchboard.presence.v1.PresenceService', presenceV1.PresenceServiceService, presenceService(store, announcer, liveness, nats, config, logger));
   await host.serve(grpc.servable(config.HOST, config.GRPC_PORT, config.SHUTDOWN_DEADLINE_MS / 2));
+  // Registered last, so it runs first on SIGTERM: the gateways' open links would hold the server's drain, and
+  // ending them here (not through a closed connection) says nothing about the gateways.
+  host.lifecycle.onShutdown('gateway links', () => liveness.closeLinks());
 }
 
 runMain(main);

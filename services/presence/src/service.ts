@@ -1,6 +1,6 @@
 import { RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import { InvalidArgumentError, PermissionDeniedError, QuotaExceededError, RateLimitedError } from '@switchboard/errors';
-import { actingUser, type CallContext, targetUser, unary } from '@switchboard/grpc';
+import { actingUser, type CallContext, heldOpen, targetUser, unary } from '@switchboard/grpc';
 import { assertSafeId } from '@switchboard/ids';
 import type { Logger } from '@switchboard/logging';
 import { newEnvelope, publishEnvelope, subjects, type NatsConnection } from '@switchboard/nats';
@@ -162,6 +162,13 @@ export function presenceService(
       const result = await liveness.dropGateway(gatewayId, Cause.PRESENCE_CHANGE_CAUSE_GATEWAY_DOWN);
       logger.info({ gateway: gatewayId, reason: req.reason, ...result }, 'gateway down');
       return result;
+    }),
+
+    attachGateway: heldOpen('AttachGateway', logger, async (req: presenceV1.AttachGatewayRequest, ctx, call) => {
+      requireInternal(ctx, 'AttachGateway');
+      const gatewayId = assertSafeId(req.gatewayId, 'gateway_id');
+      // Not recorded (Redis away): the call fails and the gateway attaches again; its heartbeat timeout still applies.
+      await liveness.attach(gatewayId, { onClosed: (listener) => call.once('cancelled', listener), end: () => call.end() });
     }),
 
     getPresence: unary('GetPresence', logger, async (req: presenceV1.GetPresenceRequest, ctx) => {

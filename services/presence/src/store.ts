@@ -336,7 +336,28 @@ end
 local c = redis.call('HMGET', KEYS[3], 'users', 'connections')
 return {tonumber(c[1] or '0'), tonumber(c[2] or '0')}`;
 
+/**
+ * A gateway's liveness link (see AttachGateway): KEYS the gateway links
+ * hash (gateway → the id of its current link, or 'lost'), the heartbeat
+ * deadlines. HEARTBEAT records a beat unless the gateway's link was lost:
+ * a beat still in flight from a dead gateway must not undo the short grace.
+ * LINK_LOST marks the link lost and shortens the deadline to the grace,
+ * only if it is still the gateway's current link (a gateway that already
+ * attached again elsewhere is alive).
+ */
+const HEARTBEAT = `
+if redis.call('HGET', KEYS[1], ARGV[1]) == 'lost' then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1`;
+const LINK_LOST = `
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], 'lost')
+redis.call('ZADD', KEYS[2], 'LT', ARGV[3], ARGV[1])
+return 1`;
+
 type ScriptedRedis = Redis & {
+  recordHeartbeat(links: string, beats: string, gatewayId: string, deadline: number): Promise<number>;
+  linkLost(links: string, beats: string, gatewayId: string, linkId: string, deadline: number): Promise<number>;
   claimPresenceChanges(numberOfKeys: number, ...args: (string | number)[]): Promise<[number, (string | number)[]][]>;
   disconnectMany(numberOfKeys: number, ...args: (string | number)[]): Promise<unknown[][]>;
   dropUsers(numberOfKeys: number, ...args: (string | number)[]): Promise<unknown[][]>;
@@ -350,6 +371,7 @@ const SYSTEM = {
   tenants: 'sb:sys:presence:tenants',
   gatewayLeases: 'sb:sys:presence:gateway-leases',
   gatewayBeats: 'sb:sys:presence:gateway-heartbeats',
+  gatewayLinks: 'sb:sys:presence:gateway-links',
   gatewayTenants: (gatewayId: string) => `sb:sys:presence:gateway-tenants:${assertSafeId(gatewayId, 'gateway_id')}`,
 };
 
@@ -397,6 +419,8 @@ export class PresenceStore {
     redis.defineCommand('dropUsers', { lua: DROP_USERS });
     redis.defineCommand('reconcileLeases', { numberOfKeys: 1, lua: RECONCILE });
     redis.defineCommand('popDue', { numberOfKeys: 1, lua: POP_DUE });
+    redis.defineCommand('recordHeartbeat', { numberOfKeys: 2, lua: HEARTBEAT });
+    redis.defineCommand('linkLost', { numberOfKeys: 2, lua: LINK_LOST });
     redis.defineCommand('occupy', { numberOfKeys: 5, lua: OCCUPY });
     this.redis = redis as ScriptedRedis;
   }
@@ -553,8 +577,27 @@ export class PresenceStore {
     unwrap(await pipeline.exec());
   }
 
+  /** A beat moves the gateway's deadline out, unless its link was lost (see HEARTBEAT). */
   async heartbeat(gatewayId: string, deadline: number): Promise<void> {
-    await this.redis.zadd(SYSTEM.gatewayBeats, deadline, gatewayId);
+    await this.redis.recordHeartbeat(SYSTEM.gatewayLinks, SYSTEM.gatewayBeats, gatewayId, deadline);
+  }
+
+  /**
+   * The gateway holds a new link (AttachGateway): it lives now, so its
+   * deadline is at least `deadline` (a grace running since its old link was
+   * lost must not outlast the attach), and its beats count again.
+   */
+  async linkAttached(gatewayId: string, linkId: string, deadline: number): Promise<void> {
+    unwrap(await this.redis.multi().hset(SYSTEM.gatewayLinks, gatewayId, linkId).zadd(SYSTEM.gatewayBeats, 'GT', deadline, gatewayId).exec());
+  }
+
+  /**
+   * The gateway's link closed without presence closing it: unless it has
+   * attached again since, it must now beat before `graceDeadline` — and only
+   * a new link makes its beats count again. Returns whether it applied.
+   */
+  async linkLost(gatewayId: string, linkId: string, graceDeadline: number): Promise<boolean> {
+    return (await this.redis.linkLost(SYSTEM.gatewayLinks, SYSTEM.gatewayBeats, gatewayId, linkId, graceDeadline)) === 1;
   }
 
   /** Gateways whose lease lapsed or whose heartbeats stopped; each is returned to exactly one caller. */
@@ -583,7 +626,7 @@ export class PresenceStore {
     }
     const cleanup = this.redis.pipeline();
     for (const { tenantId } of result) cleanup.del(gatewayKey(tenantId, gatewayId), gatewayOccKey(tenantId, gatewayId));
-    cleanup.del(SYSTEM.gatewayTenants(gatewayId)).zrem(SYSTEM.gatewayBeats, gatewayId).zrem(SYSTEM.gatewayLeases, gatewayId);
+    cleanup.del(SYSTEM.gatewayTenants(gatewayId)).zrem(SYSTEM.gatewayBeats, gatewayId).zrem(SYSTEM.gatewayLeases, gatewayId).hdel(SYSTEM.gatewayLinks, gatewayId);
     await cleanup.exec();
     return result;
   }

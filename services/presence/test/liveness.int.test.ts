@@ -4,10 +4,11 @@
 // watch-lists, typing, occupancy and the bad input the issue lists.
 import { errorOf, eventually, infraEnv, launchWithClient, type ServiceProcess, natsSeedFile } from '@switchboard/devenv';
 import { ErrorCode } from '@switchboard/errors';
-import type { PromiseClient } from '@switchboard/grpc';
+import { tenantToMetadata, type PromiseClient } from '@switchboard/grpc';
 import { newId } from '@switchboard/ids';
 import { connectNats, decodeEnvelope, newEnvelope, publishEnvelope, subjects, SYSTEM_SUBJECTS, type NatsConnection } from '@switchboard/nats';
 import { eventsV1, presenceV1 } from '@switchboard/proto';
+import { createRedis } from '@switchboard/redis';
 
 const { PresenceStatus } = eventsV1;
 const Cause = presenceV1.PresenceChangeCause;
@@ -96,6 +97,92 @@ describe('presence liveness and features', () => {
     expect(history.entries[0]).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_OFFLINE, cause: Cause.PRESENCE_CHANGE_CAUSE_GATEWAY_DOWN, endedAt: undefined });
     expect(history.entries[1]).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, cause: Cause.PRESENCE_CHANGE_CAUSE_CONNECTED });
     expect(history.entries[1]!.endedAt).toEqual(history.entries[0]!.startedAt);
+  });
+
+  it('drops a gateway whose link closed unless it attaches again: its beats no longer count, a gateway that attaches again stays', async () => {
+    const dead = `gw-${newId().slice(0, 8)}`;
+    const live = `gw-${newId().slice(0, 8)}`;
+    const deadUser = newId();
+    const liveUser = newId();
+    const redis = createRedis(infraEnv().REDIS_URL!, 'presence-link-test');
+    await redis.connect();
+    const links: ReturnType<Client['raw']['attachGateway']>[] = [];
+    const attach = (gatewayId: string) => {
+      const call = client.raw.attachGateway({ context: undefined, gatewayId }, tenantToMetadata(system.context));
+      call.on('error', () => undefined);
+      links.push(call);
+      return call;
+    };
+    const attached = (gatewayId: string) => eventually(async () => (await redis.hget('sb:sys:presence:gateway-links', gatewayId)) !== null, 10_000, `${gatewayId} attached`);
+    // Both keep beating throughout, as beats still in flight from a process that just died would: only the links tell them apart.
+    const beat = (gatewayId: string) => publishEnvelope(nats, SYSTEM_SUBJECTS.gatewayHeartbeat, newEnvelope('sys', { $case: 'gatewayHeartbeat', value: { gatewayId, connections: 1, draining: false, intervalMs: 100 } }));
+    const beating = setInterval(() => {
+      beat(dead);
+      beat(live);
+    }, 100);
+    try {
+      await client.connectDevice({ context: undefined, gatewayId: dead, connectionId: 'c1', device: device('d1') }, as(deadUser));
+      await client.connectDevice({ context: undefined, gatewayId: live, connectionId: 'c1', device: device('d1') }, as(liveUser));
+      const deadLink = attach(dead);
+      const liveLink = attach(live);
+      await attached(dead);
+      await attached(live);
+      // The kernel closes a dead process's connections; a live gateway whose connection broke attaches again at once.
+      deadLink.cancel();
+      liveLink.cancel();
+      attach(live);
+      await eventually(async () => (await presenceOf(deadUser)).status === PresenceStatus.PRESENCE_STATUS_OFFLINE, 10_000, 'the unlinked gateway’s user offline');
+      const history = await client.getPresenceHistory({ context: undefined, userId: deadUser, range: undefined, page: undefined }, internal);
+      expect(history.entries[0]).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_OFFLINE, cause: Cause.PRESENCE_CHANGE_CAUSE_GATEWAY_DOWN });
+      // Well past the grace and the heartbeat timeout: the gateway that attached again was never dropped.
+      await new Promise((r) => setTimeout(r, 1500));
+      expect(await presenceOf(liveUser)).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 1 });
+    } finally {
+      clearInterval(beating);
+      for (const call of links) call.cancel();
+      await client.gatewayDown({ context: undefined, gatewayId: live, reason: 'test' }, system);
+      await redis.quit();
+    }
+  });
+
+  it('ends its gateways’ links when it stops, and that drops nobody: the gateway attaches to another replica', async () => {
+    const gatewayId = `gw-${newId().slice(0, 8)}`;
+    const userId = newId();
+    const beat = () => publishEnvelope(nats, SYSTEM_SUBJECTS.gatewayHeartbeat, newEnvelope('sys', { $case: 'gatewayHeartbeat', value: { gatewayId, connections: 1, draining: false, intervalMs: 100 } }));
+    const beating = setInterval(beat, 100);
+    const other = await launchWithClient('presence', presenceV1.PresenceServiceClient, { GATEWAY_HEARTBEAT_TIMEOUT_MS: '600', LEASE_TTL_MS: '6000' });
+    let relinked: ReturnType<Client['raw']['attachGateway']> | undefined;
+    try {
+      await client.connectDevice({ context: undefined, gatewayId, connectionId: 'c1', device: device('d1') }, as(userId));
+      const link = other.client.raw.attachGateway({ context: undefined, gatewayId }, tenantToMetadata(system.context));
+      link.on('error', () => undefined);
+      const ended = new Promise<{ code: number }>((resolve) => link.on('status', resolve));
+      await new Promise((r) => setTimeout(r, 300));
+      // SIGTERM: the replica ends the link itself (status OK) and exits cleanly; the gateway links to the remaining replica.
+      expect(await other.service.stop()).toBe(0);
+      expect((await ended).code).toBe(0);
+      relinked = client.raw.attachGateway({ context: undefined, gatewayId }, tenantToMetadata(system.context));
+      relinked.on('error', () => undefined);
+      await new Promise((r) => setTimeout(r, 1500));
+      expect(await presenceOf(userId)).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 1 });
+    } finally {
+      clearInterval(beating);
+      relinked?.cancel();
+      other.client.close();
+      await other.service.stop();
+      await client.gatewayDown({ context: undefined, gatewayId, reason: 'test' }, system);
+    }
+  });
+
+  it('refuses a gateway link from a caller that is not internal, and one without a gateway id', async () => {
+    const refused = (context: presenceV1.AttachGatewayRequest['context'], gatewayId: string, metadata = tenantToMetadata(as(newId()).context)) =>
+      new Promise<{ code: number; details: string }>((resolve) => {
+        const call = client.raw.attachGateway({ context, gatewayId }, metadata);
+        call.on('error', () => undefined);
+        call.on('status', resolve);
+      });
+    expect(await refused(undefined, 'gw-1')).toMatchObject({ code: 7, details: expect.stringContaining('AttachGateway') });
+    expect(await refused(undefined, 'gw:1', tenantToMetadata(system.context))).toMatchObject({ code: 3, details: expect.stringContaining('gateway_id') });
   });
 
   it('reconciles a refresh: lost connections are asked for again, connections the gateway no longer has are dropped', async () => {
