@@ -33,6 +33,13 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
        * caller's deadline: about one round of SEND_CONCURRENCY full batches.
        */
       SEND_QUEUE_MAX: env.positiveInt(512),
+      /**
+       * A send is refused at once with OVERLOADED while the oldest waiting
+       * send has waited longer than this: commits are not keeping up, and a
+       * send queued now would wait as long. (Sends whose caller's deadline
+       * passed while they waited are dropped unstored.)
+       */
+      SEND_QUEUE_MAX_WAIT_MS: env.positiveInt(300),
       /** The retry hint of such a refusal. */
       SEND_RETRY_AFTER_MS: env.positiveInt(500),
       /** Roles (token claim `roles`) that may broadcast to tenant-wide audiences; internal callers always may. */

@@ -94,6 +94,7 @@ async function main(): Promise<void> {
           maxConcurrent: config.SEND_CONCURRENCY,
           maxBatch: config.SEND_BATCH_MAX,
           maxQueued: config.SEND_QUEUE_MAX,
+          maxQueueWaitMs: config.SEND_QUEUE_MAX_WAIT_MS,
           retryAfterMs: config.SEND_RETRY_AFTER_MS,
           meter: host.telemetry.meter,
         },

@@ -1,4 +1,4 @@
-import { OverloadedError, SwitchboardError } from '@switchboard/errors';
+import { DeadlineExceededError, OverloadedError, SwitchboardError } from '@switchboard/errors';
 import { connectOrUnavailable, type Pool, type PoolClient } from '@switchboard/postgres';
 import type { messagingV1 } from '@switchboard/proto';
 import type { Counter, Histogram } from '@switchboard/telemetry';
@@ -15,6 +15,9 @@ export type SendIn = (db: PoolClient, request: SendRequest, outbox: OutboxWriter
 
 interface Pending {
   request: SendRequest;
+  /** When it was queued, and when its caller stops waiting (ms since the epoch; Infinity = never). */
+  queuedAt: number;
+  deadlineAt: number;
   resolve(ack: Ack): void;
   reject(err: unknown): void;
 }
@@ -28,6 +31,13 @@ export interface BatchLimits {
   maxBatch: number;
   /** Most sends waiting for a slot; beyond it a send is refused with OVERLOADED. Unbounded when absent. */
   maxQueued?: number;
+  /**
+   * A send is refused with OVERLOADED when the oldest waiting send has
+   * waited longer than this: the queue is not draining, so a new send would
+   * wait as long and more (the length bound alone lets every queued send
+   * wait past its deadline when each transaction is slow). No bound when absent.
+   */
+  maxQueueWaitMs?: number;
   /** The retry hint of that refusal. */
   retryAfterMs?: number;
 }
@@ -65,17 +75,33 @@ export class SendBatcher {
    * once (OVERLOADED, nothing stored): under overload some sends fail fast
    * and are retried later, instead of every send waiting past its deadline.
    */
-  submit(request: SendRequest): Promise<Ack> {
-    if (this.limits.maxQueued !== undefined && this.queue.length >= this.limits.maxQueued) {
-      this.shed?.add(1);
-      return Promise.reject(
-        new OverloadedError('messaging has more sends waiting to commit than it queues; try again later', { retryAfterMs: this.limits.retryAfterMs ?? 500 }),
-      );
+  submit(request: SendRequest, deadlineAt = Infinity): Promise<Ack> {
+    const now = Date.now();
+    const full = this.limits.maxQueued !== undefined && this.queue.length >= this.limits.maxQueued;
+    const stalled = this.limits.maxQueueWaitMs !== undefined && this.queue.length > 0 && now - this.queue[0]!.queuedAt > this.limits.maxQueueWaitMs;
+    if (full || stalled) {
+      this.shed?.add(1, { reason: full ? 'queue_full' : 'queue_wait' });
+      const why = full ? 'more sends waiting to commit than it queues' : `sends waiting longer than ${this.limits.maxQueueWaitMs} ms to commit`;
+      return Promise.reject(new OverloadedError(`messaging has ${why}; try again later`, { retryAfterMs: this.limits.retryAfterMs ?? 500 }));
     }
     return new Promise((resolve, reject) => {
-      this.queue.push({ request, resolve, reject });
+      this.queue.push({ request, queuedAt: now, deadlineAt, resolve, reject });
       this.pump();
     });
+  }
+
+  /** Sends whose callers stopped waiting are dropped unstored: committing them would only delay the sends still awaited. */
+  private dropAbandoned(now: number): void {
+    if (!this.queue.some((pending) => pending.deadlineAt <= now)) return;
+    const kept: Pending[] = [];
+    for (const pending of this.queue) {
+      if (pending.deadlineAt > now) kept.push(pending);
+      else {
+        this.shed?.add(1, { reason: 'deadline' });
+        pending.reject(new DeadlineExceededError('the send waited past its deadline and was not stored; retry it with the same client message id'));
+      }
+    }
+    this.queue.splice(0, this.queue.length, ...kept);
   }
 
   /**
@@ -85,6 +111,7 @@ export class SendBatcher {
    * turn concurrent batches into a convoy).
    */
   private pump(): void {
+    if (this.inFlight < this.limits.maxConcurrent) this.dropAbandoned(Date.now());
     while (this.inFlight < this.limits.maxConcurrent && this.queue.length > 0) {
       const batch: Pending[] = [];
       const keys = new Set<string>();

@@ -123,7 +123,7 @@ export function messagingService(store: MessageStore, rooms: RoomAccess, config:
       if (!grant && message.kind === MessageKind.MESSAGE_KIND_ANNOUNCEMENT && !ctx.tenant.internal) {
         throw new PermissionDeniedError('announcements are posted in rooms (or broadcast with SendBroadcast)', { field: 'kind' });
       }
-      const ack = await store.send(ctx.tenant.tenantId, target, message, grant ? { kind: ROOM } : undefined);
+      const ack = await store.send(ctx.tenant.tenantId, target, message, grant ? { kind: ROOM } : undefined, Date.now() + ctx.deadlineMs());
       return { ack };
     }),
 
@@ -136,7 +136,7 @@ export function messagingService(store: MessageStore, rooms: RoomAccess, config:
         const message = newMessage({ ...req, attachments: [], mentions: [] }, senderId, config, MessageKind.MESSAGE_KIND_ANNOUNCEMENT);
         const grant = await roomGrant(ctx, roomId, senderId, [Permission.PERMISSION_ANNOUNCE]);
         if (!grant) throw new InvalidArgumentError(`${roomId} is not a room`, { field: 'room_id' });
-        return { ack: await store.send(ctx.tenant.tenantId, { conversationId: roomId }, message, { kind: ROOM }) };
+        return { ack: await store.send(ctx.tenant.tenantId, { conversationId: roomId }, message, { kind: ROOM }, Date.now() + ctx.deadlineMs()) };
       }
       if (req.audience?.$case !== 'audienceId') {
         throw new InvalidArgumentError('name an audience_id ("all" or "role:<role>") or a room_id', { field: 'audience' });
@@ -154,7 +154,7 @@ export function messagingService(store: MessageStore, rooms: RoomAccess, config:
         });
       }
       const message = newMessage({ ...req, attachments: [], mentions: [] }, senderId, config, MessageKind.MESSAGE_KIND_ANNOUNCEMENT);
-      const ack = await store.send(ctx.tenant.tenantId, { conversationId }, message, { kind: ConversationKind.CONVERSATION_KIND_BROADCAST });
+      const ack = await store.send(ctx.tenant.tenantId, { conversationId }, message, { kind: ConversationKind.CONVERSATION_KIND_BROADCAST }, Date.now() + ctx.deadlineMs());
       return { ack };
     }),
 

@@ -191,7 +191,7 @@ export class MessageStore {
       description: 'Sends committed per transaction (group commit under load)',
       advice: { explicitBucketBoundaries: [1, 2, 4, 8, 16, 32, 64, 128] },
     });
-    const shed = batching.meter?.createCounter('messaging_sends_shed_total', { description: 'Sends refused with OVERLOADED because the send queue was full' });
+    const shed = batching.meter?.createCounter('messaging_sends_shed_total', { description: 'Sends refused unstored under overload, by reason (queue_full, queue_wait, deadline)' });
     this.batcher = new SendBatcher(pool, batching, (db, request, outbox) => this.sendIn(db, request, outbox), (request) => this.originalOf(request), batchSize, shed);
   }
 
@@ -202,8 +202,8 @@ export class MessageStore {
    * Sends go through the batcher: alone they commit at once, under load
    * several share one transaction (one commit, one fsync).
    */
-  async send(tenantId: string, target: SendTarget, message: NewMessage, granted?: SendRequest['granted']): Promise<messagingV1.MessageAck> {
-    const ack = await this.batcher.submit(granted ? { tenantId, target, message, granted } : { tenantId, target, message });
+  async send(tenantId: string, target: SendTarget, message: NewMessage, granted?: SendRequest['granted'], deadlineAt = Infinity): Promise<messagingV1.MessageAck> {
+    const ack = await this.batcher.submit(granted ? { tenantId, target, message, granted } : { tenantId, target, message }, deadlineAt);
     if (!ack.duplicate) this.outboxWritten();
     return ack;
   }

@@ -206,6 +206,79 @@ describe('messaging service (real PostgreSQL, NATS, Kafka, room service)', () =>
     }
   });
 
+  it('sheds by waiting time: refuses new sends while the queue is not draining, and drops queued sends whose caller gave up, unstored', async () => {
+    // One send at a time; the queue is long enough that only time sheds.
+    const slow = await launchWithClient('messaging', messagingV1.MessagingServiceClient, {
+      OUTBOX_POLL_MS: '200',
+      ROOM_ADDR: roomAddress,
+      SEND_CONCURRENCY: '1',
+      SEND_BATCH_MAX: '1',
+      SEND_QUEUE_MAX: '10000',
+      SEND_QUEUE_MAX_WAIT_MS: '5',
+      SEND_RETRY_AFTER_MS: '50',
+    });
+    const shedCount = async (reason: string) => {
+      const text = await (await fetch(`http://127.0.0.1:${slow.service.opsPort}/metrics`)).text();
+      const line = text.split('\n').find((l) => l.startsWith('messaging_sends_shed_total{') && l.includes(`reason="${reason}"`));
+      return line ? Number(line.split(' ').pop()) : 0;
+    };
+    const request = (from: string, conversationId: string, text: string) => ({
+      context: undefined,
+      target: { $case: 'conversationId' as const, value: conversationId },
+      clientMessageId: newId(),
+      kind: messagingV1.MessageKind.MESSAGE_KIND_TEXT,
+      text,
+      attachments: [],
+      mentions: [],
+      metadata: {},
+    });
+    try {
+      const conversationId = (await send(slow.client, 'wait-a', { recipientUserId: 'wait-b' }, 'start')).ack!.conversationId;
+      const stored = async () =>
+        (await slow.client.getHistory({ context: undefined, conversationId, fromSeq: 0, direction: messagingV1.Direction.DIRECTION_FORWARD, limit: 200 }, as('wait-a'))).messages.filter((m) => m.text !== 'start');
+      // A burst: sends arriving while the oldest queued one has waited more than 5 ms are refused at once, with the reason and a retry hint.
+      const burst = await Promise.allSettled(Array.from({ length: 60 }, (_, i) => slow.client.sendMessage(request('wait-a', conversationId, `w${i}`), as('wait-a'))));
+      const refused = await Promise.all(burst.flatMap((r) => (r.status === 'rejected' ? [errorOf(Promise.reject(r.reason))] : [])));
+      expect(refused.length).toBeGreaterThan(0);
+      for (const refusal of refused) expect(refusal).toMatchObject({ code: ErrorCode.ERROR_CODE_OVERLOADED, retryAfterMs: 50, message: expect.stringContaining('waiting longer than 5 ms') });
+      const acked = burst.flatMap((r, i) => (r.status === 'fulfilled' ? [`w${i}`] : []));
+      expect((await stored()).map((m) => m.text).sort()).toEqual(acked.sort());
+      expect(await shedCount('queue_wait')).toBe(refused.length);
+    } finally {
+      slow.client.close();
+      expect(await slow.service.stop()).toBe(0);
+    }
+    // Callers that wait only 30 ms: what is still queued when they give up is dropped, never committed.
+    const patient = await launchWithClient('messaging', messagingV1.MessagingServiceClient, {
+      OUTBOX_POLL_MS: '200',
+      ROOM_ADDR: roomAddress,
+      SEND_CONCURRENCY: '1',
+      SEND_BATCH_MAX: '1',
+      SEND_QUEUE_MAX: '10000',
+      SEND_QUEUE_MAX_WAIT_MS: '600000',
+    });
+    const dropped = async () => {
+      const text = await (await fetch(`http://127.0.0.1:${patient.service.opsPort}/metrics`)).text();
+      const line = text.split('\n').find((l) => l.startsWith('messaging_sends_shed_total{') && l.includes('reason="deadline"'));
+      return line ? Number(line.split(' ').pop()) : 0;
+    };
+    try {
+      const conversationId = (await send(patient.client, 'dl-a', { recipientUserId: 'dl-b' }, 'start')).ack!.conversationId;
+      const outcomes = await Promise.allSettled(Array.from({ length: 150 }, (_, i) => patient.client.sendMessage(request('dl-a', conversationId, `d${i}`), { ...as('dl-a'), deadlineMs: 30 })));
+      expect(outcomes.filter((o) => o.status === 'rejected').length).toBeGreaterThan(0);
+      const history = async () =>
+        (await patient.client.getHistory({ context: undefined, conversationId, fromSeq: 0, direction: messagingV1.Direction.DIRECTION_FORWARD, limit: 200 }, as('dl-a'))).messages.filter((m) => m.text !== 'start');
+      // Every send was either committed (perhaps after its caller gave up: a retry with its client id gets the ack) or dropped unstored.
+      await eventually(async () => (await history()).length + (await dropped()) === 150, 20_000, 'every send committed or dropped');
+      expect(await dropped()).toBeGreaterThan(0);
+      const seqs = (await history()).map((m) => m.seq);
+      expect(seqs).toEqual(Array.from({ length: seqs.length }, (_, i) => i + 2));
+    } finally {
+      patient.client.close();
+      expect(await patient.service.stop()).toBe(0);
+    }
+  });
+
   it('stores one copy when two messaging replicas commit the same client id at once', async () => {
     const second = await launchWithClient('messaging', messagingV1.MessagingServiceClient, { OUTBOX_POLL_MS: '200', ROOM_ADDR: roomAddress });
     try {
