@@ -58,6 +58,8 @@ export interface WorkerCounts {
   failed: number;
   /** Sends sent again (same client id) after their device reconnected. */
   resent: number;
+  /** Refusals sent again (same client id) after their retry hint (OVERLOADED, RATE_LIMITED). */
+  retried: number;
   delivered: number;
   /** Delivered by a sync after a reconnect rather than pushed live. */
   recovered: number;

@@ -23,7 +23,7 @@ export function summaryOf(r: LoadResult): string {
   ];
   if (o.pattern !== 'idle') {
     lines.push(
-      `   messages: scheduled ${m.scheduled}, sent ${m.sent}, acked ${m.acked}, failed ${m.failed}; deliveries expected ${m.expectedDeliveries}, delivered ${m.delivered}` +
+      `   messages: scheduled ${m.scheduled}, sent ${m.sent}, acked ${m.acked}, failed ${m.failed}, refusals retried ${m.retried ?? 0}; deliveries expected ${m.expectedDeliveries}, delivered ${m.delivered}` +
         ` (recovered by sync ${m.recovered}), lost ${m.lost}, duplicates ${m.duplicates}`,
       `   throughput: ${m.ackedPerMinute} acked/min, ${m.deliveredPerSecond} deliveries/s`,
       `   latency (intended send -> every receiving device): p50 ${m.latency.p50Ms} ms, p99 ${m.latency.p99Ms} ms, p99.9 ${m.latency.p999Ms} ms, max ${m.latency.maxMs} ms`,

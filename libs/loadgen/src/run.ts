@@ -97,6 +97,8 @@ export interface LoadResult {
     sent: number;
     acked: number;
     failed: number;
+    /** Refusals (OVERLOADED, RATE_LIMITED) sent again after their retry hint. */
+    retried: number;
     expectedDeliveries: number;
     delivered: number;
     recovered: number;
@@ -428,6 +430,7 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
         sent: t.sent,
         acked: t.acked,
         failed: t.failed,
+        retried: t.retried,
         expectedDeliveries,
         delivered: t.delivered,
         recovered: t.recovered,
@@ -491,5 +494,6 @@ function totals(reports: WorkerReport[]) {
     duplicates: sum('duplicates'),
     reconnects: sum('reconnects'),
     resent: sum('resent'),
+    retried: sum('retried'),
   };
 }

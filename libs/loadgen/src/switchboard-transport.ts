@@ -1,7 +1,10 @@
 import WebSocket from 'ws';
 import { mintDevToken, SUBPROTOCOL_PROTO } from '@switchboard/client';
-import { framesV1, type messagingV1 } from '@switchboard/proto';
+import { commonV1, framesV1, type messagingV1 } from '@switchboard/proto';
 import type { LoadConnection, LoadTransport, PushedMessage } from './transport';
+
+/** Refusals the client library retries with the same client message id (docs/protocol.md, "Retries"). */
+const RETRIED_CODES = new Set<number>([commonV1.ErrorCode.ERROR_CODE_OVERLOADED, commonV1.ErrorCode.ERROR_CODE_RATE_LIMITED]);
 
 /**
  * A lean raw-`ws` client of the real protocol: a real JWT on the upgrade,
@@ -42,7 +45,7 @@ export function switchboardTransport(options: { secret: string; tenantId: string
             return;
           case 'error':
             if (syncs.has(frame.requestId)) syncs.get(frame.requestId)!(new Error(kind.value.message));
-            else if (frame.requestId) handlers.ack(frame.requestId, `${kind.value.code}: ${kind.value.message}`);
+            else if (frame.requestId) handlers.ack(frame.requestId, `${kind.value.code}: ${kind.value.message}`, RETRIED_CODES.has(kind.value.code) ? kind.value.retryAfterMs || 100 : undefined);
             return;
           default:
             return;

@@ -28,8 +28,12 @@ export interface PushedMessage {
 
 export interface ConnectionHandlers {
   message(message: PushedMessage): void;
-  /** The send with this client message id was acknowledged (stored), or refused/failed with `error`. */
-  ack(clientMessageId: string, error?: string): void;
+  /**
+   * The send with this client message id was acknowledged (stored), or
+   * refused/failed with `error`; `retryAfterMs` when the refusal asks to be
+   * sent again after that long (load shedding, rate limits), as real clients do.
+   */
+  ack(clientMessageId: string, error?: string, retryAfterMs?: number): void;
   closed(): void;
 }
 

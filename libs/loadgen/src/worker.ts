@@ -38,6 +38,7 @@ const counts: WorkerCounts = {
   acked: 0,
   failed: 0,
   resent: 0,
+  retried: 0,
   delivered: 0,
   recovered: 0,
   duplicates: 0,
@@ -111,9 +112,18 @@ async function open(device: Device, histogram: hdr.Histogram): Promise<void> {
   const started = nowMs();
   device.connection = await transport.connect(device.spec, {
     message: (m) => onPushed(device, m, false),
-    ack: (clientMessageId, error) => {
+    ack: (clientMessageId, error, retryAfterMs) => {
       const sent = pending.get(clientMessageId);
       if (!sent) return;
+      if (error && retryAfterMs !== undefined) {
+        // As the client library does: the same send again after the hint; its latency keeps counting from the first attempt.
+        counts.retried += 1;
+        sent.sentMs = nowMs() + retryAfterMs;
+        setTimeout(() => {
+          if (pending.get(clientMessageId) === sent) sent.device.connection?.send(sent.target, clientMessageId, sent.text);
+        }, retryAfterMs);
+        return;
+      }
       pending.delete(clientMessageId);
       if (error) {
         counts.failed += 1;
