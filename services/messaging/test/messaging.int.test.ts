@@ -149,16 +149,20 @@ describe('messaging service (real PostgreSQL, NATS, Kafka, room service)', () =>
     expect(page.messages.filter((m) => m.text.startsWith('intrude') || m.text.startsWith('reuse'))).toHaveLength(0);
   });
 
+  /** A replica that commits one send at a time (one transaction, one send each), with these queue bounds. */
+  const oneAtATime = (queue: Record<string, string>) =>
+    launchWithClient('messaging', messagingV1.MessagingServiceClient, { OUTBOX_POLL_MS: '200', ROOM_ADDR: roomAddress, SEND_CONCURRENCY: '1', SEND_BATCH_MAX: '1', ...queue });
+
+  /** A replica's `messaging_sends_shed_total` for one reason, from its /metrics. */
+  async function shedCount(service: ServiceProcess, reason: string): Promise<number> {
+    const text = await (await fetch(`http://127.0.0.1:${service.opsPort}/metrics`)).text();
+    const line = text.split('\n').find((l) => l.startsWith('messaging_sends_shed_total{') && l.includes(`reason="${reason}"`));
+    return line ? Number(line.split(' ').pop()) : 0;
+  }
+
   it('sheds load past its send queue: refuses at once with OVERLOADED, stores nothing refused, and loses nothing acknowledged', async () => {
     // A replica that commits one send at a time and queues at most four.
-    const small = await launchWithClient('messaging', messagingV1.MessagingServiceClient, {
-      OUTBOX_POLL_MS: '200',
-      ROOM_ADDR: roomAddress,
-      SEND_CONCURRENCY: '1',
-      SEND_BATCH_MAX: '1',
-      SEND_QUEUE_MAX: '4',
-      SEND_RETRY_AFTER_MS: '50',
-    });
+    const small = await oneAtATime({ SEND_QUEUE_MAX: '4', SEND_RETRY_AFTER_MS: '50' });
     try {
       const conversations = await Promise.all(
         Array.from({ length: 5 }, async (_, i) => (await send(small.client, `shed-a${i}`, { recipientUserId: `shed-b${i}` }, 'start')).ack!.conversationId),
@@ -208,20 +212,7 @@ describe('messaging service (real PostgreSQL, NATS, Kafka, room service)', () =>
 
   it('sheds by waiting time: refuses new sends while the queue is not draining, and drops queued sends whose caller gave up, unstored', async () => {
     // One send at a time; the queue is long enough that only time sheds.
-    const slow = await launchWithClient('messaging', messagingV1.MessagingServiceClient, {
-      OUTBOX_POLL_MS: '200',
-      ROOM_ADDR: roomAddress,
-      SEND_CONCURRENCY: '1',
-      SEND_BATCH_MAX: '1',
-      SEND_QUEUE_MAX: '10000',
-      SEND_QUEUE_MAX_WAIT_MS: '5',
-      SEND_RETRY_AFTER_MS: '50',
-    });
-    const shedCount = async (reason: string) => {
-      const text = await (await fetch(`http://127.0.0.1:${slow.service.opsPort}/metrics`)).text();
-      const line = text.split('\n').find((l) => l.startsWith('messaging_sends_shed_total{') && l.includes(`reason="${reason}"`));
-      return line ? Number(line.split(' ').pop()) : 0;
-    };
+    const slow = await oneAtATime({ SEND_QUEUE_MAX: '10000', SEND_QUEUE_MAX_WAIT_MS: '5', SEND_RETRY_AFTER_MS: '50' });
     const request = (from: string, conversationId: string, text: string) => ({
       context: undefined,
       target: { $case: 'conversationId' as const, value: conversationId },
@@ -243,25 +234,14 @@ describe('messaging service (real PostgreSQL, NATS, Kafka, room service)', () =>
       for (const refusal of refused) expect(refusal).toMatchObject({ code: ErrorCode.ERROR_CODE_OVERLOADED, retryAfterMs: 50, message: expect.stringContaining('waiting longer than 5 ms') });
       const acked = burst.flatMap((r, i) => (r.status === 'fulfilled' ? [`w${i}`] : []));
       expect((await stored()).map((m) => m.text).sort()).toEqual(acked.sort());
-      expect(await shedCount('queue_wait')).toBe(refused.length);
+      expect(await shedCount(slow.service, 'queue_wait')).toBe(refused.length);
     } finally {
       slow.client.close();
       expect(await slow.service.stop()).toBe(0);
     }
     // Callers that wait only 30 ms: what is still queued when they give up is dropped, never committed.
-    const patient = await launchWithClient('messaging', messagingV1.MessagingServiceClient, {
-      OUTBOX_POLL_MS: '200',
-      ROOM_ADDR: roomAddress,
-      SEND_CONCURRENCY: '1',
-      SEND_BATCH_MAX: '1',
-      SEND_QUEUE_MAX: '10000',
-      SEND_QUEUE_MAX_WAIT_MS: '600000',
-    });
-    const dropped = async () => {
-      const text = await (await fetch(`http://127.0.0.1:${patient.service.opsPort}/metrics`)).text();
-      const line = text.split('\n').find((l) => l.startsWith('messaging_sends_shed_total{') && l.includes('reason="deadline"'));
-      return line ? Number(line.split(' ').pop()) : 0;
-    };
+    const patient = await oneAtATime({ SEND_QUEUE_MAX: '10000', SEND_QUEUE_MAX_WAIT_MS: '600000' });
+    const dropped = () => shedCount(patient.service, 'deadline');
     try {
       const conversationId = (await send(patient.client, 'dl-a', { recipientUserId: 'dl-b' }, 'start')).ack!.conversationId;
       const outcomes = await Promise.allSettled(Array.from({ length: 150 }, (_, i) => patient.client.sendMessage(request('dl-a', conversationId, `d${i}`), { ...as('dl-a'), deadlineMs: 30 })));
