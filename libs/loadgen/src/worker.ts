@@ -5,6 +5,7 @@
  * schedule intended it to be sent. Driven over IPC by the coordinator.
  */
 import type * as hdr from 'hdr-histogram-js';
+import { backoffDelay } from '@switchboard/client';
 import { decodeBody, encodeBody } from './body';
 import { encodeHistogram, newHistogram, nowMs, recordMs } from './histogram';
 import type { FromWorker, LoadStart, SenderAssignment, ToWorker, WarmUp, WorkerCounts, WorkerInit } from './protocol';
@@ -68,8 +69,13 @@ interface PendingSend {
   text: string;
   intendedMs: number;
   sentMs: number;
+  /** Refusals retried so far (the backoff grows with them). */
+  retries?: number;
 }
 const pending = new Map<string, PendingSend>();
+/** The client library's defaults for a refused send's retry: full-jitter backoff from 250 ms up to 10 s, never before the hint. */
+const RETRY_BASE_MS = 250;
+const RETRY_MAX_MS = 10_000;
 let scheduleDone = true;
 const cpuStart = process.cpuUsage();
 
@@ -116,12 +122,15 @@ async function open(device: Device, histogram: hdr.Histogram): Promise<void> {
       const sent = pending.get(clientMessageId);
       if (!sent) return;
       if (error && retryAfterMs !== undefined) {
-        // As the client library does: the same send again after the hint; its latency keeps counting from the first attempt.
+        // As the client library does: the same send again after a growing, jittered backoff (never before the hint);
+        // its latency keeps counting from the intended send.
         counts.retried += 1;
-        sent.sentMs = nowMs() + retryAfterMs;
+        const delay = Math.max(retryAfterMs, backoffDelay(sent.retries ?? 0, RETRY_BASE_MS, RETRY_MAX_MS));
+        sent.retries = (sent.retries ?? 0) + 1;
+        sent.sentMs = nowMs() + delay;
         setTimeout(() => {
           if (pending.get(clientMessageId) === sent) sent.device.connection?.send(sent.target, clientMessageId, sent.text);
-        }, retryAfterMs);
+        }, delay);
         return;
       }
       pending.delete(clientMessageId);
