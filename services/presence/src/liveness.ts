@@ -96,7 +96,12 @@ export class Liveness {
       if (this.closingLinks) return;
       this.store
         .linkLost(gatewayId, linkId, Date.now() + this.config.GATEWAY_LINK_GRACE_MS)
-        .then((applied) => applied && this.logger.info({ gateway: gatewayId, graceMs: this.config.GATEWAY_LINK_GRACE_MS }, 'gateway link closed: waiting only the grace for it to attach again'))
+        .then((applied) => {
+          if (!applied) return;
+          this.logger.info({ gateway: gatewayId, graceMs: this.config.GATEWAY_LINK_GRACE_MS }, 'gateway link closed: waiting only the grace for it to attach again');
+          // Reap as the grace ends rather than at the next tick.
+          setTimeout(() => void this.reap(), this.config.GATEWAY_LINK_GRACE_MS + 5).unref();
+        })
         .catch((err: unknown) => this.logger.warn({ err, gateway: gatewayId }, 'could not record a closed gateway link; its heartbeat timeout still applies'));
     });
     try {
