@@ -2,3 +2,4 @@ export { OpsServer, type OpsServerOptions, type ReadinessCheck } from './ops-ser
 export { Lifecycle, type LifecycleOptions } from './lifecycle';
 export { StartupError, startupStep, runMain } from './startup';
 export { ServiceHost, type Dependency, type HostSettings, type Servable } from './service-host';
+export { openNats, openPostgres, openRedis } from './infrastructure';

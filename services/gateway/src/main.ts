@@ -1,9 +1,8 @@
 import { createClient, GrpcServer } from '@switchboard/grpc';
-import { connectNats, natsReady, newEnvelope, publishEnvelope, SYSTEM_SUBJECTS } from '@switchboard/nats';
+import { newEnvelope, publishEnvelope, SYSTEM_SUBJECTS } from '@switchboard/nats';
 import { ConnectionSlots, limitDefaults, LocalRate, SharedRateLimits, TenantLimitStore, UsageCounters } from '@switchboard/limits';
 import { gatewayV1, messagingV1, presenceV1, roomV1 } from '@switchboard/proto';
-import { createRedis } from '@switchboard/redis';
-import { runMain, ServiceHost } from '@switchboard/runtime';
+import { openNats, openRedis, runMain, ServiceHost } from '@switchboard/runtime';
 import { gatewayAdminService } from './admin';
 import { TokenVerifier } from './auth';
 import { readConfig } from './config';
@@ -24,22 +23,9 @@ async function main(): Promise<void> {
   const { logger, telemetry } = host;
 
   // 2. Clients: NATS and the services behind the gateway.
-  const nats = await host.dependency(
-    'NATS',
-    () => connectNats({ servers: config.NATS_URL, nkeySeedFile: config.NATS_NKEY_SEED_FILE, name: `${SERVICE}-${config.GATEWAY_ID}`, onStatus: (event) => logger.info({ event }, 'nats connection') }),
-    { close: (nc) => nc.drain(), ready: natsReady },
-  );
+  const nats = await openNats(host, { url: config.NATS_URL, seedFile: config.NATS_NKEY_SEED_FILE, connectionName: `${SERVICE}-${config.GATEWAY_ID}` });
   // Tenant limits, shared budgets and usage live in Redis, shared by every gateway.
-  const redis = await host.dependency(
-    'Redis',
-    async () => {
-      const client = createRedis(config.REDIS_URL, `${SERVICE}-${config.GATEWAY_ID}`);
-      client.on('error', (err) => logger.debug({ err }, 'redis connection error'));
-      await client.connect();
-      return client;
-    },
-    { close: (r) => r.quit(), ready: (r) => r.ping() },
-  );
+  const redis = await openRedis(host, { url: config.REDIS_URL, connectionName: `${SERVICE}-${config.GATEWAY_ID}` });
   const slots = new ConnectionSlots(redis);
   const limits = new GatewayLimits(
     new TenantLimitStore(redis, limitDefaults(config), config.TENANT_LIMITS_CACHE_MS),

@@ -1,10 +1,9 @@
 import { createClient, GrpcServer } from '@switchboard/grpc';
 import { createGroupConsumer, createIdempotentProducer, createKafka } from '@switchboard/kafka';
-import { connectNats, natsReady, SYSTEM_SUBJECTS } from '@switchboard/nats';
+import { SYSTEM_SUBJECTS } from '@switchboard/nats';
 import { OutboxRelay, outboxWaker } from '@switchboard/outbox';
-import { openDatabase } from '@switchboard/postgres';
 import { messagingV1, roomV1 } from '@switchboard/proto';
-import { runMain, ServiceHost } from '@switchboard/runtime';
+import { openNats, openPostgres, runMain, ServiceHost } from '@switchboard/runtime';
 import { readConfig } from './config';
 import { path } from './paths';
 import { RoomAccess } from './room-access';
@@ -21,24 +20,8 @@ async function main(): Promise<void> {
   const { logger } = host;
 
   // 2. Clients: PostgreSQL (schema migrated first), NATS, Kafka.
-  const pool = await host.dependency(
-    'PostgreSQL',
-    () =>
-      openDatabase({
-        connectionString: config.DATABASE_URL,
-        applicationName: SERVICE,
-        schema: SERVICE,
-        migrationsDir: path.migrations,
-        log: (line) => logger.debug(line),
-        onError: (err) => logger.warn({ err }, 'idle PostgreSQL connection failed'),
-      }),
-    { close: (p) => p.end(), ready: (p) => p.query('SELECT 1') },
-  );
-  const nats = await host.dependency(
-    'NATS',
-    () => connectNats({ servers: config.NATS_URL, nkeySeedFile: config.NATS_NKEY_SEED_FILE, name: SERVICE, onStatus: (event) => logger.info({ event }, 'nats connection') }),
-    { close: (nc) => nc.drain(), ready: natsReady },
-  );
+  const pool = await openPostgres(host, { url: config.DATABASE_URL, migrationsDir: path.migrations });
+  const nats = await openNats(host, { url: config.NATS_URL, seedFile: config.NATS_NKEY_SEED_FILE });
   // Kafka is not a readiness condition: the outbox holds events while it is away.
   const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: SERVICE, log: (level, message, extra) => logger[level](extra, message) });
   const producer = await host.dependency('Kafka', async () => {

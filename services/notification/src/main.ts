@@ -1,9 +1,7 @@
 import { GrpcServer } from '@switchboard/grpc';
 import { createGroupConsumer, createIdempotentProducer, createKafka, leaveGroup, TOPICS } from '@switchboard/kafka';
-import { connectNats, natsReady } from '@switchboard/nats';
-import { openDatabase } from '@switchboard/postgres';
 import { notificationV1 } from '@switchboard/proto';
-import { runMain, ServiceHost } from '@switchboard/runtime';
+import { openNats, openPostgres, runMain, ServiceHost } from '@switchboard/runtime';
 import { readConfig } from './config';
 import { DeliveryStore } from './deliveries';
 import { DeadLetters, ensureTopics } from './dlq';
@@ -31,24 +29,8 @@ async function main(): Promise<void> {
   });
 
   // 2. Clients: PostgreSQL (schema migrated first), NATS, Kafka (the dead-letter topic created when missing), presence and room.
-  const pool = await host.dependency(
-    'PostgreSQL',
-    () =>
-      openDatabase({
-        connectionString: config.DATABASE_URL,
-        applicationName: SERVICE,
-        schema: SERVICE,
-        migrationsDir: path.migrations,
-        log: (line) => logger.debug(line),
-        onError: (err) => logger.warn({ err }, 'idle PostgreSQL connection failed'),
-      }),
-    { close: (p) => p.end(), ready: (p) => p.query('SELECT 1') },
-  );
-  const nats = await host.dependency(
-    'NATS',
-    () => connectNats({ servers: config.NATS_URL, nkeySeedFile: config.NATS_NKEY_SEED_FILE, name: SERVICE, onStatus: (event) => logger.info({ event }, 'nats connection') }),
-    { close: (nc) => nc.drain(), ready: natsReady },
-  );
+  const pool = await openPostgres(host, { url: config.DATABASE_URL, migrationsDir: path.migrations });
+  const nats = await openNats(host, { url: config.NATS_URL, seedFile: config.NATS_NKEY_SEED_FILE });
   const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: SERVICE, log: (level, message, extra) => logger[level](extra, message) });
   const { consumer, producer } = await host.dependency(
     'Kafka',

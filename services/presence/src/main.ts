@@ -1,8 +1,7 @@
 import { GrpcServer } from '@switchboard/grpc';
-import { connectNats, natsReady, SYSTEM_SUBJECTS } from '@switchboard/nats';
+import { SYSTEM_SUBJECTS } from '@switchboard/nats';
 import { presenceV1 } from '@switchboard/proto';
-import { createRedis } from '@switchboard/redis';
-import { runMain, ServiceHost } from '@switchboard/runtime';
+import { openNats, openRedis, runMain, ServiceHost } from '@switchboard/runtime';
 import { ChangeAnnouncer } from './announcer';
 import { readConfig } from './config';
 import { Liveness } from './liveness';
@@ -18,22 +17,8 @@ async function main(): Promise<void> {
   const { logger } = host;
 
   // 2. Clients: Redis, NATS.
-  const redis = await host.dependency(
-    'Redis',
-    async () => {
-      const client = createRedis(config.REDIS_URL, SERVICE, { autoPipelining: true });
-      // Without a listener ioredis prints every reconnect failure; readiness reports the outage instead.
-      client.on('error', (err) => logger.debug({ err }, 'redis connection error'));
-      await client.connect();
-      return client;
-    },
-    { close: (r) => r.quit(), ready: (r) => r.ping() },
-  );
-  const nats = await host.dependency(
-    'NATS',
-    () => connectNats({ servers: config.NATS_URL, nkeySeedFile: config.NATS_NKEY_SEED_FILE, name: SERVICE, onStatus: (event) => logger.info({ event }, 'nats connection') }),
-    { close: (nc) => nc.drain(), ready: natsReady },
-  );
+  const redis = await openRedis(host, { url: config.REDIS_URL, autoPipelining: true });
+  const nats = await openNats(host, { url: config.NATS_URL, seedFile: config.NATS_NKEY_SEED_FILE });
 
   // 3. Background runners: heartbeats and the gateway reaper, the due sweeper (auto-away, expiries).
   const store = new PresenceStore(redis, config.STATE_RETENTION_S, config.HISTORY_RETENTION_MS, config.AUTO_AWAY_MS);

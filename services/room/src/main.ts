@@ -1,12 +1,10 @@
 import { createClient, GrpcServer } from '@switchboard/grpc';
 import { createIdempotentProducer, createKafka } from '@switchboard/kafka';
 import { limitDefaults, TenantLimitStore } from '@switchboard/limits';
-import { connectNats, natsReady, SYSTEM_SUBJECTS } from '@switchboard/nats';
+import { SYSTEM_SUBJECTS } from '@switchboard/nats';
 import { OutboxRelay, outboxWaker } from '@switchboard/outbox';
-import { openDatabase } from '@switchboard/postgres';
 import { messagingV1, notificationV1, roomV1 } from '@switchboard/proto';
-import { createRedis } from '@switchboard/redis';
-import { runMain, ServiceHost } from '@switchboard/runtime';
+import { openNats, openPostgres, openRedis, runMain, ServiceHost } from '@switchboard/runtime';
 import { Announcer } from './announcements';
 import { readConfig } from './config';
 import { path } from './paths';
@@ -25,30 +23,9 @@ async function main(): Promise<void> {
   const { logger } = host;
 
   // 2. Clients: PostgreSQL (schema migrated first), NATS, Kafka, messaging and notification.
-  const pool = await host.dependency(
-    'PostgreSQL',
-    () =>
-      openDatabase({
-        connectionString: config.DATABASE_URL,
-        applicationName: SERVICE,
-        schema: SERVICE,
-        migrationsDir: path.migrations,
-        log: (line) => logger.debug(line),
-        onError: (err) => logger.warn({ err }, 'idle PostgreSQL connection failed'),
-      }),
-    { close: (p) => p.end(), ready: (p) => p.query('SELECT 1') },
-  );
+  const pool = await openPostgres(host, { url: config.DATABASE_URL, migrationsDir: path.migrations });
   // Tenant limits (max_room_size): not a readiness condition, the defaults apply while Redis is away.
-  const redis = await host.dependency(
-    'Redis',
-    async () => {
-      const client = createRedis(config.REDIS_URL, SERVICE);
-      client.on('error', (err) => logger.debug({ err }, 'redis connection error'));
-      await client.connect();
-      return client;
-    },
-    { close: (r) => r.quit() },
-  );
+  const redis = await openRedis(host, { url: config.REDIS_URL, optional: true });
   const tenantLimits = new TenantLimitStore(redis, limitDefaults(config), config.TENANT_LIMITS_CACHE_MS);
   const tenantMaxMembers = async (tenantId: string) => {
     try {
@@ -58,11 +35,7 @@ async function main(): Promise<void> {
       return tenantLimits.defaults.maxRoomSize;
     }
   };
-  const nats = await host.dependency(
-    'NATS',
-    () => connectNats({ servers: config.NATS_URL, nkeySeedFile: config.NATS_NKEY_SEED_FILE, name: SERVICE, onStatus: (event) => logger.info({ event }, 'nats connection') }),
-    { close: (nc) => nc.drain(), ready: natsReady },
-  );
+  const nats = await openNats(host, { url: config.NATS_URL, seedFile: config.NATS_NKEY_SEED_FILE });
   // Kafka is not a readiness condition: the outbox holds events while it is away.
   const kafka = createKafka({ brokers: config.KAFKA_BROKERS, clientId: SERVICE, log: (level, message, extra) => logger[level](extra, message) });
   const producer = await host.dependency('Kafka', async () => {
