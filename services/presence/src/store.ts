@@ -84,77 +84,139 @@ export interface ChangeClaim {
 }
 
 /**
- * Removes n connections of one user (ARGV[first…], pairs of connectionId,
- * deviceId) held by one gateway, and from the gateway's hash too when it is
- * given; the user was online until now, so last seen moves and the version
- * is bumped; devices left without a connection are marked disconnected.
- * Shared by DROP_USERS and DISCONNECT (Lua). Returns the version and the
- * remaining lease list (with scores).
+ * Runs `run` with the list's items as arguments, at most 1000 at a time
+ * (Lua's unpack limit), so one command covers many users of a call (Lua).
  */
-const DROP_CONNECTIONS = `
-local function dropConnections(leases, devices, meta, gatewayId, now, first, n, gatewayHash)
-  local touched = {}
-  for i = 0, n - 1 do
-    local connection, device = ARGV[first + i * 2], ARGV[first + i * 2 + 1]
-    redis.call('ZREM', leases, device .. ':' .. gatewayId .. ':' .. connection)
-    if gatewayHash then redis.call('HDEL', gatewayHash, connection) end
-    touched[device] = true
-  end
-  -- The user was online until this moment, whichever connection remains.
-  redis.call('HSET', meta, 'lastSeen', now)
-  local version = redis.call('HINCRBY', meta, 'version', 1)
-  local leaseList = redis.call('ZRANGE', leases, 0, -1, 'WITHSCORES')
-  local remaining = {}
-  for i = 1, #leaseList, 2 do remaining[string.match(leaseList[i], '^[^:]*')] = true end
-  for device in pairs(touched) do
-    local json = not remaining[device] and redis.call('HGET', devices, device)
-    if json then
-      local stored = cjson.decode(json)
-      stored.disconnectedAt = tonumber(now)
-      redis.call('HSET', devices, device, cjson.encode(stored))
-    end
-  end
-  return version, leaseList
+const IN_CHUNKS = `
+local function inChunks(list, run)
+  for i = 1, #list, 1000 do run(unpack(list, i, math.min(i + 999, #list))) end
 end
 `;
 
 /**
- * The claim of one user's change, shared by CLAIM_CHANGES and DROP_USERS
- * (Lua): see CLAIM_CHANGES. `shared` = {due, online, invisible keys, now,
- * minHistoryId, retentionMs, occupancy key prefix}. Returns news (0/1) and
- * the flat {conversationId, users, connections}… whose counts changed.
+ * Removes n connections of one user (ARGV[first…], pairs of connectionId,
+ * deviceId) held by one gateway, and from the gateway's hash too when it is
+ * given. Shared by DROP_USERS and DISCONNECT (Lua). Writes nothing to meta
+ * itself: it returns the meta fields to write (the user was online until
+ * now, so last seen moves; the version is bumped; each device left without
+ * a connection gets `disconnectedAt:<device>` = now: a field of the small
+ * meta hash instead of a rewrite of the device's JSON), so the caller
+ * writes them with its own fields in one HSET. Returns the new version, the
+ * remaining lease list (with scores), those fields and the last announced
+ * {publishedVersion, publishedFingerprint}.
  */
-const CLAIM_ONE = `
-local function claim(shared, meta, history, occupying, version, fingerprint, userId, dueAt, online, hidden, at, status, message, cause, devices)
-  local news = 0
-  local counts = {}
-  local cur = redis.call('HMGET', meta, 'publishedVersion', 'publishedFingerprint')
-  if not (cur[1] and tonumber(cur[1]) >= tonumber(version)) then
-    redis.call('HSET', meta, 'publishedVersion', version, 'publishedFingerprint', fingerprint)
-    if tonumber(dueAt) > 0 then redis.call('ZADD', shared.due, dueAt, userId) else redis.call('ZREM', shared.due, userId) end
-    if online == '1' then redis.call('ZADD', shared.online, 'NX', shared.now, userId) else redis.call('ZREM', shared.online, userId) end
-    local flipped
-    if hidden == '1' then flipped = redis.call('SADD', shared.invisible, userId) else flipped = redis.call('SREM', shared.invisible, userId) end
-    if flipped == 1 then
-      local sign = hidden == '1' and -1 or 1
-      for _, cid in ipairs(redis.call('SMEMBERS', occupying)) do
-        local n = tonumber(redis.call('HGET', shared.prefix .. 'occu:' .. cid, userId) or '0')
-        local visible = shared.prefix .. 'occv:' .. cid
-        if n > 0 then
-          redis.call('HINCRBY', visible, 'users', sign)
-          redis.call('HINCRBY', visible, 'connections', sign * n)
-        end
-        local c = redis.call('HMGET', visible, 'users', 'connections')
-        table.insert(counts, cid); table.insert(counts, tonumber(c[1] or '0')); table.insert(counts, tonumber(c[2] or '0'))
-      end
+const DROP_CONNECTIONS = `
+local function dropConnections(leases, meta, gatewayId, now, first, n, gatewayHash)
+  local members, connections, touched = {}, {}, {}
+  for i = 0, n - 1 do
+    local connection, device = ARGV[first + i * 2], ARGV[first + i * 2 + 1]
+    members[i + 1] = device .. ':' .. gatewayId .. ':' .. connection
+    connections[i + 1] = connection
+    touched[device] = true
+  end
+  redis.call('ZREM', leases, unpack(members))
+  if gatewayHash then redis.call('HDEL', gatewayHash, unpack(connections)) end
+  local leaseList = redis.call('ZRANGE', leases, 0, -1, 'WITHSCORES')
+  local remaining = {}
+  for i = 1, #leaseList, 2 do remaining[string.match(leaseList[i], '^[^:]*')] = true end
+  local cur = redis.call('HMGET', meta, 'version', 'publishedVersion', 'publishedFingerprint')
+  local version = tonumber(cur[1] or '0') + 1
+  local fields = {'lastSeen', now, 'version', version}
+  for device in pairs(touched) do
+    if not remaining[device] then table.insert(fields, 'disconnectedAt:' .. device); table.insert(fields, now) end
+  end
+  return version, leaseList, fields, {cur[2], cur[3]}
+end
+`;
+
+/**
+ * The claims of many users' changes, shared by CLAIM_CHANGES and DROP_USERS
+ * (Lua): see CLAIM_CHANGES. `shared` = {due, online, invisible keys, now,
+ * minHistoryId, retentionMs, occupancy key prefix}; each claim = {meta,
+ * history, occupying, version, fingerprint, userId, dueAt, online, hidden,
+ * at, status, message, cause, devices} and optionally `published` (its
+ * {publishedVersion, publishedFingerprint}, already read) and `fields`
+ * (more meta fields to write in the same HSET). Sets on each claim news
+ * (0/1) and counts (the flat {conversationId, users, connections}… whose
+ * visible counts changed). The tenant's due, online and invisible sets are
+ * written once per call for all winners, each user ending as its last
+ * winning claim of the call leaves it (as if the claims ran one by one).
+ */
+const CLAIM_ALL = `${IN_CHUNKS}
+local function recount(shared, c, sign)
+  for _, cid in ipairs(redis.call('SMEMBERS', c.occupying)) do
+    local n = tonumber(redis.call('HGET', shared.prefix .. 'occu:' .. cid, c.userId) or '0')
+    local visible = shared.prefix .. 'occv:' .. cid
+    if n > 0 then
+      redis.call('HINCRBY', visible, 'users', sign)
+      redis.call('HINCRBY', visible, 'connections', sign * n)
     end
-    if cur[2] ~= fingerprint then
-      redis.call('XADD', history, 'MINID', '~', shared.minId, '*', 'at', at, 'status', status, 'message', message, 'cause', cause, 'devices', devices)
-      redis.call('PEXPIRE', history, shared.retention)
-      news = 1
+    local counts = redis.call('HMGET', visible, 'users', 'connections')
+    table.insert(c.counts, cid); table.insert(c.counts, tonumber(counts[1] or '0')); table.insert(c.counts, tonumber(counts[2] or '0'))
+  end
+end
+
+local function claimAll(shared, claims)
+  local winners = {}
+  for _, c in ipairs(claims) do
+    c.news, c.counts = 0, {}
+    local cur = c.published or redis.call('HMGET', c.meta, 'publishedVersion', 'publishedFingerprint')
+    local fields = c.fields or {}
+    if not (cur[1] and tonumber(cur[1]) >= tonumber(c.version)) then
+      table.insert(fields, 'publishedVersion'); table.insert(fields, c.version)
+      table.insert(fields, 'publishedFingerprint'); table.insert(fields, c.fingerprint)
+      if cur[2] ~= c.fingerprint then
+        redis.call('XADD', c.history, 'MINID', '~', shared.minId, '*', 'at', c.at, 'status', c.status, 'message', c.message, 'cause', c.cause, 'devices', c.devices)
+        redis.call('PEXPIRE', c.history, shared.retention)
+        c.news = 1
+      end
+      table.insert(winners, c)
+    end
+    if #fields > 0 then redis.call('HSET', c.meta, unpack(fields)) end
+  end
+  if #winners == 0 then return end
+  local last, users, wentOffline = {}, {}, {}
+  for _, c in ipairs(winners) do
+    if not last[c.userId] then table.insert(users, c.userId) end
+    last[c.userId] = c
+    if c.online ~= '1' then wentOffline[c.userId] = true end
+  end
+  -- Due and online: each user's last winner decides; a user who went
+  -- offline in between is removed before being added (online since now).
+  local dueAdd, dueRem, onlineAdd, onlineRem = {}, {}, {}, {}
+  for _, userId in ipairs(users) do
+    local c = last[userId]
+    if tonumber(c.dueAt) > 0 then table.insert(dueAdd, c.dueAt); table.insert(dueAdd, userId) else table.insert(dueRem, userId) end
+    if wentOffline[userId] then table.insert(onlineRem, userId) end
+    if c.online == '1' then table.insert(onlineAdd, shared.now); table.insert(onlineAdd, userId) end
+  end
+  inChunks(dueRem, function(...) redis.call('ZREM', shared.due, ...) end)
+  inChunks(dueAdd, function(...) redis.call('ZADD', shared.due, ...) end)
+  inChunks(onlineRem, function(...) redis.call('ZREM', shared.online, ...) end)
+  inChunks(onlineAdd, function(...) redis.call('ZADD', shared.online, 'NX', ...) end)
+  -- Appearing offline: occupancy is recounted only for the claims that flip it.
+  local was, hiddenNow = {}, {}
+  local i = 0
+  inChunks(users, function(...)
+    for _, member in ipairs(redis.call('SMISMEMBER', shared.invisible, ...)) do
+      i = i + 1
+      was[users[i]] = member == 1
+      hiddenNow[users[i]] = member == 1
+    end
+  end)
+  for _, c in ipairs(winners) do
+    local hidden = c.hidden == '1'
+    if hidden ~= hiddenNow[c.userId] then
+      hiddenNow[c.userId] = hidden
+      recount(shared, c, hidden and -1 or 1)
     end
   end
-  return news, counts
+  local hide, show = {}, {}
+  for _, userId in ipairs(users) do
+    if hiddenNow[userId] ~= was[userId] then table.insert(hiddenNow[userId] and hide or show, userId) end
+  end
+  inChunks(hide, function(...) redis.call('SADD', shared.invisible, ...) end)
+  inChunks(show, function(...) redis.call('SREM', shared.invisible, ...) end)
 end
 `;
 
@@ -175,15 +237,19 @@ end
  * The occupancy keys are built from the prefix: the same tenant, so the
  * same hash slot as every declared key.
  */
-const CLAIM_CHANGES = `${CLAIM_ONE}
+const CLAIM_CHANGES = `${CLAIM_ALL}
 local shared = {due = KEYS[1], online = KEYS[2], invisible = KEYS[3], now = ARGV[1], minId = ARGV[2], retention = ARGV[3], prefix = ARGV[4]}
-local result = {}
+local claims = {}
 local a = 5
 for u = 0, (#KEYS - 3) / 3 - 1 do
-  local news, counts = claim(shared, KEYS[4 + u * 3], KEYS[5 + u * 3], KEYS[6 + u * 3], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10])
-  table.insert(result, {news, counts})
+  table.insert(claims, {meta = KEYS[4 + u * 3], history = KEYS[5 + u * 3], occupying = KEYS[6 + u * 3],
+    version = ARGV[a], fingerprint = ARGV[a + 1], userId = ARGV[a + 2], dueAt = ARGV[a + 3], online = ARGV[a + 4], hidden = ARGV[a + 5],
+    at = ARGV[a + 6], status = ARGV[a + 7], message = ARGV[a + 8], cause = ARGV[a + 9], devices = ARGV[a + 10]})
   a = a + 11
 end
+claimAll(shared, claims)
+local result = {}
+for _, c in ipairs(claims) do table.insert(result, {c.news, c.counts}) end
 return result`;
 
 /**
@@ -197,7 +263,7 @@ return result`;
  * equal by the presence tests. The version is bumped in the same atomic
  * call, so the claim always wins over earlier writes and later writes win
  * over it. Users with a connection left elsewhere get their snapshot back
- * for the ordinary merge and claim.
+ * for the ordinary merge and claim. Each user at most once per call.
  *   KEYS: due, online, invisible, then per user leases, devices, status,
  *   meta, active, settings, history, occupying;
  *   ARGV: now, gatewayId, minHistoryId, retentionMs, occupancy key prefix,
@@ -206,23 +272,24 @@ return result`;
  * settings} (still online) or {1, news, customMessage, lastSeen (0 =
  * hidden), {conversationId, users, connections}…} (offline).
  */
-const DROP_USERS = `${CLAIM_ONE}${DROP_CONNECTIONS}
+const DROP_USERS = `${CLAIM_ALL}${DROP_CONNECTIONS}
 local now = ARGV[1]
 local shared = {due = KEYS[1], online = KEYS[2], invisible = KEYS[3], now = now, minId = ARGV[3], retention = ARGV[4], prefix = ARGV[5]}
 local nowN = tonumber(now)
 local offline = ARGV[7]
 local function live(expiresAt) return expiresAt == 0 or expiresAt > nowN end
-local result = {}
+local result, claims, claimed = {}, {}, {}
 local a = 8
 for u = 0, (#KEYS - 3) / 8 - 1 do
   local k = 3 + u * 8
   local leases, devices, status, meta, active, settings, history, occupying = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], KEYS[k + 6], KEYS[k + 7], KEYS[k + 8]
   local userId = ARGV[a]
   local n = tonumber(ARGV[a + 1])
-  local version, leaseList = dropConnections(leases, devices, meta, ARGV[2], now, a + 2, n, nil)
+  local version, leaseList, fields, published = dropConnections(leases, meta, ARGV[2], now, a + 2, n, nil)
   a = a + 2 + n * 2
   if #leaseList > 0 then
-    table.insert(result, {0, leaseList, redis.call('HGETALL', devices), redis.call('HGETALL', status), {'lastSeen', now, 'version', version}, redis.call('HGETALL', active), redis.call('HGETALL', settings)})
+    redis.call('HSET', meta, unpack(fields))
+    table.insert(result, {0, leaseList, redis.call('HGETALL', devices), redis.call('HGETALL', status), redis.call('HGETALL', meta), redis.call('HGETALL', active), redis.call('HGETALL', settings)})
   else
     local m = redis.call('HMGET', status, 'status', 'statusExpiresAt', 'customMessage', 'customMessageExpiresAt', 'frozenLastSeen', 'updatedAt')
     local chosen = m[6] and m[1] or nil
@@ -239,9 +306,17 @@ for u = 0, (#KEYS - 3) / 8 - 1 do
     local lastSeen = now
     if invisible then lastSeen = m[5] or '0' end
     if redis.call('HGET', settings, 'hideLastSeen') == '1' then lastSeen = '0' end
-    local news, counts = claim(shared, meta, history, occupying, version, offline .. '|' .. message, userId, dueAt, '0', invisible and '1' or '0', now, offline, message, ARGV[6], 0)
-    table.insert(result, {1, news, message, tonumber(lastSeen), counts})
+    table.insert(claims, {meta = meta, history = history, occupying = occupying, version = version, fingerprint = offline .. '|' .. message, userId = userId,
+      dueAt = dueAt, online = '0', hidden = invisible and '1' or '0', at = now, status = offline, message = message, cause = ARGV[6], devices = 0,
+      published = published, fields = fields})
+    table.insert(result, {1, 0, message, tonumber(lastSeen), {}})
+    table.insert(claimed, #result)
   end
+end
+claimAll(shared, claims)
+for j, c in ipairs(claims) do
+  result[claimed[j]][2] = c.news
+  result[claimed[j]][5] = c.counts
 end
 return result`;
 
@@ -249,7 +324,7 @@ return result`;
  * Drops connections of many users of one tenant and one gateway at once
  * (a whole dead gateway in a few calls), marks devices left without a
  * connection disconnected, bumps each user's version and returns each
- * user's snapshot (lease list, devices, status, meta (last seen and version), activity, settings;
+ * user's snapshot (lease list, devices, status, meta, activity, settings;
  * devices and activity left empty for a user now offline: the merge does not
  * read them then, and a whole gateway's worth would be most of the reply).
  *   KEYS: the gateway's connection hash, then per user leases, devices,
@@ -264,10 +339,11 @@ local a = 4
 for u = 0, (#KEYS - 1) / 6 - 1 do
   local leases, devices, status, meta, active, settings = KEYS[2 + u * 6], KEYS[3 + u * 6], KEYS[4 + u * 6], KEYS[5 + u * 6], KEYS[6 + u * 6], KEYS[7 + u * 6]
   local n = tonumber(ARGV[a])
-  local version, leaseList = dropConnections(leases, devices, meta, ARGV[2], now, a + 1, n, ARGV[3] ~= '1' and KEYS[1] or nil)
+  local version, leaseList, fields = dropConnections(leases, meta, ARGV[2], now, a + 1, n, ARGV[3] ~= '1' and KEYS[1] or nil)
+  redis.call('HSET', meta, unpack(fields))
   a = a + 1 + n * 2
   local online = #leaseList > 0
-  table.insert(result, {leaseList, online and redis.call('HGETALL', devices) or {}, redis.call('HGETALL', status), {'lastSeen', now, 'version', version}, online and redis.call('HGETALL', active) or {}, redis.call('HGETALL', settings)})
+  table.insert(result, {leaseList, online and redis.call('HGETALL', devices) or {}, redis.call('HGETALL', status), online and redis.call('HGETALL', meta) or fields, online and redis.call('HGETALL', active) or {}, redis.call('HGETALL', settings)})
 end
 return result`;
 
@@ -388,7 +464,8 @@ export interface Occupancy {
  *   active:<uid>     hash deviceId → last user activity
  *   status:<uid>     hash, the chosen status and custom message
  *   settings:<uid>   hash, auto-away delay and last-seen sharing
- *   meta:<uid>       hash, last seen, write version and the last announced change
+ *   meta:<uid>       hash, last seen, write version, the last announced change and
+ *                    disconnectedAt:<device> (when a device lost its last connection)
  *   history:<uid>    stream of announced changes, trimmed to the retention
  *   watch:<uid>      sorted set of watched users scored by since
  *   gateway:<gw>     hash connection → "<uid>:<device>:<connectedAt>" (what dies with that gateway)
@@ -434,6 +511,8 @@ export class PresenceStore {
     // Connecting is activity: the first frames after it never count as a return from auto-away.
     tx.hset(k.active, ref.deviceId, now);
     tx.hset(k.meta, 'lastSeen', now);
+    // A connected device has no disconnect time: the one of its previous connection goes.
+    tx.hdel(k.meta, `${DISCONNECTED_AT}${ref.deviceId}`);
     tx.hset(gatewayKey(tenantId, ref.gatewayId), ref.connectionId, `${userId}:${ref.deviceId}:${now}`);
     const snapshot = await this.commit(tx, tenantId, userId);
     await this.redis
@@ -803,10 +882,16 @@ export class PresenceStore {
       const [deviceId = '', gatewayId = '', connectionId = ''] = flat[i]!.split(':');
       leases.push({ deviceId, gatewayId, connectionId, connectedAt: Number(flat[i + 1]) });
     }
-    const deviceMap = new Map<string, StoredDevice>();
-    for (const [deviceId, json] of Object.entries(devices as Record<string, string>)) deviceMap.set(deviceId, JSON.parse(json) as StoredDevice);
-    const s = status as Record<string, string>;
     const m = meta as Record<string, string>;
+    const deviceMap = new Map<string, StoredDevice>();
+    for (const [deviceId, json] of Object.entries(devices as Record<string, string>)) {
+      const device = JSON.parse(json) as StoredDevice;
+      // Disconnect times live in meta (see DROP_CONNECTIONS); a device JSON of an older version may still carry one.
+      const disconnectedAt = m[`${DISCONNECTED_AT}${deviceId}`];
+      if (disconnectedAt !== undefined) device.disconnectedAt = Number(disconnectedAt);
+      deviceMap.set(deviceId, device);
+    }
+    const s = status as Record<string, string>;
     const st = settings as Record<string, string>;
     return {
       userId,
@@ -894,6 +979,9 @@ function objectOf(flat: string[]): Record<string, string> {
 function leaseMember(ref: ConnectionRef): string {
   return `${ref.deviceId}:${ref.gatewayId}:${ref.connectionId}`;
 }
+
+/** Meta field prefix of a device's disconnect time (`disconnectedAt:<deviceId>`), written by DROP_CONNECTIONS. */
+const DISCONNECTED_AT = 'disconnectedAt:';
 
 const READS_PER_USER = 6;
 
