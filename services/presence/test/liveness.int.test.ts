@@ -215,19 +215,68 @@ describe('presence liveness and features', () => {
     await client.connectDevice({ context: undefined, gatewayId, connectionId: 'a2', device: device('laptop') }, as(alice));
     await client.connectDevice({ context: undefined, gatewayId, connectionId: 'b1', device: device('phone') }, as(bob));
     await client.connectDevice({ context: undefined, gatewayId: 'gw-other', connectionId: 'b2', device: device('laptop') }, as(bob));
+    const before = Date.now();
     const result = await client.gatewayDown({ context: undefined, gatewayId, reason: 'test' }, system);
+    const after = Date.now();
     expect(result).toEqual({ connections: 3, usersOffline: 1 });
-    expect((await presenceOf(alice)).status).toBe(PresenceStatus.PRESENCE_STATUS_OFFLINE);
+    const aliceNow = await presenceOf(alice);
+    expect(aliceNow.status).toBe(PresenceStatus.PRESENCE_STATUS_OFFLINE);
     const bobNow = await presenceOf(bob);
     expect(bobNow).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 1 });
-    const devices = await client.listDevices({ context: undefined, userId: alice, includeDisconnected: true }, internal);
-    expect(devices.devices.map((d) => [d.device?.deviceId, d.status, d.disconnectedAt instanceof Date])).toEqual(
-      expect.arrayContaining([
-        ['phone', PresenceStatus.PRESENCE_STATUS_OFFLINE, true],
-        ['laptop', PresenceStatus.PRESENCE_STATUS_OFFLINE, true],
-      ]),
-    );
+    const devicesOf = async (userId: string) =>
+      Object.fromEntries(
+        (await client.listDevices({ context: undefined, userId, includeDisconnected: true }, internal)).devices.map((d) => [d.device!.deviceId, { status: d.status, disconnectedAt: d.disconnectedAt?.getTime() }]),
+      );
+    // Each crashed device shows when it went: the moment of the drop, alice's last seen.
+    const lastSeen = aliceNow.lastSeen!.getTime();
+    expect(lastSeen).toBeGreaterThanOrEqual(before);
+    expect(lastSeen).toBeLessThanOrEqual(after);
+    expect(await devicesOf(alice)).toEqual({
+      phone: { status: PresenceStatus.PRESENCE_STATUS_OFFLINE, disconnectedAt: lastSeen },
+      laptop: { status: PresenceStatus.PRESENCE_STATUS_OFFLINE, disconnectedAt: lastSeen },
+    });
+    // Bob's phone went with the gateway while his laptop stays connected.
+    const bobDevices = await devicesOf(bob);
+    expect(bobDevices.laptop).toEqual({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, disconnectedAt: undefined });
+    expect(bobDevices.phone!.status).toBe(PresenceStatus.PRESENCE_STATUS_OFFLINE);
+    expect(bobDevices.phone!.disconnectedAt).toBeGreaterThanOrEqual(before);
+    expect(bobDevices.phone!.disconnectedAt).toBeLessThanOrEqual(after);
+    // A device that connects again has no disconnect time; the other keeps its own.
+    await client.connectDevice({ context: undefined, gatewayId: 'gw-other', connectionId: 'a3', device: device('phone') }, as(alice));
+    expect(await devicesOf(alice)).toEqual({
+      phone: { status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, disconnectedAt: undefined },
+      laptop: { status: PresenceStatus.PRESENCE_STATUS_OFFLINE, disconnectedAt: lastSeen },
+    });
     await client.gatewayDown({ context: undefined, gatewayId: 'gw-other', reason: 'test' }, system);
+  });
+
+  it('keeps a device online that reconnects through another gateway while its crashed gateway is being dropped', async () => {
+    const gatewayId = `gw-${newId().slice(0, 8)}`;
+    // Enough users for several drop batches, so the reconnect can land between them.
+    const crowd = Array.from({ length: 1200 }, () => newId());
+    const nurse = newId();
+    for (let i = 0; i < crowd.length; i += 100) {
+      await Promise.all(crowd.slice(i, i + 100).map((userId, j) => client.connectDevice({ context: undefined, gatewayId, connectionId: `c${i + j}`, device: device('d1') }, as(userId))));
+    }
+    await client.connectDevice({ context: undefined, gatewayId, connectionId: 'nurse-old', device: device('tablet') }, as(nurse));
+    const nurseChanges = await changesOf(nurse);
+    const tenantChanges = await eventsOf(`sb.${tenantId}.presence.>`);
+
+    const dropping = client.gatewayDown({ context: undefined, gatewayId, reason: 'test' }, system);
+    // The drop is under way once its first users are announced offline; the tablet reconnects then.
+    await eventually(() => tenantChanges.some((e) => e.event?.$case === 'presenceChanged' && e.event.value.status === PresenceStatus.PRESENCE_STATUS_OFFLINE));
+    await client.connectDevice({ context: undefined, gatewayId: 'gw-reconnect', connectionId: 'nurse-new', device: device('tablet') }, as(nurse));
+    expect(await dropping).toMatchObject({ connections: crowd.length + 1 });
+
+    // Whichever ran first in Redis, the reconnect's later version wins: online, and the last word watchers heard says so.
+    expect(await presenceOf(nurse)).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 1 });
+    await eventually(() => nurseChanges().at(-1)?.status === PresenceStatus.PRESENCE_STATUS_AVAILABLE);
+    const devices = await client.listDevices({ context: undefined, userId: nurse, includeDisconnected: true }, internal);
+    expect(devices.devices.map((d) => [d.device?.deviceId, d.status, d.connectionCount, d.disconnectedAt])).toEqual([['tablet', PresenceStatus.PRESENCE_STATUS_AVAILABLE, 1, undefined]]);
+    const online = await client.listOnlineUsers({ context: undefined, conversationId: '', page: { pageSize: 500, pageToken: '' } }, internal);
+    expect(online.users.map((u) => u.userId)).toContain(nurse);
+    expect(online.users.map((u) => u.userId)).not.toContain(crowd[0]);
+    await client.gatewayDown({ context: undefined, gatewayId: 'gw-reconnect', reason: 'test' }, system);
   });
 
   it('announces a dropped gateway’s users as GetPresence shows them: custom message, appear-offline, hidden last seen; a user still connected elsewhere stays online', async () => {
