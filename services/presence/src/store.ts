@@ -114,8 +114,10 @@ local function dropConnections(leases, meta, gatewayId, now, first, n, gatewayHa
     connections[i + 1] = connection
     touched[device] = true
   end
-  redis.call('ZREM', leases, unpack(members))
-  if gatewayHash then redis.call('HDEL', gatewayHash, unpack(connections)) end
+  if n > 0 then
+    redis.call('ZREM', leases, unpack(members))
+    if gatewayHash then redis.call('HDEL', gatewayHash, unpack(connections)) end
+  end
   local leaseList = redis.call('ZRANGE', leases, 0, -1, 'WITHSCORES')
   local remaining = {}
   for i = 1, #leaseList, 2 do remaining[string.match(leaseList[i], '^[^:]*')] = true end
