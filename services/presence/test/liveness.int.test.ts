@@ -268,9 +268,14 @@ describe('presence liveness and features', () => {
     await client.connectDevice({ context: undefined, gatewayId: 'gw-reconnect', connectionId: 'nurse-new', device: device('tablet') }, as(nurse));
     expect(await dropping).toMatchObject({ connections: crowd.length + 1 });
 
-    // Whichever ran first in Redis, the reconnect's later version wins: online, and the last word watchers heard says so.
+    // Whichever ran first in Redis, the reconnect's later version wins: online, the history ends online, and
+    // watchers heard every recorded change in order — none when the reconnect came first (never offline), else OFFLINE then AVAILABLE.
     expect(await presenceOf(nurse)).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 1 });
-    await eventually(() => nurseChanges().at(-1)?.status === PresenceStatus.PRESENCE_STATUS_AVAILABLE);
+    const history = (await client.getPresenceHistory({ context: undefined, userId: nurse, range: undefined, page: undefined }, internal)).entries;
+    expect(history[0]!.status).toBe(PresenceStatus.PRESENCE_STATUS_AVAILABLE);
+    const announcedDuringTheRace = history.length - 1;
+    await eventually(() => nurseChanges().length === announcedDuringTheRace);
+    expect(nurseChanges().map((c) => c.status)).toEqual(announcedDuringTheRace === 0 ? [] : [PresenceStatus.PRESENCE_STATUS_OFFLINE, PresenceStatus.PRESENCE_STATUS_AVAILABLE]);
     const devices = await client.listDevices({ context: undefined, userId: nurse, includeDisconnected: true }, internal);
     expect(devices.devices.map((d) => [d.device?.deviceId, d.status, d.connectionCount, d.disconnectedAt])).toEqual([['tablet', PresenceStatus.PRESENCE_STATUS_AVAILABLE, 1, undefined]]);
     const online = await client.listOnlineUsers({ context: undefined, conversationId: '', page: { pageSize: 500, pageToken: '' } }, internal);
