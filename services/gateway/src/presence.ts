@@ -11,15 +11,16 @@ import type { Connection } from './connection';
 import type { Fanout } from './fanout';
 
 type Presence = PromiseClient<presenceV1.PresenceServiceClient>;
+type Room = PromiseClient<roomV1.RoomServiceClient>;
+type ClientKind = NonNullable<framesV1.ClientFrame['kind']>;
+type ServerKind = NonNullable<framesV1.ServerFrame['kind']>;
 
 /** The liveness link (AttachGateway): held this long, it counts as healthy and its end is retried at once. */
 const LINK_STABLE_MS = 5000;
 /** Retries of a link that keeps failing (presence away): from this, doubling, up to the max. */
 const LINK_RETRY_BASE_MS = 50;
 const LINK_RETRY_MAX_MS = 2000;
-type Room = PromiseClient<roomV1.RoomServiceClient>;
-type ClientKind = NonNullable<framesV1.ClientFrame['kind']>;
-type ServerKind = NonNullable<framesV1.ServerFrame['kind']>;
+
 export type PresenceFrameKind = Extract<ClientKind, { $case: 'typing' | 'setPresence' | 'watchPresence' | 'unwatchPresence' | 'getPresence' | 'enterConversation' | 'leaveConversation' }>;
 
 const PLATFORMS: Record<string, presenceV1.DevicePlatform> = {
