@@ -29,3 +29,20 @@ export function backoffCeiling(attempt: number, baseMs: number, maxMs: number): 
   // 2^52 already exceeds any sane cap; stopping there avoids Infinity (and 0 * Infinity = NaN).
   return Math.min(max, base * 2 ** Math.min(a, 52));
 }
+
+/** The client's default backoff for reconnects and retries (SwitchboardClientOptions.reconnect). */
+export const DEFAULT_BACKOFF = { baseDelayMs: 250, maxDelayMs: 10_000 } as const;
+
+/**
+ * The wait before retry `attempt` (from 0) of a refused or failed request:
+ * the backoff, but never before the server's `retryAfterMs` hint.
+ */
+export function retryDelay(
+  attempt: number,
+  retryAfterMs: number | undefined,
+  baseMs: number,
+  maxMs: number,
+  random: () => number = Math.random,
+): number {
+  return Math.max(retryAfterMs ?? 0, backoffDelay(attempt, baseMs, maxMs, random));
+}

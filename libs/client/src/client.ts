@@ -10,7 +10,7 @@ import {
 } from '@switchboard/errors';
 import { isSafeId, newId } from '@switchboard/ids';
 import { commonV1, framesV1, messagingV1 } from '@switchboard/proto';
-import { backoffDelay } from './backoff';
+import { backoffDelay, DEFAULT_BACKOFF, retryDelay } from './backoff';
 import {
   BEARER_SUBPROTOCOL_PREFIX,
   decodeServerFrame,
@@ -336,8 +336,8 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
     this.transportFactory = options.transport ?? wsTransport();
     this.random = options.random ?? Math.random;
     this.reconnectEnabled = options.reconnect?.enabled ?? true;
-    this.baseDelayMs = options.reconnect?.baseDelayMs ?? 250;
-    this.maxDelayMs = options.reconnect?.maxDelayMs ?? 10_000;
+    this.baseDelayMs = options.reconnect?.baseDelayMs ?? DEFAULT_BACKOFF.baseDelayMs;
+    this.maxDelayMs = options.reconnect?.maxDelayMs ?? DEFAULT_BACKOFF.maxDelayMs;
     this.stableAfterMs = options.reconnect?.stableAfterMs ?? 10_000;
     this.sequencer = new Sequencer((message) => this.deliver(message), validPositions(options.initialPositions));
     this.resumeOnConnect = options.initialPositions !== undefined;
@@ -348,8 +348,7 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
     this.outbox = new Outbox(outboxLimit, {
       attempt: (request, timeoutMs, deadlineAt) => this.attemptSend(request, timeoutMs, deadlineAt),
       canSend: () => this.outboxOpen && this.stateValue === 'open' && this.current?.welcome !== undefined,
-      retryDelay: (attempt, err) =>
-        Math.max(err.retryAfterMs ?? 0, backoffDelay(attempt - 1, this.baseDelayMs, this.maxDelayMs, this.random)),
+      retryDelay: (attempt, err) => retryDelay(attempt - 1, err.retryAfterMs, this.baseDelayMs, this.maxDelayMs, this.random),
     });
   }
 
@@ -699,7 +698,7 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
           return;
         }
         this.options.logger?.warn({ err, conversationId, afterSeq: gap.afterSeq }, 'gap fill failed; retrying');
-        const pause = Math.max((err as SwitchboardError).retryAfterMs ?? 0, backoffDelay(failures++, this.baseDelayMs, this.maxDelayMs, this.random));
+        const pause = retryDelay(failures++, (err as SwitchboardError).retryAfterMs, this.baseDelayMs, this.maxDelayMs, this.random);
         if (!(await this.delay(conn, pause))) return;
       }
     }
@@ -747,7 +746,7 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
           return;
         }
         this.options.logger?.warn({ err }, 'resume sync failed; retrying');
-        const pause = Math.max((err as SwitchboardError).retryAfterMs ?? 0, backoffDelay(failures++, this.baseDelayMs, this.maxDelayMs, this.random));
+        const pause = retryDelay(failures++, (err as SwitchboardError).retryAfterMs, this.baseDelayMs, this.maxDelayMs, this.random);
         if (!(await this.delay(conn, pause))) return;
       }
     }

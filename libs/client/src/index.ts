@@ -1,4 +1,4 @@
-export { backoffCeiling, backoffDelay } from './backoff';
+export { backoffCeiling, backoffDelay, DEFAULT_BACKOFF, retryDelay } from './backoff';
 export {
   BEARER_SUBPROTOCOL_PREFIX,
   SUBPROTOCOL_JSON,

@@ -3,7 +3,7 @@ import { mintDevToken, SUBPROTOCOL_PROTO } from '@switchboard/client';
 import { commonV1, framesV1, type messagingV1 } from '@switchboard/proto';
 import type { LoadConnection, LoadTransport, PushedMessage } from './transport';
 
-/** Refusals the client library retries with the same client message id (docs/protocol.md, "Retries"). */
+/** Refusals the generator sends again with the same client message id: load shedding and rate limits (the client library retries these and more: isRetryableError); anything else counts as failed. */
 const RETRIED_CODES = new Set<number>([commonV1.ErrorCode.ERROR_CODE_OVERLOADED, commonV1.ErrorCode.ERROR_CODE_RATE_LIMITED]);
 
 /**

@@ -5,7 +5,7 @@
  * schedule intended it to be sent. Driven over IPC by the coordinator.
  */
 import type * as hdr from 'hdr-histogram-js';
-import { backoffDelay } from '@switchboard/client';
+import { DEFAULT_BACKOFF, retryDelay } from '@switchboard/client';
 import { decodeBody, encodeBody } from './body';
 import { encodeHistogram, newHistogram, nowMs, recordMs } from './histogram';
 import type { FromWorker, LoadStart, SenderAssignment, ToWorker, WarmUp, WorkerCounts, WorkerInit } from './protocol';
@@ -73,9 +73,6 @@ interface PendingSend {
   retries?: number;
 }
 const pending = new Map<string, PendingSend>();
-/** The client library's defaults for a refused send's retry: full-jitter backoff from 250 ms up to 10 s, never before the hint. */
-const RETRY_BASE_MS = 250;
-const RETRY_MAX_MS = 10_000;
 let scheduleDone = true;
 const cpuStart = process.cpuUsage();
 
@@ -122,10 +119,10 @@ async function open(device: Device, histogram: hdr.Histogram): Promise<void> {
       const sent = pending.get(clientMessageId);
       if (!sent) return;
       if (error && retryAfterMs !== undefined) {
-        // As the client library does: the same send again after a growing, jittered backoff (never before the hint);
+        // As the client library does: the same send again after its default backoff (never before the hint);
         // its latency keeps counting from the intended send.
         counts.retried += 1;
-        const delay = Math.max(retryAfterMs, backoffDelay(sent.retries ?? 0, RETRY_BASE_MS, RETRY_MAX_MS));
+        const delay = retryDelay(sent.retries ?? 0, retryAfterMs, DEFAULT_BACKOFF.baseDelayMs, DEFAULT_BACKOFF.maxDelayMs);
         sent.retries = (sent.retries ?? 0) + 1;
         sent.sentMs = nowMs() + delay;
         setTimeout(() => {
