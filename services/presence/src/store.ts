@@ -341,7 +341,7 @@ local a = 4
 for u = 0, (#KEYS - 1) / 6 - 1 do
   local leases, devices, status, meta, active, settings = KEYS[2 + u * 6], KEYS[3 + u * 6], KEYS[4 + u * 6], KEYS[5 + u * 6], KEYS[6 + u * 6], KEYS[7 + u * 6]
   local n = tonumber(ARGV[a])
-  local version, leaseList, fields = dropConnections(leases, meta, ARGV[2], now, a + 1, n, ARGV[3] ~= '1' and KEYS[1] or nil)
+  local _, leaseList, fields = dropConnections(leases, meta, ARGV[2], now, a + 1, n, ARGV[3] ~= '1' and KEYS[1] or nil)
   redis.call('HSET', meta, unpack(fields))
   a = a + 1 + n * 2
   local online = #leaseList > 0
