@@ -2,7 +2,7 @@ import { FailedPreconditionError, NotFoundError, PermissionDeniedError } from '@
 import type { PromiseClient } from '@switchboard/grpc';
 import { roomV1 } from '@switchboard/proto';
 
-const { DenialReason, Permission } = roomV1;
+const { DenialReason, Permission, RoomVisibility } = roomV1;
 export { Permission };
 
 type RoomClient = PromiseClient<roomV1.RoomServiceClient>;
@@ -31,13 +31,16 @@ export class RoomAccess {
       { context: { tenantId, userId: '', deviceId: '', internal: true }, deadlineMs: this.deadlineMs },
     );
     const denied = answer.results.filter((result) => !result.allowed && !(internal && result.reason === DenialReason.DENIAL_REASON_NOT_MEMBER));
-    if (denied.length > 0) throw refusal(roomId, denied[0]!);
+    if (denied.length > 0) throw refusal(roomId, denied[0]!, answer.roomVisibility);
     return { visibleFrom: answer.member?.historyVisibleFrom };
   }
 }
 
-function refusal(roomId: string, { permission, reason }: roomV1.PermissionResult): Error {
+function refusal(roomId: string, { permission, reason }: roomV1.PermissionResult, visibility: roomV1.RoomVisibility): Error {
   const options = { field: 'conversation_id' };
+  // Outsiders of a room that is not public learn nothing of it: the same answer as for no room at all (as the room service gives).
+  const outsider = reason === DenialReason.DENIAL_REASON_NOT_MEMBER || reason === DenialReason.DENIAL_REASON_BANNED;
+  if (outsider && visibility !== RoomVisibility.ROOM_VISIBILITY_PUBLIC) return new NotFoundError(`conversation ${roomId} not found`, options);
   const what = permission === Permission.PERMISSION_READ ? 'read' : permission === Permission.PERMISSION_ANNOUNCE ? 'announce in' : 'post in';
   switch (reason) {
     case DenialReason.DENIAL_REASON_ROOM_NOT_FOUND:

@@ -26,7 +26,13 @@ function history(messaging: Messaging, reader: string, roomId: string) {
   return messaging.getHistory({ context: undefined, conversationId: roomId, fromSeq: 0, direction: messagingV1.Direction.DIRECTION_FORWARD, limit: 100 }, as(reader));
 }
 
-async function createRoom(rooms: Rooms, owner: string, memberIds: string[], settings?: Partial<roomV1.RoomSettings>) {
+async function createRoom(
+  rooms: Rooms,
+  owner: string,
+  memberIds: string[],
+  settings?: Partial<roomV1.RoomSettings>,
+  visibility = roomV1.RoomVisibility.ROOM_VISIBILITY_PRIVATE,
+) {
   const { room } = await rooms.createRoom(
     {
       context: undefined,
@@ -35,7 +41,7 @@ async function createRoom(rooms: Rooms, owner: string, memberIds: string[], sett
       description: '',
       avatarRef: '',
       metadata: {},
-      visibility: roomV1.RoomVisibility.ROOM_VISIBILITY_PRIVATE,
+      visibility,
       settings: settings ? { announcementOnly: false, historyVisibleToNewMembers: true, memberLimit: 0, ...settings } : undefined,
       memberIds,
       ownerId: owner,
@@ -75,8 +81,13 @@ describe('group conversations: a room is a conversation (real room service, mess
     const first = await post(messaging, 'owner-a', roomId, 'Rounds at 9');
     const second = await post(messaging, 'member-b', roomId, 'On my way');
     expect([first.ack!.conversationId, first.ack!.seq, second.ack!.seq]).toEqual([roomId, 1, 2]);
+    // A private room is hidden from outsiders: the same answer as for a room that does not exist.
     const outsider = await errorOf(post(messaging, 'stranger', roomId, 'let me in'));
-    expect([outsider.code, outsider.field]).toEqual([ErrorCode.ERROR_CODE_PERMISSION_DENIED, 'conversation_id']);
+    const missingId = newId();
+    const missing = await errorOf(post(messaging, 'stranger', missingId, 'anyone?'));
+    expect([outsider.code, outsider.field, outsider.message]).toEqual([missing.code, missing.field, missing.message.replace(missingId, roomId)]);
+    expect([outsider.code, outsider.field]).toEqual([ErrorCode.ERROR_CODE_NOT_FOUND, 'conversation_id']);
+    expect((await errorOf(history(messaging, 'stranger', roomId))).code).toBe(ErrorCode.ERROR_CODE_NOT_FOUND);
     const otherTenant = await errorOf(post(messaging, 'owner-a', roomId, 'hi', messagingV1.MessageKind.MESSAGE_KIND_TEXT, `t${newId().slice(0, 12)}`));
     expect(otherTenant.code).toBe(ErrorCode.ERROR_CODE_NOT_FOUND);
     // The replica (from sb.events) puts the room in every member's list, so gateways subscribe them at connect.
@@ -96,8 +107,9 @@ describe('group conversations: a room is a conversation (real room service, mess
     const roomId = await createRoom(rooms, 'owner-d', ['member-e']);
     await post(messaging, 'member-e', roomId, 'still here');
     await rooms.removeMember({ context: undefined, roomId, userId: 'member-e', reason: 'moved ward' }, as('owner-d'));
-    expect((await errorOf(post(messaging, 'member-e', roomId, 'am I?'))).code).toBe(ErrorCode.ERROR_CODE_PERMISSION_DENIED);
-    expect((await errorOf(history(messaging, 'member-e', roomId))).code).toBe(ErrorCode.ERROR_CODE_PERMISSION_DENIED);
+    // Removed from a private room, it is hidden from them like from any outsider.
+    expect((await errorOf(post(messaging, 'member-e', roomId, 'am I?'))).code).toBe(ErrorCode.ERROR_CODE_NOT_FOUND);
+    expect((await errorOf(history(messaging, 'member-e', roomId))).code).toBe(ErrorCode.ERROR_CODE_NOT_FOUND);
     // And the replica drops the room from their list and their sync.
     await eventually(
       async () => {
@@ -109,6 +121,20 @@ describe('group conversations: a room is a conversation (real room service, mess
     );
     const synced = await messaging.sync({ context: undefined, positions: [], resumeToken: '', limit: 100 }, as('member-e'));
     expect(synced.messages.filter((m) => m.conversationId === roomId)).toHaveLength(0);
+  });
+
+  it('tells an outsider of a public room why, and hides a private room from a banned user', async () => {
+    const publicRoom = await createRoom(rooms, 'owner-p', ['member-q'], undefined, roomV1.RoomVisibility.ROOM_VISIBILITY_PUBLIC);
+    // A public room can be found and joined, so saying "not a member" reveals nothing.
+    const outsider = await errorOf(post(messaging, 'passer-by', publicRoom, 'hello?'));
+    expect([outsider.code, outsider.field, outsider.message]).toEqual([ErrorCode.ERROR_CODE_PERMISSION_DENIED, 'conversation_id', expect.stringContaining('not a member')]);
+
+    const privateRoom = await createRoom(rooms, 'owner-p', ['member-q']);
+    await rooms.banMember({ context: undefined, roomId: privateRoom, userId: 'member-q', reason: 'left the practice', expiresAt: undefined }, as('owner-p'));
+    expect((await errorOf(post(messaging, 'member-q', privateRoom, 'still here?'))).code).toBe(ErrorCode.ERROR_CODE_NOT_FOUND);
+    // Its members are unaffected.
+    await post(messaging, 'owner-p', privateRoom, 'Ward closes at 8');
+    expect((await history(messaging, 'owner-p', privateRoom)).messages.map((m) => m.text)).toEqual(['Ward closes at 8']);
   });
 
   it('applies the room settings: announcement-only, no history before joining, announcements by those who may', async () => {

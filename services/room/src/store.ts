@@ -373,12 +373,12 @@ export class RoomStore {
   async checkPermission(tenantId: string, roomId: string, userId: string, permissions: roomV1.Permission[]): Promise<roomV1.CheckPermissionResponse> {
     const [tenant, room, user] = [tenantId, roomId, userId].map((id) => `'${assertSafeId(id, 'id')}'`);
     const client = await connectOrUnavailable(this.pool);
-    let row: (MemberRow & { state: number; settings: Partial<roomV1.RoomSettings>; member_user: string | null; banned: boolean }) | undefined;
+    let row: (MemberRow & { state: number; visibility: number; settings: Partial<roomV1.RoomSettings>; member_user: string | null; banned: boolean }) | undefined;
     try {
       const results = (await client.query(
         `BEGIN READ ONLY;
          SELECT set_config('app.tenant_id', ${tenant}, true);
-         SELECT r.state, r.settings, m.user_id AS member_user, m.room_id, m.user_id, m.role, m.joined_at, m.added_by, m.history_visible_from,
+         SELECT r.state, r.visibility, r.settings, m.user_id AS member_user, m.room_id, m.user_id, m.role, m.joined_at, m.added_by, m.history_visible_from,
                 EXISTS (SELECT 1 FROM room_bans b WHERE b.tenant_id = r.tenant_id AND b.room_id = r.room_id AND b.user_id = ${user} AND ${ACTIVE_BAN}) AS banned
          FROM rooms r LEFT JOIN room_members m ON m.tenant_id = r.tenant_id AND m.room_id = r.room_id AND m.user_id = ${user}
          WHERE r.tenant_id = ${tenant} AND r.room_id = ${room};
@@ -400,6 +400,7 @@ export class RoomStore {
       results,
       member,
       roomState: row ? state : RoomState.ROOM_STATE_UNSPECIFIED,
+      roomVisibility: standingRoom ? row!.visibility : RoomVisibility.ROOM_VISIBILITY_UNSPECIFIED,
     };
   }
 

@@ -56,7 +56,7 @@ describe('room lifecycle, membership and bad input', () => {
         [true, D.DENIAL_REASON_UNSPECIFIED],
         [false, D.DENIAL_REASON_ROOM_ARCHIVED],
       ]);
-      expect(permissions.roomState).toBe(S.ROOM_STATE_ARCHIVED);
+      expect([permissions.roomState, permissions.roomVisibility]).toEqual([S.ROOM_STATE_ARCHIVED, V.ROOM_VISIBILITY_PUBLIC]);
       const refusals = [
         client.joinRoom({ context: undefined, roomId }, as(outsider)),
         client.updateRoom({ context: undefined, room: { ...created!, topic: 'new' }, updateMask: ['topic'], expectedVersion: 0 }, as(owner)),
@@ -91,7 +91,8 @@ describe('room lifecycle, membership and bad input', () => {
       await client.deleteRoom({ context: undefined, roomId, expectedVersion: 1 }, as(owner));
 
       const denied = await check(roomId, member, [P.PERMISSION_READ, P.PERMISSION_POST]);
-      expect(denied).toMatchObject({ allowed: false, member: undefined, roomState: S.ROOM_STATE_DELETED });
+      // A deleted room shows nothing of itself, its visibility included.
+      expect(denied).toMatchObject({ allowed: false, member: undefined, roomState: S.ROOM_STATE_DELETED, roomVisibility: V.ROOM_VISIBILITY_UNSPECIFIED });
       expect(denied.results.map((r) => r.reason)).toEqual([D.DENIAL_REASON_ROOM_NOT_FOUND, D.DENIAL_REASON_ROOM_NOT_FOUND]);
       for (const call of [
         client.getRoom({ context: undefined, roomId }, as(member)),
