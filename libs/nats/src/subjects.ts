@@ -10,6 +10,12 @@ export const subjects = {
     `sb.${assertSafeId(tenant, 'tenant')}.conv.${assertSafeId(conversationId, 'conversation_id')}`,
   user: (tenant: string, userId: string) => `sb.${assertSafeId(tenant, 'tenant')}.user.${assertSafeId(userId, 'user_id')}`,
   presence: (tenant: string, userId: string) => `sb.${assertSafeId(tenant, 'tenant')}.presence.${assertSafeId(userId, 'user_id')}`,
+  /**
+   * Many users' presence changes in one message (events.v1
+   * PresenceChangedBatch): `~` is outside the id alphabet, so no user's
+   * subject is this one, while `sb.<t>.presence.*` matches both.
+   */
+  presenceBatch: (tenant: string) => `sb.${assertSafeId(tenant, 'tenant')}.presence.~batch`,
   /** Broadcast events; `topic` is dot-separated safe tokens, and may end in a wildcard when subscribing. */
   event: (tenant: string, topic: string, allowWildcards = false) => {
     const tokens = topic.split('.');

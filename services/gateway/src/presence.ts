@@ -215,6 +215,8 @@ export class PresenceLink {
   /** As the connection opens, before the Fanout lists its conversations (whose members it then receives). */
   prepare(connection: Connection, device: Omit<presenceV1.DeviceInfo, 'deviceId'>): void {
     this.state.set(connection, { device, registered: false, active: false, interests: new Map(), entered: new Set(), memberCounts: new Map(), roomReads: new Map(), pending: new Map(), occupancy: new Map() });
+    // Batched changes (a dead gateway's users) come on the tenant's batch subject: one subscription per tenant per gateway.
+    this.fanout.subscribe(subjects.presenceBatch(connection.tenantId), connection);
     // Every device of a user sees the user's merged state.
     this.want(connection, connection.userId, SELF);
   }
@@ -257,6 +259,7 @@ export class PresenceLink {
     this.state.delete(connection);
     this.dirty.delete(connection);
     for (const userId of state.interests.keys()) this.fanout.unsubscribe(subjects.presence(connection.tenantId, userId), connection);
+    this.fanout.unsubscribe(subjects.presenceBatch(connection.tenantId), connection);
     try {
       for (const conversationId of state.entered) await this.occupy(connection, conversationId, false);
       await this.presence.disconnectDevice(
@@ -455,6 +458,17 @@ export class PresenceLink {
       case 'presenceChanged':
         for (const connection of targets) this.queue(connection, event.value);
         return;
+      case 'presenceChangedBatch': {
+        // Only on the envelope's own tenant's batch subject: each change goes where that user's own subject would take it.
+        if (subject !== subjects.presenceBatch(envelope.tenantId)) return;
+        for (const change of event.value.changes) {
+          if (!isSafeId(change.userId)) continue;
+          for (const connection of this.fanout.connectionsOn(subjects.presence(envelope.tenantId, change.userId))) {
+            if (connection.tenantId === envelope.tenantId) this.queue(connection, change);
+          }
+        }
+        return;
+      }
       case 'typingChanged':
         this.onTyping(subject, envelope.tenantId, event.value, targets);
         return;

@@ -177,6 +177,63 @@ it('takes the users of a SIGKILLed gateway offline for their watchers, and a res
   await eventually(() => lastStatus(dave, carolId) === PresenceStatus.PRESENCE_STATUS_OFFLINE, 5000, 'a drained gateway takes carol offline');
 });
 
+it('fans a SIGKILLed gateway’s batched OFFLINE changes out exactly: each dropped user once to each watcher, users online elsewhere untouched, no other tenant', async () => {
+  const [opsPort, wsPort, grpcPort] = await distinctFreePorts(3);
+  const doomed = await launchService({
+    service: 'gateway',
+    name: 'gateway-doomed',
+    env: {
+      ...infraEnv(),
+      LOG_LEVEL: 'warn',
+      ...GATEWAY_ENV,
+      PORT: String(wsPort),
+      GRPC_PORT: String(grpcPort),
+      GATEWAY_ID: `gateway-doomed-${newId().slice(0, 6)}`,
+      MESSAGING_ADDR: mesh.addresses.messaging,
+      PRESENCE_ADDR: mesh.addresses.presence,
+    },
+    opsPort,
+  });
+  extraGateways.push(doomed);
+  const doomedUrl = `ws://127.0.0.1:${wsPort}/ws`;
+  const dropped = [user('ward1'), user('ward2'), user('ward3')];
+  const roaming = user('roaming');
+  for (const id of dropped) await connect(doomedUrl, id);
+  // On the doomed gateway and, with a second device, on a live one: stays online.
+  await connect(doomedUrl, roaming, { deviceId: 'phone' });
+  await connect(gw(1), roaming, { deviceId: 'laptop' });
+  const everyone = [...dropped, roaming];
+  const charge = await connect(gw(0), user('charge'));
+  const partial = await connect(gw(1), user('partial'));
+  await charge.client.request({ $case: 'watchPresence', value: { userIds: everyone } });
+  await partial.client.request({ $case: 'watchPresence', value: { userIds: [dropped[0]!, roaming] } });
+  // Another tenant with the same user ids, one of them online: it must hear nothing of the crash.
+  const otherTenant = `t${newId().slice(0, 12)}`;
+  await connect(gw(0), dropped[0]!, { tenantId: otherTenant });
+  const outsider = await connect(gw(0), user('outsider'), { tenantId: otherTenant });
+  await outsider.client.request({ $case: 'watchPresence', value: { userIds: everyone } });
+  expect((await presence(charge, everyone)).map((p) => p.status)).toEqual(everyone.map(() => PresenceStatus.PRESENCE_STATUS_AVAILABLE));
+  // Let pushes of the set-up (current presence, the watchers' own connects) land before counting.
+  await new Promise((r) => setTimeout(r, 300));
+  const seen = [charge, partial, outsider].map((d) => d.changes.length);
+
+  await doomed.kill();
+  await eventually(() => dropped.every((id) => lastStatus(charge, id) === PresenceStatus.PRESENCE_STATUS_OFFLINE) || undefined, 10_000, 'charge sees every ward offline');
+  await eventually(() => lastStatus(partial, dropped[0]!) === PresenceStatus.PRESENCE_STATUS_OFFLINE || undefined, 10_000, 'partial sees ward1 offline');
+  // Anything duplicated or misrouted would arrive within this.
+  await new Promise((r) => setTimeout(r, 500));
+  const [chargeAfter, partialAfter, outsiderAfter] = [charge, partial, outsider].map((d, i) => d.changes.slice(seen[i]));
+  const offlineOf = (changes: eventsV1.PresenceChanged[]) => changes.filter((c) => c.status === PresenceStatus.PRESENCE_STATUS_OFFLINE).map((c) => c.userId).sort();
+  expect(offlineOf(chargeAfter!)).toEqual([...dropped].sort());
+  expect(offlineOf(partialAfter!)).toEqual([dropped[0]]);
+  // Only the users a connection watches reach it, and the roaming user, still on the laptop, does not change.
+  expect(partialAfter!.map((c) => c.userId).filter((id) => id !== dropped[0])).toEqual([]);
+  expect(chargeAfter!.filter((c) => c.userId === roaming)).toEqual([]);
+  expect(outsiderAfter).toEqual([]);
+  expect(await presence(charge, [roaming])).toMatchObject([{ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 1 }]);
+  expect(await presence(outsider, [dropped[0]!])).toMatchObject([{ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE }]);
+});
+
 it('shows a newly joined room member’s presence to the members at once, and nothing more of a member once removed', async () => {
   const [annId, benId, camId] = [user('ann'), user('ben'), user('cam')];
   const ann = await connect(gw(0), annId);

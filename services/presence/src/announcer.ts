@@ -64,20 +64,26 @@ export class ChangeAnnouncer {
 
   /**
    * Users a gateway drop took offline, already decided and claimed in Redis
-   * (PresenceStore.dropUsers): published as they are, nothing to merge.
+   * (PresenceStore.dropUsers): published as they are, nothing to merge, all
+   * in ONE PresenceChangedBatch on the tenant's batch subject — a dead
+   * gateway's thousands of users cost presence one encode and publish, and
+   * every other gateway one message to decode and fan out, instead of one
+   * per user (each gateway hands every change to the connections that
+   * receive that user's presence).
    */
   announceOffline(tenantId: string, users: Extract<DroppedUser, { online: false }>[], now: number): void {
     const changedAt = new Date(now);
+    const changes: eventsV1.PresenceChanged[] = [];
     for (const user of users) {
-      try {
-        if (user.news) {
-          const value = { userId: user.userId, status: PresenceStatus.PRESENCE_STATUS_OFFLINE, customMessage: user.customMessage, lastSeen: user.lastSeen > 0 ? new Date(user.lastSeen) : undefined, deviceCount: 0, changedAt };
-          publishEnvelope(this.nats, subjects.presence(tenantId, user.userId), newEnvelope(tenantId, { $case: 'presenceChanged', value }));
-        }
-      } catch (err) {
-        this.logger.warn({ err, tenant: tenantId, user: user.userId }, 'could not announce a presence change');
-      }
+      if (user.news) changes.push({ userId: user.userId, status: PresenceStatus.PRESENCE_STATUS_OFFLINE, customMessage: user.customMessage, lastSeen: user.lastSeen > 0 ? new Date(user.lastSeen) : undefined, deviceCount: 0, changedAt });
       for (const [conversationId, counts] of user.occupancy) this.occupancyChanged(tenantId, conversationId, counts);
+    }
+    if (changes.length === 0) return;
+    try {
+      publishEnvelope(this.nats, subjects.presenceBatch(tenantId), newEnvelope(tenantId, { $case: 'presenceChangedBatch', value: { changes } }));
+    } catch (err) {
+      // Claimed but not heard: watchers catch up on their next GetPresence, as for any lost publish.
+      this.logger.warn({ err, tenant: tenantId, users: changes.length }, 'could not announce presence changes');
     }
   }
 

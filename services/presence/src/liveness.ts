@@ -167,7 +167,8 @@ export class Liveness {
    * users are dropped in batches of DROP_BATCH, each batch one script call
    * that removes the connections and, for users left without any, decides
    * and claims the OFFLINE change; those are published as soon as the call
-   * returns (watchers hear of the first users while later batches run).
+   * returns, one PresenceChangedBatch per call (watchers hear of the first
+   * users while later batches run).
    * Users still connected elsewhere are merged and claimed as usual.
    * Occupancy it held is released.
    */

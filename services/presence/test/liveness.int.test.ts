@@ -48,10 +48,14 @@ describe('presence liveness and features', () => {
     return seen;
   }
 
-  /** Every PresenceChanged of a user from now on (read it by calling the result). */
+  /** Every PresenceChanged of a user from now on, on its own subject or in the tenant's batches (read it by calling the result). */
   async function changesOf(userId: string): Promise<() => eventsV1.PresenceChanged[]> {
-    const envelopes = await eventsOf(subjects.presence(tenantId, userId));
-    return () => envelopes.flatMap((e) => (e.event?.$case === 'presenceChanged' ? [e.event.value] : []));
+    const own = await eventsOf(subjects.presence(tenantId, userId));
+    const batches = await eventsOf(subjects.presenceBatch(tenantId));
+    return () => [
+      ...own.flatMap((e) => (e.event?.$case === 'presenceChanged' ? [e.event.value] : [])),
+      ...batches.flatMap((e) => (e.event?.$case === 'presenceChangedBatch' ? e.event.value.changes.filter((c) => c.userId === userId) : [])),
+    ];
   }
 
   async function presenceOf(userId: string, caller = internal): Promise<presenceV1.UserPresence> {
@@ -264,7 +268,7 @@ describe('presence liveness and features', () => {
 
     const dropping = client.gatewayDown({ context: undefined, gatewayId, reason: 'test' }, system);
     // The drop is under way once its first users are announced offline; the tablet reconnects then.
-    await eventually(() => tenantChanges.some((e) => e.event?.$case === 'presenceChanged' && e.event.value.status === PresenceStatus.PRESENCE_STATUS_OFFLINE));
+    await eventually(() => tenantChanges.some((e) => e.event?.$case === 'presenceChangedBatch' && e.event.value.changes.some((c) => c.status === PresenceStatus.PRESENCE_STATUS_OFFLINE)));
     await client.connectDevice({ context: undefined, gatewayId: 'gw-reconnect', connectionId: 'nurse-new', device: device('tablet') }, as(nurse));
     expect(await dropping).toMatchObject({ connections: crowd.length + 1 });
 

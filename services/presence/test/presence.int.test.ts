@@ -29,16 +29,18 @@ describe('presence service', () => {
   const as = (userId: string, internal = false) => ({ context: { tenantId, userId, deviceId: '', internal } });
   const internal = { context: { tenantId, userId: '', deviceId: '', internal: true } };
 
-  /** Every PresenceChanged published for a user from now on. */
+  /** Every PresenceChanged published for a user from now on: on its own subject, or in the tenant's batches (a dropped gateway). */
   async function watch(userId: string): Promise<eventsV1.PresenceChanged[]> {
     const seen: eventsV1.PresenceChanged[] = [];
-    nats.subscribe(subjects.presence(tenantId, userId), {
-      callback: (err, msg) => {
-        if (err) return;
-        const { envelope } = decodeEnvelope(msg);
-        if (envelope.tenantId === tenantId && envelope.event?.$case === 'presenceChanged') seen.push(envelope.event.value);
-      },
-    });
+    const callback = (err: Error | null, msg: Parameters<typeof decodeEnvelope>[0]) => {
+      if (err) return;
+      const { envelope } = decodeEnvelope(msg);
+      if (envelope.tenantId !== tenantId) return;
+      if (envelope.event?.$case === 'presenceChanged') seen.push(envelope.event.value);
+      if (envelope.event?.$case === 'presenceChangedBatch') seen.push(...envelope.event.value.changes.filter((c) => c.userId === userId));
+    };
+    nats.subscribe(subjects.presence(tenantId, userId), { callback });
+    nats.subscribe(subjects.presenceBatch(tenantId), { callback });
     await nats.flush();
     return seen;
   }
