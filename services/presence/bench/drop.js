@@ -65,7 +65,9 @@ async function main() {
         callback: (err, msg) => {
           if (err) return;
           const event = decodeEnvelope(msg).envelope.event;
-          if (event?.$case === 'presenceChanged' && event.value.status === 4) {
+          const changes = event?.$case === 'presenceChanged' ? [event.value] : event?.$case === 'presenceChangedBatch' ? event.value.changes : [];
+          for (const change of changes) {
+            if (change.status !== 4) continue;
             offline += 1;
             last = performance.now();
           }

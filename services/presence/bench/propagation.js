@@ -71,19 +71,23 @@ async function parent() {
     callback: (err, msg) => {
       if (err || !observing) return;
       const event = decodeEnvelope(msg).envelope.event;
-      if (event?.$case !== 'presenceChanged' || !event.value.changedAt) return;
-      const change = event.value;
-      const now = Date.now();
-      const first = lastObserved.get(change.userId);
-      if (change.customMessage) lastObserved.set(change.userId, change.customMessage);
-      if (crashAt) return published.crash.recordValue(Math.max(1, (now - crashAt) * 1000));
-      const lag = Math.max(1, (now - change.changedAt.getTime()) * 1000);
-      if (change.status === 4) published.offline.recordValue(lag);
-      // A new custom message is a status change; the same one again is the user coming back online.
-      else if (change.customMessage && first !== change.customMessage) published.status.recordValue(lag);
-      else published.online.recordValue(lag);
+      // A dead gateway's users come batched (PresenceChangedBatch), every other change one per user.
+      const changes = event?.$case === 'presenceChanged' ? [event.value] : event?.$case === 'presenceChangedBatch' ? event.value.changes : [];
+      for (const change of changes) observe(change);
     },
   });
+  function observe(change) {
+    if (!change.changedAt) return;
+    const now = Date.now();
+    const first = lastObserved.get(change.userId);
+    if (change.customMessage) lastObserved.set(change.userId, change.customMessage);
+    if (crashAt) return published.crash.recordValue(Math.max(1, (now - crashAt) * 1000));
+    const lag = Math.max(1, (now - change.changedAt.getTime()) * 1000);
+    if (change.status === 4) published.offline.recordValue(lag);
+    // A new custom message is a status change; the same one again is the user coming back online.
+    else if (change.customMessage && first !== change.customMessage) published.status.recordValue(lag);
+    else published.online.recordValue(lag);
+  }
   try {
     const started = Date.now();
     for (let p = 0; p < processes; p += 1) {
@@ -116,6 +120,8 @@ async function parent() {
     // Gateway crash: the last gateway's users.
     const victim = mesh.gateways.length - 1;
     const killedAt = Date.now();
+    // Both clocks, to cut CPU samples (wall) and --cpu-prof profiles (monotonic µs) to the crash.
+    console.log(`killing ${mesh.gateways[victim].name} at ${killedAt} (monotonic ${process.hrtime.bigint() / 1000n} µs)`);
     crashAt = killedAt;
     await mesh.gateways[victim].process.kill();
     for (const child of children) child.send({ type: 'crash', gateway: victim, killedAt });
