@@ -48,14 +48,23 @@ describe('presence liveness and features', () => {
     return seen;
   }
 
-  /** Every PresenceChanged of a user from now on, on its own subject or in the tenant's batches (read it by calling the result). */
+  /**
+   * Every PresenceChanged of a user from now on, on its own subject or in
+   * the tenant's batches, in the order they arrived (one connection
+   * receives both in publish order; read it by calling the result).
+   */
   async function changesOf(userId: string): Promise<() => eventsV1.PresenceChanged[]> {
-    const own = await eventsOf(subjects.presence(tenantId, userId));
-    const batches = await eventsOf(subjects.presenceBatch(tenantId));
-    return () => [
-      ...own.flatMap((e) => (e.event?.$case === 'presenceChanged' ? [e.event.value] : [])),
-      ...batches.flatMap((e) => (e.event?.$case === 'presenceChangedBatch' ? e.event.value.changes.filter((c) => c.userId === userId) : [])),
-    ];
+    const seen: eventsV1.PresenceChanged[] = [];
+    const callback = (err: Error | null, msg: Parameters<typeof decodeEnvelope>[0]) => {
+      if (err) return;
+      const event = decodeEnvelope(msg).envelope.event;
+      if (event?.$case === 'presenceChanged') seen.push(event.value);
+      if (event?.$case === 'presenceChangedBatch') seen.push(...event.value.changes.filter((c) => c.userId === userId));
+    };
+    nats.subscribe(subjects.presence(tenantId, userId), { callback });
+    nats.subscribe(subjects.presenceBatch(tenantId), { callback });
+    await nats.flush();
+    return () => seen;
   }
 
   async function presenceOf(userId: string, caller = internal): Promise<presenceV1.UserPresence> {
