@@ -41,7 +41,7 @@ export function summaryOf(r: LoadResult): string {
     lines.push(`   stage ${stage.what}: ${stage.count} calls, mean ${stage.meanMs} ms, p50 <= ${stage.p50AtMostMs} ms, p99 <= ${stage.p99AtMostMs} ms`);
   }
   for (const [kind, lines2] of Object.entries(r.profiles ?? {})) {
-    const of = kind === 'messagingCpu' ? 'cpu profile of messaging' : `${kind} profile of the first gateway`;
+    const of = kind === 'messagingCpu' ? 'cpu profile of messaging' : kind === 'notificationCpu' ? 'cpu profile of notification' : `${kind} profile of the first gateway`;
     lines.push(`   ${of} (top):`, ...lines2.slice(0, 10).map((l) => `     ${String(l.share).padStart(5)}%  ${l.where}`));
   }
   const errors = Object.entries(r.errors);

@@ -114,7 +114,7 @@ export interface LoadResult {
   loadgen: { workers: number; cpuMs: number; rssBytes: number };
   samples: { t: number; connected: number; edgeRssBytes: number; load1: number }[];
   /** Where the first gateway's live heap (sampled over the ramp) and CPU (over the load) went. */
-  profiles?: { heap?: ProfileLine[]; idleCpu?: ProfileLine[]; cpu?: ProfileLine[]; messagingCpu?: ProfileLine[] };
+  profiles?: { heap?: ProfileLine[]; idleCpu?: ProfileLine[]; cpu?: ProfileLine[]; messagingCpu?: ProfileLine[]; notificationCpu?: ProfileLine[] };
   /** Server-side time of each stage of a send over the load window (Switchboard only). */
   stages?: StageTiming[];
   errors: Record<string, number>;
@@ -187,6 +187,9 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
   /** Messaging holds the commit path: its CPU profile over the load shows what a send costs there. */
   let messagingInspector: InspectorSession | undefined;
   const messagingProcess = target.processes.find((p) => p.name === 'messaging');
+  /** Notification consumes every committed message from Kafka: its share of a message's cost shows in its profile. */
+  let notificationInspector: InspectorSession | undefined;
+  const notificationProcess = target.processes.find((p) => p.name === 'notification');
   const workers: Worker[] = [];
   // Ctrl-C or a kill still stops what this run started (the services run in their own process groups).
   const abort = () => {
@@ -251,6 +254,7 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
     if (profiling) {
       inspector = await InspectorSession.attach(edges[0]!.output ?? []);
       if (messagingProcess) messagingInspector = await InspectorSession.attach(messagingProcess.output ?? []);
+      if (notificationProcess) notificationInspector = await InspectorSession.attach(notificationProcess.output ?? []);
       await inspector.call('HeapProfiler.enable');
       await inspector.call('HeapProfiler.startSampling', { samplingInterval: 8192 });
     }
@@ -366,7 +370,7 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
       for (const p of target.processes) before.set(p.name, sample(p.pid));
       for (const p of target.infra) before.set(p.name, sample(p.pid, p.tree));
       stagesBefore = await stageSnapshots();
-      for (const session of [inspector, messagingInspector]) {
+      for (const session of [inspector, messagingInspector, notificationInspector]) {
         if (!session) continue;
         await session.call('Profiler.enable');
         await session.call('Profiler.setSamplingInterval', { interval: 500 });
@@ -401,6 +405,11 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
       const { profile } = await messagingInspector.call<{ profile: Parameters<typeof cpuTop>[0] }>('Profiler.stop');
       saveProfile(path.join(options.profileDir!, `${options.label}.messaging.cpuprofile`), profile);
       profiles.messagingCpu = cpuTop(profile);
+    }
+    if (notificationInspector && options.pattern !== 'idle') {
+      const { profile } = await notificationInspector.call<{ profile: Parameters<typeof cpuTop>[0] }>('Profiler.stop');
+      saveProfile(path.join(options.profileDir!, `${options.label}.notification.cpuprofile`), profile);
+      profiles.notificationCpu = cpuTop(profile);
     }
     const cpuByProcess: Record<string, number> = {};
     let servicesMs = 0;
@@ -455,6 +464,7 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
     process.off('SIGTERM', abort);
     inspector?.close();
     messagingInspector?.close();
+    notificationInspector?.close();
     await Promise.all(
       workers.map(
         (worker) =>
