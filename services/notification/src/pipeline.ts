@@ -352,17 +352,13 @@ export class Pipeline {
     const kinds = [...new Set(planned.map((p) => p.kind))];
     // Partitions are processed concurrently and one user's notifications arrive on several of them: the hourly
     // cap counts what other transactions sent only if they hold the user until they commit (sorted: no deadlock).
-    await db.query(`SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || u, 0)) FROM unnest($2::text[]) AS u ORDER BY u`, [tenantId, users]);
-    const [prefs, policy, devices, templates, sent, reading] = await Promise.all([
-      settings.preferences(db, tenantId, users),
-      settings.policy(db, tenantId),
-      settings.devicesOf(db, tenantId, users),
-      settings.templatesOfKind(db, tenantId, kinds),
-      sentLastHour(db, tenantId, users),
-      readingNow(db, tenantId, planned, config.ACTIVE_IN_CONVERSATION_MS),
-    ]);
+    await db.query(
+      prepared('notification-lock-users', `SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || u, 0)) FROM unnest($2::text[]) AS u ORDER BY u`, [tenantId, users]),
+    );
+    const { preferences: prefs, policy, devices, templates } = await settings.routingSettings(db, tenantId, users, kinds);
+    // Read after the lock: what other partitions' transactions sent to these users, and what is stored already.
+    const { sent, reading, existing } = await batchState(db, tenantId, users, planned, config.ACTIVE_IN_CONVERSATION_MS);
     // Notifications of one transaction arrive in one statement: only the rows inserted now are routed (a redelivery inserts none).
-    const existing = await alreadyStored(db, tenantId, planned.map((p) => p.notificationId));
     const fresh = planned.filter((p) => !existing.has(p.notificationId));
     if (fresh.length === 0) return committed;
 
@@ -398,10 +394,7 @@ export class Pipeline {
         }
       }
     }
-    await insertNotifications(db, tenantId, rows);
-    await insertDeliveries(db, tenantId, deliveries, config.KAFKA_GROUP_ID);
-    const visibleUsers = [...new Set(rows.filter((r) => !r.hidden).map((r) => r.p.userId))];
-    const counts = await unreadCounts(db, tenantId, visibleUsers);
+    const counts = await writeBatch(db, tenantId, rows, deliveries, config.KAFKA_GROUP_ID);
     for (const r of rows) {
       if (r.hidden) continue;
       committed.live.push({
@@ -485,28 +478,42 @@ export async function sentLastHour(db: PoolClient, tenantId: string, users: stri
 }
 
 /**
- * "Reading the conversation": messaging reported the user's read watermark
- * in this conversation moving within the last ACTIVE_IN_CONVERSATION_MS of
- * the message (a device has it open and acknowledges what it shows). With
- * presence's online check this stands in for conversation occupancy.
+ * What a batch must read after locking its users, in one round trip:
+ *
+ * - `sent`: push and email that went to each user in the past hour (the
+ *   rate cap's count);
+ * - `reading`: "reading the conversation" — messaging reported the user's
+ *   read watermark in this conversation moving within the last
+ *   ACTIVE_IN_CONVERSATION_MS of the message (a device has it open and
+ *   acknowledges what it shows); with presence's online check this stands in
+ *   for conversation occupancy;
+ * - `existing`: notifications already stored (a redelivered record), looked
+ *   up by primary key so the plan does not depend on the tenant's statistics.
  */
-async function readingNow(db: PoolClient, tenantId: string, planned: Planned[], windowMs: number): Promise<Set<string>> {
+async function batchState(db: PoolClient, tenantId: string, users: string[], planned: Planned[], windowMs: number) {
   const pairs = planned.filter((p) => p.conversationId);
-  if (pairs.length === 0) return new Set();
-  const { rows } = await db.query<{ user_id: string; conversation_id: string }>(
-    `SELECT DISTINCT r.user_id, r.conversation_id FROM conversation_receipts r
-     JOIN unnest($2::text[], $3::text[], $4::timestamptz[]) AS p(user_id, conversation_id, at) ON p.user_id = r.user_id AND p.conversation_id = r.conversation_id
-     WHERE r.tenant_id = $1 AND r.read_at >= p.at - make_interval(secs => $5::double precision / 1000)`,
-    [tenantId, pairs.map((p) => p.userId), pairs.map((p) => p.conversationId), pairs.map((p) => p.createdAt), windowMs],
+  const { rows } = await db.query<{ sent: Record<string, number>; reading: [string, string][]; existing: string[] }>(
+    prepared(
+      'notification-batch-state',
+      `SELECT
+         (SELECT coalesce(json_object_agg(s.user_id, s.sent), '{}') FROM (
+            SELECT user_id, count(*) AS sent FROM deliveries
+            WHERE tenant_id = $1 AND user_id = ANY($2::text[]) AND target = '' AND counted_at > now() - interval '1 hour'
+            GROUP BY user_id) s) AS sent,
+         (SELECT coalesce(jsonb_agg(DISTINCT jsonb_build_array(r.user_id, r.conversation_id)), '[]') FROM conversation_receipts r
+            JOIN unnest($3::text[], $4::text[], $5::timestamptz[]) AS p(user_id, conversation_id, at) ON p.user_id = r.user_id AND p.conversation_id = r.conversation_id
+            WHERE r.tenant_id = $1 AND r.read_at >= p.at - make_interval(secs => $6::double precision / 1000)) AS reading,
+         (SELECT coalesce(json_agg(n.notification_id), '[]') FROM unnest($7::text[]) AS i(notification_id)
+            JOIN notifications n ON n.tenant_id = $1 AND n.notification_id = i.notification_id) AS existing`,
+      [tenantId, users, pairs.map((p) => p.userId), pairs.map((p) => p.conversationId), pairs.map((p) => p.createdAt), windowMs, planned.map((p) => p.notificationId)],
+    ),
   );
-  return new Set(rows.map((r) => `${r.user_id}\u0000${r.conversation_id}`));
-}
-
-async function alreadyStored(db: PoolClient, tenantId: string, ids: string[]): Promise<Set<string>> {
-  const { rows } = await db.query<{ notification_id: string }>(
-    prepared('notification-already-stored', `SELECT notification_id FROM notifications WHERE tenant_id = $1 AND notification_id = ANY($2::text[])`, [tenantId, ids]),
-  );
-  return new Set(rows.map((r) => r.notification_id));
+  const row = rows[0]!;
+  return {
+    sent: new Map(Object.entries(row.sent)),
+    reading: new Set(row.reading.map(([userId, conversationId]) => `${userId}\u0000${conversationId}`)),
+    existing: new Set(row.existing),
+  };
 }
 
 export async function unreadCounts(db: PoolClient, tenantId: string, users: string[]): Promise<Map<string, number>> {
@@ -576,115 +583,110 @@ export function deliveryRows(p: Pick<Planned, 'notificationId' | 'userId'>, chan
   }
 }
 
-async function insertNotifications(db: PoolClient, tenantId: string, rows: NotificationInsert[]): Promise<void> {
-  await db.query(
-    prepared(
-      'notification-insert',
-      `INSERT INTO notifications (tenant_id, notification_id, user_id, kind, priority, title, body, data, room_id, request_id, source_event_id, created_at,
-                                expires_at, conversation_id, message_seq, hidden, silent, variables)
-     SELECT $1, n.* FROM unnest($2::text[], $3::text[], $4::text[], $5::smallint[], $6::text[], $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::text[],
-                                $12::timestamptz[], $13::timestamptz[], $14::text[], $15::bigint[], $16::boolean[], $17::boolean[], $18::jsonb[]) AS n
-     ON CONFLICT DO NOTHING`,
-    [
-      tenantId,
-      rows.map((r) => r.p.notificationId),
-      rows.map((r) => r.p.userId),
-      rows.map((r) => r.p.kind),
-      rows.map((r) => (r.p.urgent ? Priority.PRIORITY_URGENT : Priority.PRIORITY_NORMAL)),
-      rows.map((r) => r.title),
-      rows.map((r) => r.body),
-      rows.map((r) => JSON.stringify(r.data)),
-      rows.map((r) => r.p.roomId),
-      rows.map((r) => r.p.requestId),
-      rows.map((r) => r.p.sourceId),
-      // When the event happened, not when it was consumed: records of different partitions arrive in any order, the history must not.
-      rows.map((r) => r.p.createdAt),
-      rows.map((r) => r.p.expiresAt ?? null),
-      rows.map((r) => r.p.conversationId ?? null),
-      rows.map((r) => r.p.messageSeq ?? null),
-      rows.map((r) => r.hidden),
-      rows.map((r) => r.silent),
-      rows.map((r) => JSON.stringify(r.p.variables)),
-    ],
-    ),
-  );
+const DELIVERY_COLUMNS = `tenant_id, notification_id, channel, target, user_id, state, skip_reason, reason, digest, next_attempt_at, attempts, counted_at`;
+
+/** The deliveries and their place on the work queue, from parameters $1 (tenant), $2 (owner) and $3…$14: one statement's CTEs. */
+const DELIVERY_CTES = `
+  delivery_rows AS (
+    SELECT * FROM unnest($3::text[], $4::smallint[], $5::text[], $6::text[], $7::text[], $8::smallint[], $9::text[], $10::text[], $11::timestamptz[], $12::int[], $13::timestamptz[], $14::timestamptz[])
+      AS d(notification_id, channel, target, user_id, state, skip_reason, reason, digest, next_attempt_at, attempts, counted_at, due_at)
+  ), stored_deliveries AS (
+    INSERT INTO deliveries (${DELIVERY_COLUMNS})
+    SELECT $1, notification_id, channel, target, user_id, state, skip_reason, reason, digest, next_attempt_at, attempts, counted_at FROM delivery_rows
+    ON CONFLICT DO NOTHING
+  ), queued AS (
+    INSERT INTO delivery_queue (owner, tenant_id, notification_id, channel, target, due_at)
+    SELECT $2, $1, notification_id, channel, target, due_at FROM delivery_rows WHERE due_at IS NOT NULL
+    ON CONFLICT (tenant_id, notification_id, channel, target) DO UPDATE SET due_at = EXCLUDED.due_at
+  )`;
+
+function deliveryParameters(tenantId: string, owner: string, rows: DeliveryInsert[]): unknown[] {
+  return [
+    tenantId,
+    owner,
+    rows.map((r) => r.notificationId),
+    rows.map((r) => r.channel),
+    rows.map((r) => r.target),
+    rows.map((r) => r.userId),
+    rows.map((r) => r.state),
+    rows.map((r) => r.skipReason),
+    rows.map((r) => r.reason),
+    rows.map((r) => r.digest),
+    rows.map((r) => r.nextAttemptAt),
+    rows.map((r) => r.attempts),
+    rows.map((r) => r.countedAt),
+    rows.map((r) => r.dueAt),
+  ];
 }
 
+/** Delivery rows, and the due ones on the work queue, in one statement. */
 export async function insertDeliveries(db: PoolClient, tenantId: string, rows: DeliveryInsert[], owner: string): Promise<void> {
   if (rows.length === 0) return;
-  await db.query(
-    prepared(
-      'notification-deliveries-insert',
-      `INSERT INTO deliveries (tenant_id, notification_id, channel, target, user_id, state, skip_reason, reason, digest, next_attempt_at, attempts, counted_at)
-     SELECT $1, d.* FROM unnest($2::text[], $3::smallint[], $4::text[], $5::text[], $6::text[], $7::smallint[], $8::text[], $9::text[], $10::timestamptz[], $11::int[], $12::timestamptz[]) AS d
-     ON CONFLICT DO NOTHING`,
-    [
-      tenantId,
-      rows.map((r) => r.notificationId),
-      rows.map((r) => r.channel),
-      rows.map((r) => r.target),
-      rows.map((r) => r.userId),
-      rows.map((r) => r.state),
-      rows.map((r) => r.skipReason),
-      rows.map((r) => r.reason),
-      rows.map((r) => r.digest),
-      rows.map((r) => r.nextAttemptAt),
-      rows.map((r) => r.attempts),
-      rows.map((r) => r.countedAt),
-    ],
-    ),
-  );
-  const inflight = rows.filter((r) => r.state === 'inflight');
-  if (inflight.length > 0) {
-    await db.query(
-      prepared(
-        'notification-attempts-insert',
-        `INSERT INTO delivery_attempts (tenant_id, notification_id, channel, target, attempt, push_device_id)
-       SELECT $1, a.notification_id, a.channel, a.target, 1, '' FROM unnest($2::text[], $3::smallint[], $4::text[]) AS a(notification_id, channel, target)
-       ON CONFLICT DO NOTHING`,
-        [tenantId, inflight.map((r) => r.notificationId), inflight.map((r) => r.channel), inflight.map((r) => r.target)],
-      ),
-    );
-  }
-  const queued = rows.filter((r) => r.dueAt);
-  if (queued.length > 0) {
-    await db.query(
-      prepared(
-        'notification-queue-insert',
-        `INSERT INTO delivery_queue (owner, tenant_id, notification_id, channel, target, due_at)
-       SELECT $6, $1, q.* FROM unnest($2::text[], $3::smallint[], $4::text[], $5::timestamptz[]) AS q
-       ON CONFLICT (tenant_id, notification_id, channel, target) DO UPDATE SET due_at = EXCLUDED.due_at`,
-        [tenantId, queued.map((r) => r.notificationId), queued.map((r) => r.channel), queued.map((r) => r.target), queued.map((r) => r.dueAt), owner],
-      ),
-    );
-  }
+  await db.query(prepared('notification-deliveries-insert', `WITH ${DELIVERY_CTES} SELECT 1`, deliveryParameters(tenantId, owner, rows)));
 }
 
-/** Marks in-app deliveries delivered once NATS confirmed the publish, and takes them off the queue. */
+/**
+ * A batch's writes in one statement: the notifications, their delivery rows
+ * (a decision with its reason per channel), the due work, and the badge
+ * count of every user who sees a new notification. The count is what was
+ * unread before this statement plus what it inserted visible (a statement
+ * does not see its own inserts; the users are locked by the batch).
+ */
+async function writeBatch(db: PoolClient, tenantId: string, rows: NotificationInsert[], deliveries: DeliveryInsert[], owner: string): Promise<Map<string, number>> {
+  const { rows: counts } = await db.query<{ user_id: string; unread: number }>(
+    prepared(
+      'notification-batch-write',
+      `WITH ${DELIVERY_CTES}, stored AS (
+         INSERT INTO notifications (tenant_id, notification_id, user_id, kind, priority, title, body, data, room_id, request_id, source_event_id, created_at,
+                                    expires_at, conversation_id, message_seq, hidden, silent, variables)
+         SELECT $1, n.* FROM unnest($15::text[], $16::text[], $17::text[], $18::smallint[], $19::text[], $20::text[], $21::jsonb[], $22::text[], $23::text[], $24::text[],
+                                    $25::timestamptz[], $26::timestamptz[], $27::text[], $28::bigint[], $29::boolean[], $30::boolean[], $31::jsonb[]) AS n
+         ON CONFLICT DO NOTHING
+         RETURNING user_id, hidden, expires_at
+       ), shown AS (
+         SELECT user_id, count(*)::int AS added FROM stored WHERE NOT hidden AND (expires_at IS NULL OR expires_at > now()) GROUP BY user_id
+       )
+       SELECT s.user_id, s.added + (
+         SELECT count(*)::int FROM notifications n
+         WHERE n.tenant_id = $1 AND n.user_id = s.user_id AND n.read_at IS NULL AND NOT n.hidden AND (n.expires_at IS NULL OR n.expires_at > now())) AS unread
+       FROM shown s`,
+      [
+        ...deliveryParameters(tenantId, owner, deliveries),
+        rows.map((r) => r.p.notificationId),
+        rows.map((r) => r.p.userId),
+        rows.map((r) => r.p.kind),
+        rows.map((r) => (r.p.urgent ? Priority.PRIORITY_URGENT : Priority.PRIORITY_NORMAL)),
+        rows.map((r) => r.title),
+        rows.map((r) => r.body),
+        rows.map((r) => JSON.stringify(r.data)),
+        rows.map((r) => r.p.roomId),
+        rows.map((r) => r.p.requestId),
+        rows.map((r) => r.p.sourceId),
+        // When the event happened, not when it was consumed: records of different partitions arrive in any order, the history must not.
+        rows.map((r) => r.p.createdAt),
+        rows.map((r) => r.p.expiresAt ?? null),
+        rows.map((r) => r.p.conversationId ?? null),
+        rows.map((r) => r.p.messageSeq ?? null),
+        rows.map((r) => r.hidden),
+        rows.map((r) => r.silent),
+        rows.map((r) => JSON.stringify(r.p.variables)),
+      ],
+    ),
+  );
+  return new Map(counts.map((r) => [r.user_id, r.unread]));
+}
+
+/**
+ * Marks in-app deliveries delivered once NATS confirmed the publish, records
+ * the attempt as a success and takes them off the work queue: one call of the
+ * schema's `confirm_in_app` (one round trip, its own transaction).
+ */
 export async function confirmInApp(pool: Pool, tenantId: string, live: Pick<LiveNotification, 'notificationId' | 'userId'>[]): Promise<void> {
-  const ids = live.map((n) => n.notificationId);
-  await withTenantTransaction(pool, tenantId, async (db) => {
-    await db.query(
-      prepared(
-        'notification-confirm-deliveries',
-        `UPDATE deliveries SET state = 'delivered', updated_at = now()
-       WHERE tenant_id = $1 AND notification_id = ANY($2::text[]) AND channel = ${Channel.CHANNEL_IN_APP} AND target = '' AND state = 'inflight'`,
-        [tenantId, ids],
-      ),
-    );
-    await db.query(
-      prepared(
-        'notification-confirm-attempts',
-        `UPDATE delivery_attempts a SET finished_at = now(), outcome = ${notificationV1.AttemptOutcome.ATTEMPT_OUTCOME_SUCCESS},
-         provider_response = 'published on sb.' || a.tenant_id || '.user.' || n.user_id
-       FROM notifications n
-       WHERE a.tenant_id = $1 AND a.notification_id = ANY($2::text[]) AND a.channel = ${Channel.CHANNEL_IN_APP} AND a.outcome = 0
-         AND n.tenant_id = a.tenant_id AND n.notification_id = a.notification_id`,
-        [tenantId, ids],
-      ),
-    );
-    await db.query(
-      prepared('notification-confirm-dequeue', `DELETE FROM delivery_queue WHERE tenant_id = $1 AND notification_id = ANY($2::text[]) AND channel = ${Channel.CHANNEL_IN_APP}`, [tenantId, ids]),
-    );
-  });
+  await pool.query(
+    prepared(
+      'notification-confirm-in-app',
+      `SELECT confirm_in_app($1, $2::text[], $3::text[])`,
+      [tenantId, live.map((n) => n.notificationId), live.map((n) => n.userId)],
+    ),
+  );
 }

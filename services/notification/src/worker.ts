@@ -41,6 +41,8 @@ interface Row {
   message_seq: string | null;
   hidden: boolean;
   silent: boolean;
+  /** When the delivery row last changed: for a row in flight, when its attempt began. */
+  updated_at: Date;
 }
 
 type Job =
@@ -180,7 +182,7 @@ export class DeliveryWorker {
     }
     const { rows } = await db.query<Row>(
       `SELECT d.user_id, d.state, d.digest, d.attempts, d.next_attempt_at, n.kind, n.priority, n.title, n.body, n.data, n.variables, n.read_at,
-              n.expires_at, n.created_at, n.conversation_id, n.message_seq, n.hidden, n.silent
+              n.expires_at, n.created_at, n.conversation_id, n.message_seq, n.hidden, n.silent, d.updated_at
        FROM deliveries d JOIN notifications n ON n.tenant_id = d.tenant_id AND n.notification_id = d.notification_id
        WHERE d.tenant_id = $1 AND d.notification_id = $2 AND d.channel = $3 AND d.target = $4
        FOR UPDATE OF d`,
@@ -192,12 +194,15 @@ export class DeliveryWorker {
       return undefined;
     }
     if (row.state === 'inflight') {
-      // The previous attempt never reported back (the process died mid-send).
+      // The previous attempt never reported back (the process died mid-send). The worker opened its attempts before
+      // sending; the pipeline's in-app publish has none until confirmed, so that attempt is recorded here, from the
+      // time its delivery row went in flight.
       await db.query(
-        `UPDATE delivery_attempts SET finished_at = now(), outcome = ${AttemptOutcome.ATTEMPT_OUTCOME_TRANSIENT_FAILURE},
-           provider_response = 'interrupted: the service stopped before the outcome was recorded'
-         WHERE tenant_id = $1 AND notification_id = $2 AND channel = $3 AND target = $4 AND outcome = 0`,
-        [key.tenantId, key.notificationId, key.channel, key.target],
+        `INSERT INTO delivery_attempts (tenant_id, notification_id, channel, target, attempt, push_device_id, started_at, finished_at, outcome, provider_response)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, now(), ${AttemptOutcome.ATTEMPT_OUTCOME_TRANSIENT_FAILURE}, 'interrupted: the service stopped before the outcome was recorded')
+         ON CONFLICT (tenant_id, notification_id, channel, target, attempt) DO UPDATE SET finished_at = now(), outcome = EXCLUDED.outcome, provider_response = EXCLUDED.provider_response
+         WHERE delivery_attempts.outcome = 0`,
+        [key.tenantId, key.notificationId, key.channel, key.target, row.attempts, key.channel === Channel.CHANNEL_PUSH ? key.target : '', row.updated_at],
       );
     }
     const { settings, config } = this.options;

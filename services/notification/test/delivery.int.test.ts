@@ -51,13 +51,14 @@ describe('notification delivery', () => {
   let room: ReturnType<typeof roomClient>;
   let dlq: Consumer;
   const deadLetters: { tenantId: string; entry: eventsV1.NotificationDeadLettered }[] = [];
+  // Its own consumer group: only this test's service handles this test's records (it also owns the delivery work).
+  const groupId = `notification-test-${newId()}`;
 
   beforeAll(async () => {
     await Promise.all([infra.start(), webPush.start(), fcm.start(), apns.start(), smtp.start()]);
     const [presenceService, roomService] = await Promise.all([launch('presence'), launch('room')]);
     const notification = await launch('notification', {
-      // Its own consumer group: only this test's service handles this test's records.
-      KAFKA_GROUP_ID: `notification-test-${newId()}`,
+      KAFKA_GROUP_ID: groupId,
       MAX_EVENT_AGE_MS: '600000',
       KAFKA_SESSION_TIMEOUT_MS: '6000',
       // A busy test machine must not turn "online" into "presence did not answer".
@@ -284,6 +285,73 @@ describe('notification delivery', () => {
       ['2', false],
       ['1', true],
     ]);
+  });
+
+  it('counts every notification of a batch into the badge, and records each in-app publish as one successful attempt', async () => {
+    const t = newId();
+    const [sender, user] = [newId(), newId()];
+    await goOnline(presence, t, user);
+    const events = await infra.watchUser(t, user);
+    const conversationId = newId();
+    const first = [1, 2].map((seq) => messageCreated(t, sender, [sender, user], { conversationId, seq }));
+    await infra.produce(TOPICS.messages, ...first);
+    await eventually(async () => ((await list(t, user)).unreadCount === 2 ? true : undefined));
+    // Three more in one produce: one partition, usually one batch (one statement stores them and counts the badge).
+    const more = [3, 4, 5].map((seq) => messageCreated(t, sender, [sender, user], { conversationId, seq }));
+    await infra.produce(TOPICS.messages, ...more);
+    const live = await eventually(() => {
+      const created = events.filter((e) => e.$case === 'notificationCreated').map((e) => e.value as eventsV1.NotificationCreated);
+      return created.length >= 5 ? created : undefined;
+    });
+    // Each device shows what is unread once that notification arrives: never fewer than arrived so far, five at the end.
+    const badges = live.map((n) => n.badgeCount);
+    expect(badges.every((badge, i) => badge >= i + 1 && badge <= 5)).toBe(true);
+    expect(badges[badges.length - 1]).toBe(5);
+    expect((await client.getBadgeCount({ context: undefined, userId: '' }, as(t, user))).unreadCount).toBe(5);
+    // Support sees one attempt per in-app notification: published on the user's subject, finished, a success.
+    for (const message of [...first, ...more]) {
+      const status = await channelReaches(client, t, notificationIdFor(t, message.envelope.eventId, user), 'inApp', [DeliveryState.DELIVERY_STATE_DELIVERED]);
+      expect(status.inApp.attempts).toEqual([
+        expect.objectContaining({ attempt: 1, outcome: notificationV1.AttemptOutcome.ATTEMPT_OUTCOME_SUCCESS, providerResponse: `published on sb.${t}.user.${user}`, finishedAt: expect.any(Date) }),
+      ]);
+      expect(status.inApp.attempts[0]!.startedAt!.getTime()).toBeLessThanOrEqual(status.inApp.attempts[0]!.finishedAt!.getTime());
+    }
+    expect(live.map((n) => n.notificationId).sort()).toEqual([...first, ...more].map((m) => notificationIdFor(t, m.envelope.eventId, user)).sort());
+  });
+
+  it('takes over an in-app delivery a pipeline left in flight: support sees the interrupted attempt, then the one that went', async () => {
+    const t = newId();
+    const [user, notificationId] = [newId(), newId()];
+    const events = await infra.watchUser(t, user);
+    // What a pipeline killed between its commit and its publish leaves: the notification, its in-app delivery in
+    // flight (attempt 1 under way, no attempt row yet) and the lease on the work queue, which has lapsed.
+    const leftAt = new Date(Date.now() - 60_000);
+    await infra.tenantQuery(
+      t,
+      `INSERT INTO notifications (tenant_id, notification_id, user_id, kind, priority, title, body, source_event_id, created_at)
+       VALUES ($1, $2, $3, 'message.new', ${Priority.PRIORITY_NORMAL}, 'New message', 'left in flight', $2, $4)`,
+      [t, notificationId, user, leftAt],
+    );
+    await infra.tenantQuery(
+      t,
+      `INSERT INTO deliveries (tenant_id, notification_id, channel, target, user_id, state, reason, attempts, created_at, updated_at)
+       VALUES ($1, $2, ${Channel.CHANNEL_IN_APP}, '', $3, 'inflight', 'online: in-app', 1, $4, $4)`,
+      [t, notificationId, user, leftAt],
+    );
+    await infra.pool.query(`INSERT INTO delivery_queue (owner, tenant_id, notification_id, channel, target, due_at) VALUES ($1, $2, $3, ${Channel.CHANNEL_IN_APP}, '', now())`, [
+      groupId,
+      t,
+      notificationId,
+    ]);
+
+    const status = await channelReaches(client, t, notificationId, 'inApp', [DeliveryState.DELIVERY_STATE_DELIVERED]);
+    expect(status.inApp.attempts).toEqual([
+      expect.objectContaining({ attempt: 1, outcome: notificationV1.AttemptOutcome.ATTEMPT_OUTCOME_TRANSIENT_FAILURE, providerResponse: expect.stringMatching(/^interrupted:/), startedAt: leftAt }),
+      expect.objectContaining({ attempt: 2, outcome: notificationV1.AttemptOutcome.ATTEMPT_OUTCOME_SUCCESS, providerResponse: `published on sb.${t}.user.${user}` }),
+    ]);
+    const live = await eventually(() => events.find((e) => e.$case === 'notificationCreated'));
+    expect(live.value).toMatchObject({ notificationId, body: 'left in flight', badgeCount: 1 });
+    expect(await infra.tenantQuery(t, `SELECT 1 FROM delivery_queue WHERE notification_id = $1`, [notificationId])).toEqual([]);
   });
 
   it('Notify: per-tenant templates with locale fallback, escaping, every audience, and idempotency', async () => {
