@@ -11,6 +11,8 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       KAFKA_GROUP_ID: env.string('notification'),
       /** How soon the group notices a replica that died (a SIGKILL) and gives its partitions to the others. */
       KAFKA_SESSION_TIMEOUT_MS: env.positiveInt(30_000),
+      /** Consumed offsets go to Kafka at most this often (a redelivered record changes nothing, so this only bounds what is read again after a crash). */
+      KAFKA_COMMIT_INTERVAL_MS: env.positiveInt(1000),
       /** Failed deliveries and unprocessable records end here, with the reason; created at start when missing. */
       DLQ_TOPIC: env.string('sb.notifications.dlq'),
       DLQ_PARTITIONS: env.positiveInt(3),

@@ -170,7 +170,16 @@ export class Pipeline {
     });
     // A new group starts at the log's beginning so nothing is missed; MAX_EVENT_AGE_MS keeps old messages quiet.
     await consumer.subscribe({ topics: [TOPICS.messages, TOPICS.notifications], fromBeginning: true });
-    await consumer.run({ eachBatchAutoResolve: false, autoCommit: true, partitionsConsumedConcurrently: 3, eachBatch: (payload) => this.batch(payload) });
+    // Offsets are committed at most every KAFKA_COMMIT_INTERVAL_MS rather than after every batch: a record
+    // replayed after a crash or rebalance inserts nothing (ids derive from the source), so the interval only bounds
+    // how much is read again, and the commits stop costing a Kafka request per batch.
+    await consumer.run({
+      eachBatchAutoResolve: false,
+      autoCommit: true,
+      autoCommitInterval: this.options.config.KAFKA_COMMIT_INTERVAL_MS,
+      partitionsConsumedConcurrently: 3,
+      eachBatch: (payload) => this.batch(payload),
+    });
   }
 
   /** For readiness: joined its group, and not crashed since. */
