@@ -14,6 +14,11 @@ const { createIdempotentProducer, createKafka, envelopeRecord, TOPICS } = requir
 const { connectNats, decodeEnvelope, newEnvelope } = require('@switchboard/nats');
 const { messagingV1 } = require('@switchboard/proto');
 
+const { readdirSync, readFileSync } = require('node:fs');
+const path = require('node:path');
+const { execFileSync } = require('node:child_process');
+const { loadavg } = require('node:os');
+
 const N = Number(process.argv[2] ?? 20000);
 const USERS = Number(process.argv[3] ?? 500);
 const DEADLINE_MS = 180_000;
@@ -22,6 +27,42 @@ async function launch(service, env) {
   const grpcPort = await freePort();
   const proc = await launchService({ service, env: { ...infraEnv(), LOG_LEVEL: 'error', GRPC_PORT: String(grpcPort), ...env }, opsPort: await freePort(), readyTimeoutMs: 60_000 });
   return { proc, address: `127.0.0.1:${grpcPort}` };
+}
+
+const TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+
+/** User + system CPU ms of a process, and with `tree` of its descendants too (PostgreSQL's backends, and what exited ones used). */
+function cpuMs(pid, tree = false) {
+  const stat = (p) => {
+    try {
+      const text = readFileSync(`/proc/${p}/stat`, 'utf8');
+      return text.slice(text.lastIndexOf(')') + 2).split(' ');
+    } catch {
+      return undefined;
+    }
+  };
+  const pids = [pid];
+  if (tree) {
+    const children = new Map();
+    for (const entry of readdirSync('/proc')) {
+      const fields = /^\d+$/.test(entry) && stat(entry);
+      if (fields) children.set(Number(fields[1]), [...(children.get(Number(fields[1])) ?? []), Number(entry)]);
+    }
+    for (let i = 0; i < pids.length; i += 1) pids.push(...(children.get(pids[i]) ?? []));
+  }
+  let ms = 0;
+  for (const p of pids) {
+    const fields = stat(p);
+    if (!fields) continue;
+    ms += ((Number(fields[11]) + Number(fields[12])) / TICKS) * 1000;
+    if (tree && p === pid) ms += ((Number(fields[13]) + Number(fields[14])) / TICKS) * 1000;
+  }
+  return ms;
+}
+
+function postmasterPid() {
+  const { repoRoot } = require('@switchboard/devenv');
+  return Number(readFileSync(path.join(repoRoot, '.data', 'infra', 'postgres', 'postmaster.pid'), 'utf8').split('\n')[0]);
 }
 
 function percentile(sorted, p) {
@@ -72,6 +113,10 @@ async function main() {
       };
       records.push({ key: conversationId, message, memberIds: [sender, users[i % USERS]] });
     }
+    // CPU of the notification process and of PostgreSQL (all backends) over the run, per notification.
+    const postgres = postmasterPid();
+    const cpuBefore = { notification: cpuMs(notification.proc.child.pid), postgres: cpuMs(postgres, true) };
+    const loadBefore = loadavg()[0];
     const start = Date.now();
     for (let i = 0; i < records.length; i += 1000) {
       const now = new Date();
@@ -85,6 +130,7 @@ async function main() {
     const timer = setTimeout(done, DEADLINE_MS);
     await finished;
     clearTimeout(timer);
+    const cpu = { notification: cpuMs(notification.proc.child.pid) - cpuBefore.notification, postgres: cpuMs(postgres, true) - cpuBefore.postgres };
     const seconds = (last - start) / 1000;
     latencies.sort((a, b) => a - b);
     const result = {
@@ -95,6 +141,9 @@ async function main() {
       endToEndSeconds: seconds,
       notificationsPerSecond: Math.round(seen.size / seconds),
       latencyMs: { p50: percentile(latencies, 50), p99: percentile(latencies, 99), max: latencies[latencies.length - 1] },
+      cpuMs: { notification: Math.round(cpu.notification), postgres: Math.round(cpu.postgres) },
+      cpuMsPerNotification: { notification: +(cpu.notification / seen.size).toFixed(3), postgres: +(cpu.postgres / seen.size).toFixed(3) },
+      load1: { before: +loadBefore.toFixed(2), after: +loadavg()[0].toFixed(2) },
     };
     console.log(JSON.stringify(result, null, 2));
     if (seen.size !== N) process.exitCode = 1;
