@@ -2,7 +2,7 @@ import { withTenantTransaction, type Pool, type PoolClient } from '@switchboard/
 import { notificationV1 } from '@switchboard/proto';
 import { CHANNELS } from './routing';
 
-const { DeliveryState } = notificationV1;
+const { DeliveryState, SkipReason } = notificationV1;
 
 interface DeliveryRow {
   channel: number;
@@ -40,8 +40,10 @@ const RANK: Record<string, number> = { delivered: 7, sent: 6, inflight: 5, pendi
 
 /** Per channel, the decision and every attempt: what support staff see for one notification. */
 export function channelDeliveries(deliveries: DeliveryRow[], attempts: AttemptRow[]): notificationV1.ChannelDelivery[] {
+  // A notification suppressed because the user was reading the conversation has one decision row, for every channel.
+  const suppression = deliveries.find((d) => d.target === '' && d.skip_reason === SkipReason.SKIP_REASON_ACTIVE_IN_CONVERSATION);
   return CHANNELS.map((channel) => {
-    const decision = deliveries.find((d) => d.channel === channel && d.target === '');
+    const decision = deliveries.find((d) => d.channel === channel && d.target === '') ?? suppression;
     const devices = deliveries.filter((d) => d.channel === channel && d.target !== '');
     const best = devices.length > 0 ? devices.reduce((a, b) => (RANK[b.state]! > RANK[a.state]! ? b : a)) : decision;
     const waiting = [...devices, ...(decision ? [decision] : [])].filter((d) => ['pending', 'deferred'].includes(d.state) && d.next_attempt_at).map((d) => d.next_attempt_at!.getTime());

@@ -393,7 +393,9 @@ export class Pipeline {
       }
       const silent = inApp.action === 'send' && Boolean(inApp.silent);
       rows.push({ p, title: content.title, body: content.body, data: content.data, hidden: inApp.action !== 'send', silent });
-      for (const channel of CHANNELS) {
+      // Suppressed (reading the conversation): one decision row, on in-app, stands for every channel (GetDeliveryStatus
+      // reports it for each); the most common case of a direct message costs one row instead of three.
+      for (const channel of decision.suppressed ? [Channel.CHANNEL_IN_APP] : CHANNELS) {
         const d = decision.channels.get(channel)!;
         const pushable = devices.filter((dev) => dev.userId === p.userId && this.options.usable().has(dev.platform));
         deliveries.push(...deliveryRows(p, channel, d, pushable, now, config.INFLIGHT_LEASE_MS));

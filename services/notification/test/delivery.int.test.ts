@@ -216,8 +216,11 @@ describe('notification delivery', () => {
     const readerStatus = await statusOf(client, t, id(reader));
     expect(readerStatus.status.suppressed).toBe(true);
     for (const channel of [readerStatus.inApp, readerStatus.push, readerStatus.email]) {
-      expect(channel).toMatchObject({ state: DeliveryState.DELIVERY_STATE_SKIPPED, skipReason: SkipReason.SKIP_REASON_ACTIVE_IN_CONVERSATION });
+      expect(channel).toMatchObject({ state: DeliveryState.DELIVERY_STATE_SKIPPED, skipReason: SkipReason.SKIP_REASON_ACTIVE_IN_CONVERSATION, reason: expect.stringMatching(/^reading the conversation/) });
     }
+    // Recorded once for all channels: the commonest case of a direct message costs one decision row, and no work.
+    expect(await infra.tenantQuery(t, `SELECT channel FROM deliveries WHERE notification_id = $1`, [id(reader)])).toEqual([{ channel: Channel.CHANNEL_IN_APP }]);
+    expect(await infra.tenantQuery(t, `SELECT 1 FROM delivery_queue WHERE notification_id = $1`, [id(reader)])).toEqual([]);
     const forSupport = await client.listNotifications({ context: undefined, userId: reader, unreadOnly: false, kinds: [], page: undefined, includeSuppressed: true }, internal(t));
     expect(forSupport.notifications.map((n) => n.notificationId)).toEqual([id(reader)]);
 

@@ -161,4 +161,16 @@ describe('what is stored', () => {
     expect(channels[1]!.attempts.map((a) => a.pushDeviceId)).toEqual(['d1', 'd2']);
     expect(channels[2]!.nextAttemptAt).toEqual(at(60));
   });
+
+  it('reports a notification suppressed while the user read the conversation as skipped, with the reason, on every channel', () => {
+    const { DeliveryState } = notificationV1;
+    const reason = 'reading the conversation: the message itself is enough';
+    // What the pipeline stores for it: one decision row, on in-app.
+    const channels = channelDeliveries([{ channel: 1, target: '', state: 'skipped', skip_reason: SkipReason.SKIP_REASON_ACTIVE_IN_CONVERSATION, reason, next_attempt_at: null }], []);
+    expect(channels.map((c) => [c.channel, c.state, c.skipReason, c.reason, c.attempts])).toEqual([
+      [1, DeliveryState.DELIVERY_STATE_SKIPPED, SkipReason.SKIP_REASON_ACTIVE_IN_CONVERSATION, reason, []],
+      [2, DeliveryState.DELIVERY_STATE_SKIPPED, SkipReason.SKIP_REASON_ACTIVE_IN_CONVERSATION, reason, []],
+      [3, DeliveryState.DELIVERY_STATE_SKIPPED, SkipReason.SKIP_REASON_ACTIVE_IN_CONVERSATION, reason, []],
+    ]);
+  });
 });
