@@ -12,6 +12,12 @@ export interface NatsOptions {
    * authorization, or to see the refusal).
    */
   nkeySeedFile?: string | undefined;
+  /**
+   * Prefix of this connection's reply inboxes (request/reply, JetStream);
+   * a service whose NATS user may subscribe only its own inboxes sets
+   * `inboxPrefixOf(user)`. Default `_INBOX`.
+   */
+  inboxPrefix?: string | undefined;
   /** Log sink for connection state changes. */
   onStatus?: (event: string, data?: unknown) => void;
 }
@@ -55,6 +61,7 @@ export async function connectNats(options: NatsOptions): Promise<NatsConnection>
       servers: options.servers.split(','),
       name: options.name,
       ...(seed ? { authenticator: nkeyAuthenticator(seed) } : {}),
+      ...(options.inboxPrefix ? { inboxPrefix: options.inboxPrefix } : {}),
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,
       pingInterval: 10_000,

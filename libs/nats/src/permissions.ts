@@ -1,3 +1,5 @@
+import { EVENT_STREAM, EVENT_STREAM_SUBJECT } from './event-stream';
+
 /**
  * Who may publish and subscribe to what on NATS: one user per service, each
  * allowed exactly the subjects its code uses (libs/nats `subjects` and
@@ -8,11 +10,35 @@
  *
  * Wildcards: `*` in the tenant position because every service serves every
  * tenant; the tenant still scopes each message (ids are validated before they
- * enter a subject). No service uses request/reply or JetStream, so none may
- * touch `_INBOX.>` or `$JS.API.>`.
+ * enter a subject).
+ *
+ * JetStream: only the gateway uses it, for the broadcast-event stream
+ * (event-stream.ts). It may call exactly the JetStream API subjects of that
+ * stream it uses (no `$JS.API.>`, no other stream), and receives the API's
+ * replies and its consumers' deliveries on its own inbox prefix
+ * (`_INBOX.gateway.`, set on its connection), never on `_INBOX.>` where other
+ * clients' replies travel. No other service uses request/reply or JetStream.
  */
 export const NATS_USERS = ['gateway', 'messaging', 'presence', 'room', 'notification', 'tools'] as const;
 export type NatsUser = (typeof NATS_USERS)[number];
+
+/** Where a user's request/reply and JetStream answers arrive (the connection's `inboxPrefix`). */
+export function inboxPrefixOf(user: NatsUser): string {
+  return `_INBOX.${user}`;
+}
+
+/** The JetStream API calls the gateway makes on the event stream: create/update it at start, tail and replay it with ordered consumers, read a stored event back. */
+const EVENT_STREAM_API = [
+  `$JS.API.STREAM.INFO.${EVENT_STREAM}`,
+  `$JS.API.STREAM.CREATE.${EVENT_STREAM}`,
+  `$JS.API.STREAM.UPDATE.${EVENT_STREAM}`,
+  `$JS.API.STREAM.MSG.GET.${EVENT_STREAM}`,
+  // Ordered consumers: CREATE.<stream> (the name and filters in the request), then pulls, info and delete by name.
+  `$JS.API.CONSUMER.CREATE.${EVENT_STREAM}`,
+  `$JS.API.CONSUMER.MSG.NEXT.${EVENT_STREAM}.*`,
+  `$JS.API.CONSUMER.INFO.${EVENT_STREAM}.*`,
+  `$JS.API.CONSUMER.DELETE.${EVENT_STREAM}.*`,
+];
 
 export interface NatsPermissions {
   publish: readonly string[];
@@ -21,9 +47,10 @@ export interface NatsPermissions {
 
 export const NATS_PERMISSIONS: Record<NatsUser, NatsPermissions> = {
   // Fans events out to sockets: reads users', conversations' and watched users' presence subjects; tells presence it is alive.
+  // Broadcast events: publishes them into the event stream (PublishEvent) and reads them back through the stream's API.
   gateway: {
-    publish: ['sb.sys.gateway.heartbeat'],
-    subscribe: ['sb.*.user.*', 'sb.*.conv.*', 'sb.*.presence.*', 'sb.sys.presence.resync'],
+    publish: ['sb.sys.gateway.heartbeat', EVENT_STREAM_SUBJECT, ...EVENT_STREAM_API],
+    subscribe: ['sb.*.user.*', 'sb.*.conv.*', 'sb.*.presence.*', 'sb.sys.presence.resync', `${inboxPrefixOf('gateway')}.>`],
   },
   // The outbox relay publishes committed messages and receipts; replicas wake each other's relay.
   messaging: {

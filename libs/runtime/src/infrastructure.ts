@@ -29,11 +29,11 @@ export function openPostgres(host: ServiceHost, options: { url: string; migratio
 }
 
 /** NATS as the service's own user (its nkey seed); drained at shutdown; a readiness condition. */
-export function openNats(host: ServiceHost, options: { url: string; seedFile: string | undefined; connectionName?: string }): Promise<NatsConnection> {
+export function openNats(host: ServiceHost, options: { url: string; seedFile: string | undefined; connectionName?: string; inboxPrefix?: string }): Promise<NatsConnection> {
   const { logger } = host;
   return host.dependency(
     'NATS',
-    () => connectNats({ servers: options.url, nkeySeedFile: options.seedFile, name: options.connectionName ?? host.name, onStatus: (event) => logger.info({ event }, 'nats connection') }),
+    () => connectNats({ servers: options.url, nkeySeedFile: options.seedFile, inboxPrefix: options.inboxPrefix, name: options.connectionName ?? host.name, onStatus: (event) => logger.info({ event }, 'nats connection') }),
     { close: (nc) => nc.drain(), ready: natsReady },
   );
 }

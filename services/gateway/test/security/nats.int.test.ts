@@ -27,16 +27,32 @@ const SUBJECTS = {
   messagingOutbox: 'sb.sys.messaging.outbox',
   roomOutbox: 'sb.sys.room.outbox',
   presenceResync: 'sb.sys.presence.resync',
+  jetStreamInfo: '$JS.API.INFO',
   jetStreamCreate: '$JS.API.STREAM.CREATE.sb-events',
   jetStreamPublish: '$JS.API.STREAM.MSG.GET.sb-events',
+  // Not the event stream's deletion or purge: the observer's probe would reach JetStream too.
+  jetStreamList: '$JS.API.STREAM.LIST',
+  durableConsumer: '$JS.API.CONSUMER.DURABLE.CREATE.SB_EVENTS.d1',
+  eventStreamCreate: '$JS.API.STREAM.CREATE.SB_EVENTS',
+  eventStreamUpdate: '$JS.API.STREAM.UPDATE.SB_EVENTS',
+  eventStreamInfo: '$JS.API.STREAM.INFO.SB_EVENTS',
+  eventStreamGet: '$JS.API.STREAM.MSG.GET.SB_EVENTS',
+  eventConsumerCreate: '$JS.API.CONSUMER.CREATE.SB_EVENTS',
+  eventConsumerNext: '$JS.API.CONSUMER.MSG.NEXT.SB_EVENTS.c1',
+  eventConsumerInfo: '$JS.API.CONSUMER.INFO.SB_EVENTS.c1',
+  eventConsumerDelete: '$JS.API.CONSUMER.DELETE.SB_EVENTS.c1',
+  otherConsumerCreate: '$JS.API.CONSUMER.CREATE.OTHER',
   inbox: '_INBOX.abc.1',
+  gatewayInbox: '_INBOX.gateway.abc.1',
   other: 'other.subject',
 } as const;
 type Kind = keyof typeof SUBJECTS;
 
 /** What each service's code does on NATS (grep publish/subscribe/publishEnvelope/outbox subjects); all else must be refused. */
+// The gateway: broadcast events into the stream SB_EVENTS and that stream's API only, answers on its own inbox prefix.
+const EVENT_STREAM_API: Kind[] = ['eventStreamCreate', 'eventStreamUpdate', 'eventStreamInfo', 'eventStreamGet', 'eventConsumerCreate', 'eventConsumerNext', 'eventConsumerInfo', 'eventConsumerDelete'];
 const ALLOWED: Record<Service, { publish: Kind[]; subscribe: Kind[] }> = {
-  gateway: { publish: ['heartbeat'], subscribe: ['user', 'conversation', 'presence', 'presenceResync'] },
+  gateway: { publish: ['heartbeat', 'event', ...EVENT_STREAM_API], subscribe: ['user', 'conversation', 'presence', 'presenceResync', 'gatewayInbox'] },
   messaging: { publish: ['conversation', 'user', 'messagingOutbox'], subscribe: ['messagingOutbox'] },
   presence: { publish: ['presence', 'conversation', 'user', 'presenceResync'], subscribe: ['heartbeat'] },
   room: { publish: ['conversation', 'user', 'roomOutbox'], subscribe: ['roomOutbox'] },
@@ -105,10 +121,12 @@ afterAll(async () => {
 describe('each service has its own NATS user, limited to its subjects', () => {
   it('the table the infrastructure serves matches what each service does', () => {
     expect(NATS_USERS).toEqual([...SERVICES, 'tools']);
-    // No service may reach JetStream's API or reply inboxes: none uses them.
+    // Only the gateway reaches JetStream (its event stream's API, by name) and an inbox (its own prefix); the others neither.
     for (const service of SERVICES) {
       for (const pattern of [...NATS_PERMISSIONS[service].publish, ...NATS_PERMISSIONS[service].subscribe]) {
-        expect(pattern).toMatch(/^sb\./);
+        if (service === 'gateway' && pattern.startsWith('$JS.API.')) expect(pattern).toMatch(/^\$JS\.API\.(STREAM|CONSUMER)\.[A-Z.]*SB_EVENTS(\.\*)?$/);
+        else if (service === 'gateway' && pattern.startsWith('_INBOX')) expect(pattern).toBe('_INBOX.gateway.>');
+        else expect(pattern).toMatch(/^sb\./);
       }
     }
   });
