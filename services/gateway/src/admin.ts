@@ -1,14 +1,21 @@
+import { PermissionDeniedError } from '@switchboard/errors';
 import { unary } from '@switchboard/grpc';
 import { assertSafeId } from '@switchboard/ids';
 import type { Logger } from '@switchboard/logging';
 import type { gatewayV1 } from '@switchboard/proto';
 import type { GatewayConfig } from './config';
 import { CLOSE } from './connection';
+import type { EventBroadcast } from './events';
 import type { GatewayServer } from './server';
 
-/** The gateway's internal admin API (publish comes with event broadcasting). */
-export function gatewayAdminService(server: GatewayServer, config: GatewayConfig, logger: Logger): Partial<gatewayV1.GatewayAdminServiceServer> {
+/** The gateway's internal admin API. */
+export function gatewayAdminService(server: GatewayServer, config: GatewayConfig, logger: Logger, events: EventBroadcast): Partial<gatewayV1.GatewayAdminServiceServer> {
   return {
+    publishEvent: unary('PublishEvent', logger, async (req: gatewayV1.PublishEventRequest, ctx) => {
+      // Platform systems broadcast; a user's context (a client's token) never does.
+      if (!ctx.tenant.internal) throw new PermissionDeniedError('publishing events is for internal callers only', { field: 'context.internal' });
+      return events.publish(ctx.tenant.tenantId, req, ctx.deadlineMs());
+    }),
     getStats: unary('GetStats', logger, async (_req: gatewayV1.GetStatsRequest, ctx) => {
       // Every call acts within one tenant, internal callers too: no tenant sees another's figures.
       const mine = [...server.connections].filter((c) => c.tenantId === ctx.tenant.tenantId);

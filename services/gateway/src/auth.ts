@@ -2,6 +2,7 @@ import type { IncomingMessage } from 'node:http';
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTVerifyGetKey } from 'jose';
 import { UnauthenticatedError } from '@switchboard/errors';
 import { isSafeId } from '@switchboard/ids';
+import { parseEventPattern } from '@switchboard/nats';
 import type { GatewayConfig } from './config';
 
 export interface Identity {
@@ -10,11 +11,19 @@ export interface Identity {
   deviceId: string;
   /** Claim `roles`: which tenant-wide broadcast audiences the user belongs to, and whether they may broadcast. */
   roles: string[];
+  /**
+   * Claim `events`: the event patterns (below the tenant's `evt.`) this
+   * connection may subscribe to, or to any pattern they cover; none without
+   * the claim (centrifugo's `channels` claim is the precedent).
+   */
+  eventPatterns: string[];
   expiresAt: Date;
 }
 
 /** More roles than a real token carries; a token with more is refused, not cut. */
 const MAX_ROLES = 32;
+/** Event patterns a token may allow; more is refused, not cut. */
+const MAX_EVENT_PATTERNS = 32;
 
 /** Subprotocol entries that carry a token instead of naming a protocol version (browsers cannot set headers). */
 export const TOKEN_SUBPROTOCOL_PREFIX = 'bearer.';
@@ -63,7 +72,18 @@ export class TokenVerifier {
     if (!Array.isArray(roles) || roles.length > MAX_ROLES || !roles.every(isSafeId)) {
       throw new UnauthenticatedError(`token has invalid roles (at most ${MAX_ROLES} ids of A-Z, a-z, 0-9, '_' or '-')`);
     }
-    return { tenantId, userId: payload.sub, deviceId: deviceId as string, roles, expiresAt: new Date(payload.exp! * 1000) };
+    const eventPatterns = payload.events ?? [];
+    if (!Array.isArray(eventPatterns) || eventPatterns.length > MAX_EVENT_PATTERNS) {
+      throw new UnauthenticatedError(`token has an invalid events claim (a list of at most ${MAX_EVENT_PATTERNS} event patterns)`);
+    }
+    for (const pattern of eventPatterns) {
+      try {
+        parseEventPattern(pattern, 'events');
+      } catch (err) {
+        throw new UnauthenticatedError(`token has an invalid events claim: ${(err as Error).message}`, { cause: err });
+      }
+    }
+    return { tenantId, userId: payload.sub, deviceId: deviceId as string, roles, eventPatterns: eventPatterns as string[], expiresAt: new Date(payload.exp! * 1000) };
   }
 }
 

@@ -84,6 +84,20 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       MAX_PENDING_SENDS: env.positiveInt(2000),
       /** The retry hint of such a refusal. */
       OVERLOAD_RETRY_AFTER_MS: env.positiveInt(500),
+      /** Broadcast events (JetStream stream SB_EVENTS, set by every gateway at start): events older than this are deleted. */
+      EVENT_STREAM_MAX_AGE_MS: env.positiveInt(24 * 3600_000),
+      /** Bytes the event stream keeps across all tenants; above it the oldest events are deleted. */
+      EVENT_STREAM_MAX_BYTES: env.positiveInt(1024 * 1024 * 1024),
+      /** A PublishEvent retried with the same request_id within this window is stored once. */
+      EVENT_STREAM_DUPLICATE_WINDOW_MS: env.positiveInt(2 * 60_000),
+      /** Copies of the event stream in a JetStream cluster (1 on a single NATS server). */
+      EVENT_STREAM_REPLICAS: z.coerce.number().int().min(1).max(5).default(1),
+      /** Largest payload of one broadcast event (PublishEvent refuses larger ones). */
+      EVENT_MAX_PAYLOAD_BYTES: env.positiveInt(16 * 1024),
+      /** Event patterns one connection may subscribe at once (subscribe_events beyond it is QUOTA_EXCEEDED). */
+      EVENT_SUBSCRIPTIONS_PER_CONNECTION: env.positiveInt(32),
+      /** Stored events one subscribe_events may replay; a replay_after_seq further back is refused with FAILED_PRECONDITION. */
+      EVENT_REPLAY_MAX_EVENTS: env.positiveInt(1000),
     },
     source,
   );

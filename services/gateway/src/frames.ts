@@ -6,6 +6,7 @@ import { LATENCY_BUCKETS_SECONDS, type Histogram, type Meter } from '@switchboar
 import type { Connection } from './connection';
 import type { Rooms } from './rooms';
 import type { PresenceLink } from './presence';
+import type { EventBroadcast } from './events';
 
 type Messaging = PromiseClient<messagingV1.MessagingServiceClient>;
 type ClientKind = NonNullable<framesV1.ClientFrame['kind']>;
@@ -20,6 +21,8 @@ export class FrameHandler {
   private readonly duration: Histogram;
   /** Serves the presence frames (set by main). */
   presence: PresenceLink | undefined;
+  /** Serves the event subscription frames (set by main). */
+  events: EventBroadcast | undefined;
   /** Sends waiting for messaging's answer. */
   private pendingSends = 0;
 
@@ -105,8 +108,13 @@ export class FrameHandler {
         if (!this.presence) throw new UnsupportedError(`${kind.$case} frames need presence, which this gateway runs without`, { field: kind.$case });
         return this.presence.reply(connection, kind);
       case 'subscribeEvents':
+        if (!this.events) throw new UnsupportedError('subscribe_events frames need the event stream, which this gateway runs without', { field: kind.$case });
+        await this.events.subscribe(connection, kind.value.pattern, kind.value.replayAfterSeq);
+        return { $case: 'ok', value: {} };
       case 'unsubscribeEvents':
-        throw new UnsupportedError(`${kind.$case} frames are reserved and not served yet`, { field: kind.$case });
+        if (!this.events) throw new UnsupportedError('unsubscribe_events frames need the event stream, which this gateway runs without', { field: kind.$case });
+        this.events.unsubscribe(connection, kind.value.pattern);
+        return { $case: 'ok', value: {} };
       case 'refreshToken':
         // Served by GatewayServer (session.ts): it changes the connection, not a backend.
         throw new UnsupportedError('refresh_token is served by the gateway itself', { field: kind.$case });

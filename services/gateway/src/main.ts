@@ -1,9 +1,10 @@
 import { createClient, GrpcServer } from '@switchboard/grpc';
-import { newEnvelope, publishEnvelope, SYSTEM_SUBJECTS } from '@switchboard/nats';
+import { inboxPrefixOf, newEnvelope, publishEnvelope, SYSTEM_SUBJECTS } from '@switchboard/nats';
 import { ConnectionSlots, limitDefaults, LocalRate, SharedRateLimits, TenantLimitStore, UsageCounters } from '@switchboard/limits';
 import { gatewayV1, messagingV1, presenceV1, roomV1 } from '@switchboard/proto';
 import { openNats, openRedis, runMain, ServiceHost } from '@switchboard/runtime';
 import { gatewayAdminService } from './admin';
+import { EventBroadcast } from './events';
 import { TokenVerifier } from './auth';
 import { readConfig } from './config';
 import { Fanout } from './fanout';
@@ -23,7 +24,13 @@ async function main(): Promise<void> {
   const { logger, telemetry } = host;
 
   // 2. Clients: NATS and the services behind the gateway.
-  const nats = await openNats(host, { url: config.NATS_URL, seedFile: config.NATS_NKEY_SEED_FILE, connectionName: `${SERVICE}-${config.GATEWAY_ID}` });
+  const nats = await openNats(host, { url: config.NATS_URL, seedFile: config.NATS_NKEY_SEED_FILE, connectionName: `${SERVICE}-${config.GATEWAY_ID}`, inboxPrefix: inboxPrefixOf('gateway') });
+  // Broadcast events: the JetStream stream is created or brought to this gateway's settings, then tailed.
+  const events = await host.dependency('NATS event stream', async () => {
+    const broadcast = new EventBroadcast(nats, config, logger, telemetry.meter);
+    await broadcast.start();
+    return broadcast;
+  }, { close: (broadcast) => broadcast.stop() });
   // Tenant limits, shared budgets and usage live in Redis, shared by every gateway.
   const redis = await openRedis(host, { url: config.REDIS_URL, connectionName: `${SERVICE}-${config.GATEWAY_ID}` });
   const slots = new ConnectionSlots(redis);
@@ -56,6 +63,8 @@ async function main(): Promise<void> {
   const presenceLink = new PresenceLink(presence, nats, fanout, () => server.connections, config, logger, room);
   server.presence = presenceLink;
   frames.presence = presenceLink;
+  server.events = events;
+  frames.events = events;
   fanout.hooks = presenceLink;
   await presenceLink.forgetPreviousLife();
   const beat = () =>
@@ -70,7 +79,7 @@ async function main(): Promise<void> {
   // 4. Servers: gRPC admin, then WebSockets last so clients arrive to a ready
   // gateway; on SIGTERM the WebSockets drain first while everything behind them still works.
   const grpc = new GrpcServer({ logger });
-  grpc.addService('switchboard.gateway.v1.GatewayAdminService', gatewayV1.GatewayAdminServiceService, { ...gatewayAdminService(server, config, logger), ...tenantAdminService(limits, slots, logger) });
+  grpc.addService('switchboard.gateway.v1.GatewayAdminService', gatewayV1.GatewayAdminServiceService, { ...gatewayAdminService(server, config, logger, events), ...tenantAdminService(limits, slots, logger) });
   await host.serve(grpc.servable(config.HOST, config.GRPC_PORT, 2000), {
     name: 'websockets',
     start: async () => {

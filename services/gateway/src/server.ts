@@ -44,6 +44,8 @@ export class GatewayServer {
   private readonly frames;
   /** Presence registration and delivery (set by main; absent in tools that run a bare server). */
   presence: PresenceLink | undefined;
+  /** Event subscriptions, dropped when a connection closes (set by main). */
+  events: { detach(connection: Connection): void } | undefined;
 
   constructor(
     private readonly config: GatewayConfig,
@@ -213,6 +215,7 @@ export class GatewayServer {
       this.limits.release(connection);
       this.limits.forget(connection);
       this.fanout.detach(connection);
+      this.events?.detach(connection);
       void this.presence?.detach(connection, disconnectReason(code));
       log().debug({ code, reason: reason.toString() }, 'closed');
     });

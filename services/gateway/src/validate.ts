@@ -1,6 +1,7 @@
 import { z } from '@switchboard/config';
 import { InvalidArgumentError } from '@switchboard/errors';
 import { SAFE_ID_PATTERN } from '@switchboard/ids';
+import { parseEventPattern } from '@switchboard/nats';
 import type { framesV1 } from '@switchboard/proto';
 
 type ClientKind = NonNullable<framesV1.ClientFrame['kind']>;
@@ -10,11 +11,14 @@ const text = (max: number) => z.string().max(max, `must be at most ${max} charac
 const list = <T extends z.ZodTypeAny>(item: T, max: number) => z.array(item).max(max, `must have at most ${max} entries`);
 const pageSize = z.number().int().min(0).max(1000, 'must be at most 1000');
 const page = z.object({ pageSize, pageToken: text(1024) }).optional();
-// Event topics: dot-separated safe tokens, `*` for one token, `>` as the last.
-const pattern = text(256).refine(
-  (value) => value.split('.').length <= 16 && value.split('.').every((token, index, all) => SAFE_ID_PATTERN.test(token) || token === '*' || (token === '>' && index === all.length - 1)),
-  'must be up to 16 dot-separated tokens of A-Z, a-z, 0-9, _ or -, with * for one token and > as the last',
-);
+// Event patterns: dot-separated safe tokens, `*` for one token, `>` as the last; the message says what is wrong (libs/nats topics.ts).
+const pattern = z.string().superRefine((value, issues) => {
+  try {
+    parseEventPattern(value, 'pattern');
+  } catch (err) {
+    issues.addIssue({ code: 'custom', message: (err as Error).message.replace(/^pattern /, '') });
+  }
+});
 
 /** Generic bounds for requests whose fields the owning service checks: texts, list lengths, depth. */
 function withinGenericBounds(root: unknown): boolean {
@@ -57,7 +61,7 @@ const FRAME_SCHEMAS: { [K in ClientKind['$case']]: z.ZodTypeAny } = {
   listConversations: z.object({ page }),
   typing: z.object({ conversationId: id }),
   setPresence: z.object({ customMessage: text(256) }),
-  subscribeEvents: z.object({ pattern }),
+  subscribeEvents: z.object({ pattern, replayAfterSeq: z.number().int().min(0, 'must not be negative').max(Number.MAX_SAFE_INTEGER) }),
   unsubscribeEvents: z.object({ pattern }),
   refreshToken: z.object({ token: z.string().min(1, 'is required').max(8192, 'must be at most 8192 characters') }),
   // The room service checks each room operation field by field; the gateway bounds the shape.

@@ -44,6 +44,24 @@ describe('TokenVerifier', () => {
     await expect(verifier.verify(`${header}.${payload}.`)).rejects.toThrow(UnauthenticatedError);
   });
 
+  it('reads the events claim: the event patterns the connection may subscribe to (none without it)', async () => {
+    const identity = await verifier.verify(await token({ tid: 'acme', events: ['labs.>', 'ward.7.*'] }, { exp: '5m' }));
+    expect(identity.eventPatterns).toEqual(['labs.>', 'ward.7.*']);
+    expect((await verifier.verify(await token({ tid: 'acme' }, { exp: '5m' }))).eventPatterns).toEqual([]);
+  });
+
+  it.each([
+    ['not a list', 'labs.>', /invalid events claim \(a list of at most 32 event patterns\)/],
+    ['too long a list', Array.from({ length: 33 }, (_, i) => `p${i}`), /at most 32 event patterns/],
+    ['a pattern with > inside', ['labs.>.x'], /invalid events claim: events has > at position 2 of 3/],
+    ['a pattern that is no string', [7], /invalid events claim: events must be a string \(an event pattern\)/],
+    ['a pattern with a dot too many', ['labs..x'], /invalid events claim: events has an empty token at position 2/],
+  ])('refuses a token whose events claim is %s', async (_name, events, reason) => {
+    const jwt = await token({ tid: 'acme', events }, { exp: '5m' });
+    await expect(verifier.verify(jwt)).rejects.toThrow(UnauthenticatedError);
+    await expect(verifier.verify(jwt)).rejects.toThrow(reason);
+  });
+
   it('refuses garbage', async () => {
     await expect(verifier.verify('not-a-jwt')).rejects.toThrow('invalid token (ERR_JWS_INVALID)');
   });

@@ -8,7 +8,7 @@ function fakeSocket() {
   return { sent, socket: { OPEN: 1, CLOSED: 3, CLOSING: 2, readyState: 1, send: (data: string | Buffer) => sent.push(data) } };
 }
 
-const identity = { tenantId: 'acme', userId: 'bob', deviceId: 'phone', roles: [], expiresAt: new Date(Date.now() + 60_000) };
+const identity = { tenantId: 'acme', userId: 'bob', deviceId: 'phone', roles: [], eventPatterns: [], expiresAt: new Date(Date.now() + 60_000) };
 const message = (seq: number): framesV1.ServerFrame => ({
   requestId: '',
   kind: { $case: 'message', value: { message: messagingV1.Message.fromPartial({ conversationId: 'c1', seq, text: `m${seq}` }) } },
