@@ -9,7 +9,7 @@ import {
   UnavailableError,
 } from '@switchboard/errors';
 import { isSafeId, newId } from '@switchboard/ids';
-import { commonV1, framesV1, messagingV1 } from '@switchboard/proto';
+import { commonV1, framesV1, messagingV1, type eventsV1 } from '@switchboard/proto';
 import { backoffDelay, DEFAULT_BACKOFF, retryDelay } from './backoff';
 import {
   BEARER_SUBPROTOCOL_PREFIX,
@@ -191,6 +191,11 @@ export interface ClientEvents {
    * fetched all come through here.
    */
   message: [message: messagingV1.Message];
+  /**
+   * A broadcast event of a pattern this connection subscribed to
+   * (`subscribeEvents`), replayed or live, with its `streamSeq`.
+   */
+  event: [event: eventsV1.BroadcastEvent];
   /** The resume sync after a (re)connect delivered everything the server had missed for this device. */
   synced: [event: SyncedEvent];
   /** Every pushed ServerFrame (empty request id) as it arrived, unordered: including welcome, reconnect and raw message pushes. */
@@ -601,6 +606,23 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
     return reply.value.reply;
   }
 
+  /**
+   * Subscribes this connection to broadcast events whose topic matches
+   * `pattern` (`*` one token, `>` the rest; covered by the token's `events`
+   * claim). With `replayAfterSeq` the stored events after that stream
+   * sequence come first (as `event`s, before this resolves), then the live
+   * ones. Keep the last `streamSeq` seen and pass it after a reconnect or a
+   * `resync`: the subscription lives as long as the connection.
+   */
+  async subscribeEvents(pattern: string, options: RequestOptions & { replayAfterSeq?: number } = {}): Promise<void> {
+    await this.request({ $case: 'subscribeEvents', value: { pattern, replayAfterSeq: options.replayAfterSeq ?? 0 } }, options);
+  }
+
+  /** Stops the events of a pattern subscribed with `subscribeEvents` (a pattern not subscribed is no error). */
+  async unsubscribeEvents(pattern: string, options?: RequestOptions): Promise<void> {
+    await this.request({ $case: 'unsubscribeEvents', value: { pattern } }, options);
+  }
+
   async ping(options?: RequestOptions): Promise<framesV1.Pong & { rttMs: number }> {
     const sent = Date.now();
     const reply = await this.request({ $case: 'ping', value: { clientTimeMs: sent } }, options);
@@ -984,6 +1006,9 @@ export class SwitchboardClient extends EventEmitter<ClientEvents> {
         break;
       case 'conversation':
         this.onMembership(kind.value);
+        break;
+      case 'event':
+        if (kind.value.event) this.emit('event', kind.value.event);
         break;
       case 'reconnect':
         this.onReconnectRequested(conn, kind.value);
