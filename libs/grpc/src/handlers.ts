@@ -1,11 +1,12 @@
 import { status, type handleServerStreamingCall, type handleUnaryCall, type Metadata, type ServerUnaryCall, type ServerWritableStream } from '@grpc/grpc-js';
 import { asSwitchboardError, ErrorCode, PermissionDeniedError } from '@switchboard/errors';
+import { assertSafeId } from '@switchboard/ids';
 import type { Logger } from '@switchboard/logging';
 import type { commonV1 } from '@switchboard/proto';
 import { extractTraceContext, LATENCY_BUCKETS_SECONDS, metrics, SpanKind, withSpan, type Histogram } from '@switchboard/telemetry';
 import { grpcStatusFor, toServiceError } from './errors';
 import { verifyInternalCaller } from './internal';
-import { rolesFromMetadata, tenantFromMetadata } from './tenant';
+import { checkedRoles, rolesFromMetadata, tenantFromMetadata } from './tenant';
 
 export interface CallContext {
   /** The caller's tenant, from metadata; every resource touched must belong to it. */
@@ -31,6 +32,45 @@ function rpcDuration(): Histogram {
   return duration;
 }
 
+/**
+ * Records one call's time in rpc_server_duration_seconds; also one item of a
+ * batch call under the method it stands for (`labels` tell it apart, e.g.
+ * via="SendMessages"), so a send's handler time reads the same either way.
+ */
+export function observeRpc(method: string, code: status, seconds: number, labels: Record<string, string> = {}): void {
+  rpcDuration().record(seconds, { ...labels, method, code: status[code] ?? String(code) });
+}
+
+/** A user's item inside an internal batch call: who it acts as, as the calling service verified from the user's token. */
+export interface BatchItemCaller {
+  userId: string;
+  deviceId: string;
+  roles: readonly string[];
+  /** Milliseconds the user still waits (0: the call's own deadline). */
+  deadlineMs: number;
+}
+
+/**
+ * The context one item of an internal batch call runs in: the call's tenant
+ * (never the item's choice), acting as the item's user exactly as a
+ * SendMessage from that user would (not internal), with the item's roles and
+ * deadline. Only an internal caller (its proof checked by `unary`) may speak
+ * for users this way; anyone else is refused.
+ */
+export function batchItemContext(ctx: CallContext, item: BatchItemCaller): CallContext {
+  if (!ctx.tenant.internal) throw new PermissionDeniedError('only internal callers may send on behalf of other users in a batch', { field: 'context.internal' });
+  const userId = assertSafeId(item.userId, 'items.user_id');
+  const deviceId = item.deviceId ? assertSafeId(item.deviceId, 'items.device_id') : '';
+  const deadlineAt = item.deadlineMs > 0 ? Date.now() + item.deadlineMs : undefined;
+  return {
+    tenant: { tenantId: ctx.tenant.tenantId, userId, deviceId, internal: false },
+    roles: checkedRoles(item.roles),
+    metadata: ctx.metadata,
+    deadlineMs: () => Math.min(ctx.deadlineMs(), deadlineAt === undefined ? Infinity : deadlineAt - Date.now()),
+    logger: ctx.logger,
+  };
+}
+
 function metadataCarrier(metadata: Metadata): Record<string, string> {
   const carrier: Record<string, string> = {};
   for (const [key, value] of Object.entries(metadata.getMap())) {
@@ -50,7 +90,7 @@ export function unary<Req, Res>(method: string, logger: Logger, handler: UnaryHa
   return (call: ServerUnaryCall<Req, Res>, callback) => {
     const parent = extractTraceContext(metadataCarrier(call.metadata));
     const started = performance.now();
-    const observe = (code: status) => rpcDuration().record((performance.now() - started) / 1000, { method, code: status[code] ?? String(code) });
+    const observe = (code: status) => observeRpc(method, code, (performance.now() - started) / 1000);
     void withSpan(method, { kind: SpanKind.SERVER, parent, attributes: { 'rpc.system': 'grpc', 'rpc.method': method } }, async () => {
       try {
         const response = await handler(call.request, callContext(call, method, logger));

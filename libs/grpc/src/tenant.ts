@@ -31,7 +31,11 @@ export function rolesToMetadata(roles: readonly string[], metadata: Metadata): M
 export function rolesFromMetadata(metadata: Metadata): string[] {
   const value = first(metadata, TENANT_METADATA.roles);
   if (!value) return [];
-  const roles = value.split(',');
+  return checkedRoles(value.split(','));
+}
+
+/** A role list as metadata or a batch item carries it: at most MAX_ROLES safe ids, else UNAUTHENTICATED. */
+export function checkedRoles(roles: readonly string[]): string[] {
   if (roles.length > MAX_ROLES) throw new UnauthenticatedError(`the call carries more than ${MAX_ROLES} roles`, { field: 'roles' });
   try {
     return roles.map((role) => assertSafeId(role, 'roles'));

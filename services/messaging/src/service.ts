@@ -1,14 +1,18 @@
 import { messageContent } from '@switchboard/content';
-import { InvalidArgumentError, PermissionDeniedError } from '@switchboard/errors';
-import { actingUser, unary, viewer, type CallContext } from '@switchboard/grpc';
+import { asSwitchboardError, ErrorCode, InvalidArgumentError, PermissionDeniedError } from '@switchboard/errors';
+import { actingUser, batchItemContext, GrpcStatus, grpcStatusFor, observeRpc, unary, viewer, type CallContext } from '@switchboard/grpc';
 import { assertSafeId, audienceConversationId, audienceConversationsOf, MAX_AUDIENCE_ROLE_LENGTH } from '@switchboard/ids';
 import type { Logger } from '@switchboard/logging';
+import { extractTraceContext, SpanKind, withSpan } from '@switchboard/telemetry';
 import { messagingV1, type roomV1 } from '@switchboard/proto';
 import type { MessagingConfig } from './config';
 import { Permission, type RoomAccess } from './room-access';
 import type { MessageStore, NewMessage, Reader } from './store';
 
 const { ConversationKind, MessageKind, Direction } = messagingV1;
+
+/** Most items in one SendMessages call (a gateway sends far fewer: what arrived while its previous calls ran). */
+export const MAX_BATCH_ITEMS = 1000;
 
 /** The acting user as a reader: their conversations plus the audiences of their roles. */
 function readerOf(ctx: CallContext): Reader {
@@ -105,26 +109,61 @@ export function messagingService(store: MessageStore, rooms: RoomAccess, config:
     return kind === MessageKind.MESSAGE_KIND_ANNOUNCEMENT ? [Permission.PERMISSION_POST, Permission.PERMISSION_ANNOUNCE] : [Permission.PERMISSION_POST];
   }
 
+  /**
+   * One item of SendMessages as its own user's SendMessage: its own span
+   * (continuing the send's trace), its own handler time, its own outcome.
+   */
+  async function sendItem(item: messagingV1.SendMessagesItem, ctx: CallContext): Promise<messagingV1.SendMessagesResult> {
+    const started = performance.now();
+    const parent = extractTraceContext(item.traceContext);
+    return withSpan('SendMessage', { kind: SpanKind.SERVER, parent, attributes: { 'rpc.system': 'grpc', 'rpc.method': 'SendMessage', 'switchboard.batched': true } }, async () => {
+      try {
+        if (item.request?.context?.tenantId && item.request.context.tenantId !== ctx.tenant.tenantId) {
+          throw new PermissionDeniedError('an item names another tenant than the call', { field: 'items.request.context.tenant_id' });
+        }
+        if (!item.request) throw new InvalidArgumentError('an item needs its request', { field: 'items.request' });
+        const ack = await send(item.request, batchItemContext(ctx, item));
+        observeRpc('SendMessage', GrpcStatus.OK, (performance.now() - started) / 1000, { via: 'SendMessages' });
+        return { outcome: { $case: 'ack', value: ack } };
+      } catch (thrown) {
+        const err = asSwitchboardError(thrown);
+        if (err.code === ErrorCode.ERROR_CODE_INTERNAL) logger.error({ err: thrown, method: 'SendMessages' }, 'batched send failed');
+        observeRpc('SendMessage', grpcStatusFor(err.code), (performance.now() - started) / 1000, { via: 'SendMessages' });
+        return { outcome: { $case: 'error', value: err.toProto() } };
+      }
+    });
+  }
+
+  /** One user's send, checked and committed: the SendMessage call, and each item of SendMessages. */
+  async function send(req: messagingV1.SendMessageRequest, ctx: CallContext): Promise<messagingV1.MessageAck> {
+    const senderId = actingUser(ctx);
+    const message = newMessage(req, senderId, config, MessageKind.MESSAGE_KIND_TEXT);
+    if (!req.target) throw new InvalidArgumentError('name a conversation_id or a recipient_user_id', { field: 'target' });
+    let target: { conversationId: string } | { recipientUserId: string };
+    if (req.target.$case === 'recipientUserId') {
+      const recipientUserId = assertSafeId(req.target.value, 'recipient_user_id');
+      if (recipientUserId === senderId) throw new InvalidArgumentError('a direct message needs another user', { field: 'recipient_user_id' });
+      target = { recipientUserId };
+    } else {
+      target = { conversationId: assertSafeId(req.target.value, 'conversation_id') };
+    }
+    const permissions = kindPermissions(ctx, message.kind);
+    const grant = 'conversationId' in target ? await roomGrant(ctx, target.conversationId, senderId, permissions) : undefined;
+    if (!grant && message.kind === MessageKind.MESSAGE_KIND_ANNOUNCEMENT && !ctx.tenant.internal) {
+      throw new PermissionDeniedError('announcements are posted in rooms (or broadcast with SendBroadcast)', { field: 'kind' });
+    }
+    return store.send(ctx.tenant.tenantId, target, message, grant ? { kind: ROOM } : undefined, Date.now() + ctx.deadlineMs());
+  }
+
   return {
-    sendMessage: unary('SendMessage', logger, async (req: messagingV1.SendMessageRequest, ctx) => {
-      const senderId = actingUser(ctx);
-      const message = newMessage(req, senderId, config, MessageKind.MESSAGE_KIND_TEXT);
-      if (!req.target) throw new InvalidArgumentError('name a conversation_id or a recipient_user_id', { field: 'target' });
-      let target: { conversationId: string } | { recipientUserId: string };
-      if (req.target.$case === 'recipientUserId') {
-        const recipientUserId = assertSafeId(req.target.value, 'recipient_user_id');
-        if (recipientUserId === senderId) throw new InvalidArgumentError('a direct message needs another user', { field: 'recipient_user_id' });
-        target = { recipientUserId };
-      } else {
-        target = { conversationId: assertSafeId(req.target.value, 'conversation_id') };
-      }
-      const permissions = kindPermissions(ctx, message.kind);
-      const grant = 'conversationId' in target ? await roomGrant(ctx, target.conversationId, senderId, permissions) : undefined;
-      if (!grant && message.kind === MessageKind.MESSAGE_KIND_ANNOUNCEMENT && !ctx.tenant.internal) {
-        throw new PermissionDeniedError('announcements are posted in rooms (or broadcast with SendBroadcast)', { field: 'kind' });
-      }
-      const ack = await store.send(ctx.tenant.tenantId, target, message, grant ? { kind: ROOM } : undefined, Date.now() + ctx.deadlineMs());
-      return { ack };
+    sendMessage: unary('SendMessage', logger, async (req: messagingV1.SendMessageRequest, ctx) => ({ ack: await send(req, ctx) })),
+
+    sendMessages: unary('SendMessages', logger, async (req: messagingV1.SendMessagesRequest, ctx) => {
+      if (!ctx.tenant.internal) throw new PermissionDeniedError('SendMessages is for internal callers; users send with SendMessage', { field: 'context.internal' });
+      if (req.items.length > MAX_BATCH_ITEMS) throw new InvalidArgumentError(`at most ${MAX_BATCH_ITEMS} items per call`, { field: 'items' });
+      // Every item at once: they meet in the send batcher, which commits them together.
+      const results = await Promise.all(req.items.map((item) => sendItem(item, ctx)));
+      return { results };
     }),
 
     sendBroadcast: unary('SendBroadcast', logger, async (req: messagingV1.SendBroadcastRequest, ctx) => {

@@ -32,6 +32,36 @@ function send(client: Messaging, from: string, target: { conversationId: string 
 }
 
 
+const internal = (tenantId = tenant) => ({ context: { tenantId, userId: '', deviceId: '', internal: true } });
+
+/** One user's send as an item of SendMessages (what a gateway batches). */
+function item(from: string, target: { conversationId: string } | { recipientUserId: string }, text: string, clientMessageId = newId(), extra: Partial<messagingV1.SendMessagesItem> = {}): messagingV1.SendMessagesItem {
+  return {
+    userId: from,
+    deviceId: '',
+    roles: [],
+    deadlineMs: 5000,
+    traceContext: {},
+    request: {
+      context: undefined,
+      target: 'conversationId' in target ? { $case: 'conversationId', value: target.conversationId } : { $case: 'recipientUserId', value: target.recipientUserId },
+      clientMessageId,
+      kind: messagingV1.MessageKind.MESSAGE_KIND_TEXT,
+      text,
+      attachments: [],
+      mentions: [],
+      metadata: {},
+    },
+    ...extra,
+  };
+}
+
+/** Each item's outcome: the ack, or the error's code (and field). */
+function outcomes(response: messagingV1.SendMessagesResponse) {
+  return response.results.map((r) => (r.outcome?.$case === 'ack' ? { ack: r.outcome.value } : { code: r.outcome!.value.code, field: r.outcome!.value.field, retryAfterMs: r.outcome!.value.retryAfterMs }));
+}
+
+
 describe('messaging service (real PostgreSQL, NATS, Kafka, room service)', () => {
   let room: ServiceProcess;
   let roomAddress: string;
@@ -204,6 +234,37 @@ describe('messaging service (real PostgreSQL, NATS, Kafka, room service)', () =>
           planned.filter((p) => p.conversationId === conversationId).map((p) => p.text).sort(),
         );
       }
+    } finally {
+      small.client.close();
+      expect(await small.service.stop()).toBe(0);
+    }
+  });
+
+  it('SendMessages sheds per item: a batch larger than the queue gets OVERLOADED items with a hint, stores only the acked ones, and the retried ones commit once', async () => {
+    const small = await oneAtATime({ SEND_QUEUE_MAX: '4', SEND_RETRY_AFTER_MS: '50' });
+    try {
+      const { ack } = await send(small.client, 'bs-a', { recipientUserId: 'bs-b' }, 'start');
+      const conversationId = ack!.conversationId;
+      const planned = Array.from({ length: 60 }, (_, i) => item(i % 2 ? 'bs-a' : 'bs-b', { conversationId }, `m${i}`));
+      const first = outcomes(await small.client.sendMessages({ context: internal().context, items: planned }, internal()));
+      const refused = first.filter((o) => !('ack' in o));
+      expect(refused.length).toBeGreaterThan(0);
+      for (const refusal of refused) expect(refusal).toMatchObject({ code: ErrorCode.ERROR_CODE_OVERLOADED, retryAfterMs: 50 });
+      const history = async () =>
+        (await small.client.getHistory({ context: undefined, conversationId, fromSeq: 0, direction: messagingV1.Direction.DIRECTION_FORWARD, limit: 200 }, as('bs-a'))).messages;
+      const acked = planned.filter((_, i) => 'ack' in first[i]!).map((p) => p.request!.clientMessageId);
+      expect((await history()).filter((m) => m.text !== 'start').map((m) => m.clientMessageId).sort()).toEqual(acked.sort());
+      // The refused items again, a few at a time after the hint, as clients retry.
+      let pending = planned.filter((_, i) => !('ack' in first[i]!));
+      while (pending.length > 0) {
+        await new Promise((r) => setTimeout(r, 50));
+        const batch = pending.slice(0, 3);
+        const results = outcomes(await small.client.sendMessages({ context: internal().context, items: batch }, internal()));
+        pending = [...batch.filter((_, i) => !('ack' in results[i]!)), ...pending.slice(3)];
+      }
+      const messages = await history();
+      expect(messages.map((m) => m.seq)).toEqual(Array.from({ length: 61 }, (_, i) => i + 1));
+      expect(new Set(messages.map((m) => m.clientMessageId)).size).toBe(61);
     } finally {
       small.client.close();
       expect(await small.service.stop()).toBe(0);
@@ -453,6 +514,66 @@ describe('messaging service (real PostgreSQL, NATS, Kafka, room service)', () =>
     expect((await errorOf(send(client, 'ivan', { conversationId }, 'x'.repeat(20_000)))).field).toBe('text');
     const noTenant = await errorOf(client.getConversation({ context: undefined, conversationId }, { context: { tenantId: '', userId: 'ivan', deviceId: '', internal: false } }));
     expect(noTenant.code).toBe(ErrorCode.ERROR_CODE_UNAUTHENTICATED);
+  });
+
+  it('SendMessages: one internal call carries many users\' sends, each acked or refused on its own like SendMessage', async () => {
+    const { ack } = await send(client, 'bm-a', { recipientUserId: 'bm-b' }, 'start');
+    const conversationId = ack!.conversationId;
+    const reused = newId();
+    const response = await client.sendMessages(
+      {
+        context: internal().context,
+        items: [
+          item('bm-a', { conversationId }, 'one'),
+          item('bm-outsider', { conversationId }, 'let me in'),
+          item('bm-b', { conversationId }, 'two', reused),
+          item('bm-b', { recipientUserId: 'bm-c' }, 'a new direct conversation'),
+          item('bm-a', { conversationId: 'x.>' }, 'bad id'),
+          item('bm-a', { conversationId }, ''),
+        ],
+      },
+      internal(),
+    );
+    const [one, outsider, two, created, badId, empty] = outcomes(response);
+    expect(one).toMatchObject({ ack: { conversationId, duplicate: false } });
+    expect(two).toMatchObject({ ack: { conversationId, clientMessageId: reused, duplicate: false } });
+    expect(created).toMatchObject({ ack: { seq: 1 } });
+    expect(outsider).toMatchObject({ code: ErrorCode.ERROR_CODE_PERMISSION_DENIED });
+    expect(badId).toMatchObject({ code: ErrorCode.ERROR_CODE_INVALID_ARGUMENT, field: 'conversation_id' });
+    expect(empty).toMatchObject({ code: ErrorCode.ERROR_CODE_INVALID_ARGUMENT, field: 'text' });
+    // A retry of an item (same client id) answers with the original ack and stores nothing new.
+    const retried = outcomes(await client.sendMessages({ context: internal().context, items: [item('bm-b', { conversationId }, 'two', reused)] }, internal()));
+    expect(retried).toEqual([{ ack: { ...(two as { ack: messagingV1.MessageAck }).ack, duplicate: true } }]);
+    const history = await client.getHistory({ context: undefined, conversationId, fromSeq: 0, direction: messagingV1.Direction.DIRECTION_FORWARD, limit: 10 }, as('bm-a'));
+    // Gap-free, and only the acknowledged items are stored, each once, under its own sender.
+    expect(history.messages.map((m) => m.seq)).toEqual([1, 2, 3]);
+    expect(history.messages.map((m) => [m.senderId, m.text]).sort()).toEqual([
+      ['bm-a', 'one'],
+      ['bm-a', 'start'],
+      ['bm-b', 'two'],
+    ]);
+  });
+
+  it('SendMessages: refuses callers that are not internal, items of another tenant, and sends into another tenant\'s conversation', async () => {
+    const { ack } = await send(client, 'bt-a', { recipientUserId: 'bt-b' }, 'tenant A only');
+    const conversationId = ack!.conversationId;
+    // A user may not speak for other users, even naming only themselves.
+    const asUser = await errorOf(client.sendMessages({ context: as('bt-a').context, items: [item('bt-a', { conversationId }, 'sneaky')] }, as('bt-a')));
+    expect(asUser.code).toBe(ErrorCode.ERROR_CODE_PERMISSION_DENIED);
+    // An internal call of the other tenant cannot reach tenant A's conversation: it does not exist there.
+    const [crossTenant] = outcomes(await client.sendMessages({ context: internal(otherTenant).context, items: [item('bt-a', { conversationId }, 'cross')] }, internal(otherTenant)));
+    expect(crossTenant).toMatchObject({ code: ErrorCode.ERROR_CODE_NOT_FOUND });
+    // An item whose own context names another tenant than the call is refused; the others of the call still commit.
+    const foreign = item('bt-a', { conversationId }, 'foreign context');
+    foreign.request!.context = { tenantId: otherTenant, userId: 'bt-a', deviceId: '', internal: false };
+    const [refused, fine] = outcomes(await client.sendMessages({ context: internal().context, items: [foreign, item('bt-b', { conversationId }, 'fine')] }, internal()));
+    expect(refused).toMatchObject({ code: ErrorCode.ERROR_CODE_PERMISSION_DENIED, field: 'items.request.context.tenant_id' });
+    expect(fine).toMatchObject({ ack: { conversationId, seq: 2 } });
+    // An item's user is an id like any other.
+    const [badUser] = outcomes(await client.sendMessages({ context: internal().context, items: [item('x.>', { conversationId }, 'bad user')] }, internal()));
+    expect(badUser).toMatchObject({ code: ErrorCode.ERROR_CODE_INVALID_ARGUMENT, field: 'items.user_id' });
+    const history = await client.getHistory({ context: undefined, conversationId, fromSeq: 0, direction: messagingV1.Direction.DIRECTION_FORWARD, limit: 10 }, as('bt-a'));
+    expect(history.messages.map((m) => m.text)).toEqual(['tenant A only', 'fine']);
   });
 
   it('row-level security hides other tenants rows even from a query that forgets the tenant', async () => {
