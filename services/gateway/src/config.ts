@@ -98,6 +98,14 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       EVENT_SUBSCRIPTIONS_PER_CONNECTION: env.positiveInt(32),
       /** Stored events one subscribe_events may replay; a replay_after_seq further back is refused with FAILED_PRECONDITION. */
       EVENT_REPLAY_MAX_EVENTS: env.positiveInt(1000),
+      /**
+       * SendMessages calls to messaging in flight at once. Sends arriving
+       * while they run leave together in the next call (one batch per
+       * tenant), so under load a send costs an item, not a gRPC call.
+       */
+      MESSAGING_SEND_CALLS: env.positiveInt(8),
+      /** Most sends in one SendMessages call (messaging accepts up to 1,000). */
+      MESSAGING_SEND_BATCH_MAX: z.coerce.number().int().min(1).max(1000).default(256),
     },
     source,
   );

@@ -7,6 +7,7 @@ import type { Connection } from './connection';
 import type { Rooms } from './rooms';
 import type { PresenceLink } from './presence';
 import type { EventBroadcast } from './events';
+import { MessagingSends, type SendBatchLimits } from './send-batch';
 
 type Messaging = PromiseClient<messagingV1.MessagingServiceClient>;
 type ClientKind = NonNullable<framesV1.ClientFrame['kind']>;
@@ -25,6 +26,8 @@ export class FrameHandler {
   events: EventBroadcast | undefined;
   /** Sends waiting for messaging's answer. */
   private pendingSends = 0;
+  /** Sends leave for messaging in per-tenant batches (send-batch.ts). */
+  private readonly sends: MessagingSends;
 
   constructor(
     private readonly messaging: Messaging,
@@ -33,7 +36,9 @@ export class FrameHandler {
     meter: Meter,
     private readonly rooms: Rooms,
     private readonly shedding: { maxPendingSends: number; retryAfterMs: number } = { maxPendingSends: Infinity, retryAfterMs: 500 },
+    sendBatch: SendBatchLimits = { maxCalls: 8, maxBatch: 256 },
   ) {
+    this.sends = new MessagingSends(messaging, sendBatch);
     this.duration = meter.createHistogram('gateway_frame_duration_seconds', {
       description: 'Time from a client frame to its reply, by frame kind and outcome',
       advice: { explicitBucketBoundaries: LATENCY_BUCKETS_SECONDS },
@@ -70,8 +75,8 @@ export class FrameHandler {
         const { target, ...rest } = kind.value;
         this.pendingSends += 1;
         try {
-          const { ack } = await this.messaging.sendMessage({ context: undefined, kind: 0, target, ...rest }, options);
-          return { $case: 'messageAck', value: ack! };
+          const ack = await this.sends.send(connection.identity, { kind: 0, target, ...rest }, this.backendDeadlineMs);
+          return { $case: 'messageAck', value: ack };
         } finally {
           this.pendingSends -= 1;
         }

@@ -58,7 +58,7 @@ async function main(): Promise<void> {
   const frames = new FrameHandler(messaging, logger, config.BACKEND_DEADLINE_MS, telemetry.meter, rooms, {
     maxPendingSends: config.MAX_PENDING_SENDS,
     retryAfterMs: config.OVERLOAD_RETRY_AFTER_MS,
-  });
+  }, { maxCalls: config.MESSAGING_SEND_CALLS, maxBatch: config.MESSAGING_SEND_BATCH_MAX });
   const server = new GatewayServer(config, new TokenVerifier(config), fanout, frames, logger, telemetry.meter, limits);
   const presenceLink = new PresenceLink(presence, nats, fanout, () => server.connections, config, logger, room);
   server.presence = presenceLink;
