@@ -65,6 +65,51 @@ describe('shared budgets', () => {
     expect((await rates.consume('tenant-bytes', t, '', 600, 1000)).allowed).toBe(true);
     expect((await rates.consume('tenant-bytes', t, '', 600, 1000)).allowed).toBe(false);
   });
+
+  it('takes several budgets in one round trip, in order, leaving the budgets after a refusal uncharged', async () => {
+    const t = tenant();
+    const rates = new SharedRateLimits(gatewayA);
+    const frame = (bytes: number) => [
+      { kind: 'tenant-bytes' as const, tenantId: t, subject: '', points: bytes, perSecond: 1000 },
+      { kind: 'tenant-messages' as const, tenantId: t, subject: '', points: 1, perSecond: 3 },
+      { kind: 'user-messages' as const, tenantId: t, subject: 'alice', points: 1, perSecond: 2 },
+    ];
+    expect(await rates.consumeInOrder(frame(100))).toEqual({ allowed: true });
+    expect(await rates.consumeInOrder(frame(100))).toEqual({ allowed: true });
+    // The user's budget (2/s) refuses the third: it is the third step.
+    expect(await rates.consumeInOrder(frame(100))).toMatchObject({ allowed: false, step: 2 });
+    // A frame over the bandwidth stops at the first step: the message budgets are not charged by it.
+    expect(await rates.consumeInOrder(frame(900))).toMatchObject({ allowed: false, step: 0 });
+    // The tenant's budget holds the three messages that reached it; the frame over the bandwidth added none.
+    const bob = { kind: 'user-messages' as const, tenantId: t, subject: 'bob', points: 1, perSecond: 2 };
+    const tenantMessages = (await gatewayB.get(`sb:{${t}}:rl:tenant-messages:3:`))!;
+    expect(Number(tenantMessages)).toBe(3);
+    // The same keys as a one-budget consume from another process (one window, whichever call took it).
+    const other = new SharedRateLimits(gatewayB);
+    expect(await other.consume('tenant-messages', t, '', 1, 3)).toMatchObject({ allowed: false });
+    expect(await other.consume('user-messages', t, 'bob', 1, 2)).toEqual({ allowed: true });
+    expect(await other.consumeInOrder([bob])).toEqual({ allowed: true });
+    const refused = await other.consumeInOrder([bob]);
+    expect(refused).toMatchObject({ allowed: false, step: 0 });
+    expect((refused as { retryAfterMs: number }).retryAfterMs).toBeGreaterThan(0);
+    expect((refused as { retryAfterMs: number }).retryAfterMs).toBeLessThanOrEqual(1000);
+  });
+
+  it('keeps limiting with per-process budgets when Redis cannot be reached', async () => {
+    // A client whose connection is closed: every Redis call fails at once.
+    const unreachable = createRedis(infraEnv()['REDIS_URL']!, 'limits-test-down');
+    await unreachable.connect();
+    unreachable.disconnect();
+    const rates = new SharedRateLimits(unreachable);
+    try {
+      const t = tenant();
+      const decisions = [];
+      for (let i = 0; i < 4; i += 1) decisions.push(await rates.consume('user-messages', t, 'alice', 1, 3));
+      expect(decisions.map((d) => d.allowed)).toEqual([true, true, true, false]);
+    } finally {
+      unreachable.disconnect();
+    }
+  });
 });
 
 describe('connection slots', () => {

@@ -1,5 +1,5 @@
 import { FrameTooLargeError, RateLimitedError, SwitchboardError } from '@switchboard/errors';
-import type { ConnectionSlots, LocalRate, SharedRateLimits, TenantLimits, TenantLimitStore, UsageCounters } from '@switchboard/limits';
+import type { ConnectionSlots, LocalRate, RatesDecision, RateStep, SharedRateLimits, TenantLimits, TenantLimitStore, UsageCounters } from '@switchboard/limits';
 import type { Logger } from '@switchboard/logging';
 import type { framesV1 } from '@switchboard/proto';
 import type { Counter, Meter } from '@switchboard/telemetry';
@@ -122,9 +122,9 @@ export class GatewayLimits {
   }
 
   /**
-   * A decoded frame against its size limit, the connection's frame budget and
-   * the tenant's bandwidth (after decoding, so the refusal carries the
-   * request id; decoding is bounded by the gateway's MAX_FRAME_BYTES).
+   * A frame against its size limit and the connection's own frame budget
+   * (both in process), before anything else is done with it; decoding is
+   * bounded by the gateway's MAX_FRAME_BYTES.
    */
   async admitFrame(connection: Connection, bytes: number): Promise<Refusal | undefined> {
     connection.counters.frames += 1;
@@ -141,27 +141,45 @@ export class GatewayLimits {
       if (!(await this.abuseRate.consume(connection.id)).allowed) refusal.close = { code: CLOSE.rateLimited, reason: 'rate limited: too many frames' };
       return refusal;
     }
-    const bandwidth = await this.shared('tenant-bytes', connection.tenantId, '', bytes, limits.bytesPerSecondPerTenant);
-    if (!bandwidth.allowed) {
-      return this.refuse(connection, 'bandwidth', new RateLimitedError(`tenant bandwidth limit exceeded (${limits.bytesPerSecondPerTenant} bytes/s)`, { retryAfterMs: bandwidth.retryAfterMs }));
-    }
     return undefined;
   }
 
-  /** A valid frame that is a message, against the user's and the tenant's message budgets. */
-  async admitMessage(connection: Connection, frame: framesV1.ClientFrame): Promise<Refusal | undefined> {
-    if (!MESSAGE_KINDS.has(frame.kind!.$case)) return undefined;
+  /**
+   * The shared budgets of an admitted frame, in one Redis round trip: the
+   * tenant's bandwidth (every frame, invalid ones too: a garbage flood is
+   * still a flood), then for a valid message frame the tenant's and the
+   * user's message budgets. In that order, and a refused budget leaves the
+   * later ones uncharged: the tenant's budget before the user's, so once a
+   * flooding tenant is over it, refusals come from memory.
+   */
+  async admitShared(connection: Connection, bytes: number, frame: framesV1.ClientFrame | undefined): Promise<Refusal | undefined> {
     const limits = await this.limitsOf(connection.tenantId);
-    // The tenant's budget first: once a flooding tenant is over it, refusals come from memory (no Redis round trip).
-    const tenant = await this.shared('tenant-messages', connection.tenantId, '', 1, limits.messagesPerSecondPerTenant);
-    if (!tenant.allowed) {
-      return this.refuse(connection, 'rate_tenant', new RateLimitedError(`tenant message rate limit exceeded (${limits.messagesPerSecondPerTenant} per second)`, { retryAfterMs: tenant.retryAfterMs }));
+    const { tenantId, userId } = connection;
+    const message = frame !== undefined && MESSAGE_KINDS.has(frame.kind!.$case);
+    const steps: RateStep[] = [{ kind: 'tenant-bytes', tenantId, subject: '', points: bytes, perSecond: limits.bytesPerSecondPerTenant }];
+    if (message) {
+      steps.push({ kind: 'tenant-messages', tenantId, subject: '', points: 1, perSecond: limits.messagesPerSecondPerTenant });
+      steps.push({ kind: 'user-messages', tenantId, subject: userId, points: 1, perSecond: limits.messagesPerSecondPerUser });
     }
-    const user = await this.shared('user-messages', connection.tenantId, connection.userId, 1, limits.messagesPerSecondPerUser);
-    if (!user.allowed) {
-      return this.refuse(connection, 'rate_user', new RateLimitedError(`message rate limit exceeded (${limits.messagesPerSecondPerUser} per second per user)`, { retryAfterMs: user.retryAfterMs }));
+    let decision: RatesDecision;
+    try {
+      decision = await this.rates.consumeInOrder(steps);
+    } catch (err) {
+      this.logger.error({ err }, 'shared rate budgets failed: allowing');
+      decision = { allowed: true };
     }
-    connection.counters.messages += 1;
+    if (!decision.allowed) {
+      const retry = { retryAfterMs: decision.retryAfterMs };
+      switch (steps[decision.step]!.kind) {
+        case 'tenant-bytes':
+          return this.refuse(connection, 'bandwidth', new RateLimitedError(`tenant bandwidth limit exceeded (${limits.bytesPerSecondPerTenant} bytes/s)`, retry));
+        case 'tenant-messages':
+          return this.refuse(connection, 'rate_tenant', new RateLimitedError(`tenant message rate limit exceeded (${limits.messagesPerSecondPerTenant} per second)`, retry));
+        case 'user-messages':
+          return this.refuse(connection, 'rate_user', new RateLimitedError(`message rate limit exceeded (${limits.messagesPerSecondPerUser} per second per user)`, retry));
+      }
+    }
+    if (message) connection.counters.messages += 1;
     return undefined;
   }
 
@@ -208,15 +226,6 @@ export class GatewayLimits {
       if (renew) await this.slots.renew(open);
     } catch (err) {
       this.logger.warn({ err }, 'could not write tenant usage or renew connection slots');
-    }
-  }
-
-  private async shared(kind: Parameters<SharedRateLimits['consume']>[0], tenantId: string, subject: string, points: number, perSecond: number) {
-    try {
-      return await this.rates.consume(kind, tenantId, subject, points, perSecond);
-    } catch (err) {
-      this.logger.error({ err, kind }, 'shared rate budget failed: allowing');
-      return { allowed: true as const };
     }
   }
 

@@ -260,7 +260,7 @@ export class GatewayServer {
     } catch (err) {
       this.frames.add(1, { kind: 'invalid' });
       // Undecodable frames count against the connection's budgets too (a garbage flood is still a flood).
-      const refused = await this.limits.admitFrame(connection, data.length);
+      const refused = (await this.limits.admitFrame(connection, data.length)) ?? (await this.limits.admitShared(connection, data.length, undefined));
       if (refused) return this.refuseFrame(connection, '', refused);
       this.limits.invalidFrame(connection);
       const error = err instanceof SwitchboardError ? err.toProto() : { code: 1, message: 'invalid frame', field: '', retryAfterMs: 0 };
@@ -273,10 +273,14 @@ export class GatewayServer {
     try {
       validateClientFrame(frame.kind!);
     } catch (err) {
+      // An invalid frame still counts against the tenant's bandwidth; a bandwidth refusal comes first, as it did when it was checked before validation.
+      const limited = await this.limits.admitShared(connection, data.length, undefined);
+      if (limited) return this.refuseFrame(connection, frame.requestId, limited);
       this.limits.invalidFrame(connection);
       return this.refuseFrame(connection, frame.requestId, { error: err as SwitchboardError });
     }
-    const limited = await this.limits.admitMessage(connection, frame);
+    // The tenant's bandwidth and, for a message, the tenant's and the user's message budgets: one Redis round trip.
+    const limited = await this.limits.admitShared(connection, data.length, frame);
     if (limited) return this.refuseFrame(connection, frame.requestId, limited);
     if (frame.kind!.$case === 'refreshToken') {
       try {
