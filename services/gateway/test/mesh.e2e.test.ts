@@ -158,6 +158,36 @@ describe('the first path: a direct message across two gateway processes', () => 
     expect(phone.map((m) => m.messageId)).toEqual([first.messageId]);
   });
 
+  it('answers each of many sends that leave together in one batch on its own: acks to their senders, a refusal to the outsider', async () => {
+    // Sends from several users of two tenants at once on one gateway: they travel to messaging in shared
+    // SendMessages calls, one per tenant, and each answer must still reach the frame it belongs to.
+    const otherTenant = `t${newId().slice(0, 12)}`;
+    const pairs = await Promise.all(
+      Array.from({ length: 6 }, async (_, i) => {
+        const tenantId = i % 2 ? otherTenant : tenant;
+        const [from, to] = [user(`batch-from${i}`), user(`batch-to${i}`)];
+        return { tenantId, from, to, sender: await connect(0, from, 'json', tenantId), recipient: await connect(1, to, 'json', tenantId) };
+      }),
+    );
+    const first = await pairs[0]!.sender.sendMessage({ recipientUserId: pairs[0]!.to, text: 'opens the conversation' });
+    const outsider = await connect(0, user('batch-outsider'));
+    const arriving = pairs.map((p, i) => nextMessages(p.recipient, i === 0 ? 2 : 1));
+    const clientMessageIds = pairs.map(() => newId());
+    const [refused, ...acks] = await Promise.allSettled([
+      outsider.sendMessage({ conversationId: first.conversationId, text: 'let me in' }),
+      ...pairs.map((p, i) => p.sender.sendMessage({ recipientUserId: p.to, text: `batched ${i}`, clientMessageId: clientMessageIds[i]! })),
+    ]);
+    expect(refused.status).toBe('rejected');
+    expect((refused as PromiseRejectedResult).reason).toMatchObject({ code: ErrorCode.ERROR_CODE_PERMISSION_DENIED });
+    for (const [i, result] of acks.entries()) {
+      expect(result.status).toBe('fulfilled');
+      expect((result as PromiseFulfilledResult<messagingV1.MessageAck>).value).toMatchObject({ clientMessageId: clientMessageIds[i], seq: i === 0 ? 2 : 1, duplicate: false });
+    }
+    for (const [i, messages] of (await Promise.all(arriving)).entries()) {
+      expect(messages.at(-1)).toMatchObject({ text: `batched ${i}`, senderId: pairs[i]!.from, tenantId: pairs[i]!.tenantId });
+    }
+  });
+
   it('keeps tenants apart: the same user id in another tenant receives nothing', async () => {
     const [erin, frank] = [user('erin'), user('frank')];
     const erinClient = await connect(0, erin);
