@@ -73,9 +73,21 @@ export class TenantLimitStore {
     private readonly cacheMs = 1000,
   ) {}
 
+  /** Reads under way: the frames that find the cache expired at once share one read instead of one HGETALL each. */
+  private readonly reading = new Map<string, Promise<TenantLimits>>();
+
   async get(tenantId: string): Promise<TenantLimits> {
     const cached = this.cache.get(tenantId);
     if (cached && cached.until > Date.now()) return cached.limits;
+    let read = this.reading.get(tenantId);
+    if (!read) {
+      read = this.read(tenantId).finally(() => this.reading.delete(tenantId));
+      this.reading.set(tenantId, read);
+    }
+    return read;
+  }
+
+  private async read(tenantId: string): Promise<TenantLimits> {
     const limits = { ...this.defaults, ...(await this.overrides(tenantId)) };
     this.cache.set(tenantId, { limits, until: Date.now() + this.cacheMs });
     if (this.cache.size > 10_000) this.cache.delete(this.cache.keys().next().value!);
@@ -107,6 +119,7 @@ export class TenantLimitStore {
     }
     await multi.exec();
     this.cache.delete(tenantId);
+    this.reading.delete(tenantId);
     return this.overrides(tenantId);
   }
 }
