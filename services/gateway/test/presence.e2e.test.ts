@@ -152,25 +152,8 @@ it('takes the users of a SIGKILLed gateway offline for their watchers, and a res
   void carol;
 
   // The same gateway id comes back: carol reconnects through it and counts once.
-  const [opsPort, wsPort, grpcPort] = await distinctFreePorts(3);
-  const restarted = await launchService({
-    service: 'gateway',
-    name: 'gateway-3-restarted',
-    env: {
-      ...infraEnv(),
-      LOG_LEVEL: 'warn',
-      ...GATEWAY_ENV,
-      PORT: String(wsPort),
-      GRPC_PORT: String(grpcPort),
-      GATEWAY_ID: 'gateway-3',
-      SHUTDOWN_DEADLINE_MS: '4000',
-      MESSAGING_ADDR: mesh.addresses.messaging,
-      PRESENCE_ADDR: mesh.addresses.presence,
-    },
-    opsPort,
-  });
-  extraGateways.push(restarted);
-  const carolAgain = await connect(`ws://127.0.0.1:${wsPort}/ws`, carolId, { deviceId: 'desk' });
+  const { gateway: restarted, url } = await launchExtraGateway('gateway-3-restarted', 'gateway-3', { SHUTDOWN_DEADLINE_MS: '4000' });
+  const carolAgain = await connect(url, carolId, { deviceId: 'desk' });
   await eventually(() => lastStatus(dave, carolId) === PresenceStatus.PRESENCE_STATUS_AVAILABLE, 5000, 'dave sees carol back');
   expect((await presence(carolAgain, [carolId]))[0]).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 1 });
   await restarted.stop();
@@ -178,24 +161,7 @@ it('takes the users of a SIGKILLed gateway offline for their watchers, and a res
 });
 
 it('fans a SIGKILLed gateway’s batched OFFLINE changes out exactly: each dropped user once to each watcher, users online elsewhere untouched, no other tenant', async () => {
-  const [opsPort, wsPort, grpcPort] = await distinctFreePorts(3);
-  const doomed = await launchService({
-    service: 'gateway',
-    name: 'gateway-doomed',
-    env: {
-      ...infraEnv(),
-      LOG_LEVEL: 'warn',
-      ...GATEWAY_ENV,
-      PORT: String(wsPort),
-      GRPC_PORT: String(grpcPort),
-      GATEWAY_ID: `gateway-doomed-${newId().slice(0, 6)}`,
-      MESSAGING_ADDR: mesh.addresses.messaging,
-      PRESENCE_ADDR: mesh.addresses.presence,
-    },
-    opsPort,
-  });
-  extraGateways.push(doomed);
-  const doomedUrl = `ws://127.0.0.1:${wsPort}/ws`;
+  const { gateway: doomed, url: doomedUrl } = await launchExtraGateway('gateway-doomed', `gateway-doomed-${newId().slice(0, 6)}`);
   const dropped = [user('ward1'), user('ward2'), user('ward3')];
   const roaming = user('roaming');
   for (const id of dropped) await connect(doomedUrl, id);
@@ -377,6 +343,29 @@ it('rebuilds presence from the gateways’ live connections after Redis restarts
 });
 
 /** Free ports that are also distinct from each other (the OS may hand the same free port out twice in a row). */
+/** Another gateway process on the mesh (stopped after the file), and its WebSocket URL. */
+async function launchExtraGateway(name: string, gatewayId: string, env: Record<string, string> = {}): Promise<{ gateway: ServiceProcess; url: string }> {
+  const [opsPort, wsPort, grpcPort] = await distinctFreePorts(3);
+  const gateway = await launchService({
+    service: 'gateway',
+    name,
+    env: {
+      ...infraEnv(),
+      LOG_LEVEL: 'warn',
+      ...GATEWAY_ENV,
+      PORT: String(wsPort),
+      GRPC_PORT: String(grpcPort),
+      GATEWAY_ID: gatewayId,
+      MESSAGING_ADDR: mesh.addresses.messaging,
+      PRESENCE_ADDR: mesh.addresses.presence,
+      ...env,
+    },
+    opsPort,
+  });
+  extraGateways.push(gateway);
+  return { gateway, url: `ws://127.0.0.1:${wsPort}/ws` };
+}
+
 async function distinctFreePorts(count: number): Promise<number[]> {
   const ports = new Set<number>();
   while (ports.size < count) ports.add(await freePort());

@@ -15,45 +15,32 @@ const tenant = `t${newId().slice(0, 12)}`;
 const otherTenant = `t${newId().slice(0, 12)}`;
 const as = (userId: string, tenantId = tenant) => ({ context: { tenantId, userId, deviceId: '', internal: false } });
 
-function send(client: Messaging, from: string, target: { conversationId: string } | { recipientUserId: string }, text: string, clientMessageId = newId(), tenantId = tenant) {
-  return client.sendMessage(
-    {
-      context: undefined,
-      target: 'conversationId' in target ? { $case: 'conversationId', value: target.conversationId } : { $case: 'recipientUserId', value: target.recipientUserId },
-      clientMessageId,
-      kind: messagingV1.MessageKind.MESSAGE_KIND_TEXT,
-      text,
-      attachments: [],
-      mentions: [],
-      metadata: {},
-    },
-    as(from, tenantId),
-  );
+type Target = { conversationId: string } | { recipientUserId: string };
+
+/** A plain text send to a conversation or a user. */
+function sendRequest(target: Target, text: string, clientMessageId: string): messagingV1.SendMessageRequest {
+  return {
+    context: undefined,
+    target: 'conversationId' in target ? { $case: 'conversationId', value: target.conversationId } : { $case: 'recipientUserId', value: target.recipientUserId },
+    clientMessageId,
+    kind: messagingV1.MessageKind.MESSAGE_KIND_TEXT,
+    text,
+    attachments: [],
+    mentions: [],
+    metadata: {},
+  };
+}
+
+function send(client: Messaging, from: string, target: Target, text: string, clientMessageId = newId(), tenantId = tenant) {
+  return client.sendMessage(sendRequest(target, text, clientMessageId), as(from, tenantId));
 }
 
 
 const internal = (tenantId = tenant) => ({ context: { tenantId, userId: '', deviceId: '', internal: true } });
 
 /** One user's send as an item of SendMessages (what a gateway batches). */
-function item(from: string, target: { conversationId: string } | { recipientUserId: string }, text: string, clientMessageId = newId(), extra: Partial<messagingV1.SendMessagesItem> = {}): messagingV1.SendMessagesItem {
-  return {
-    userId: from,
-    deviceId: '',
-    roles: [],
-    deadlineMs: 5000,
-    traceContext: {},
-    request: {
-      context: undefined,
-      target: 'conversationId' in target ? { $case: 'conversationId', value: target.conversationId } : { $case: 'recipientUserId', value: target.recipientUserId },
-      clientMessageId,
-      kind: messagingV1.MessageKind.MESSAGE_KIND_TEXT,
-      text,
-      attachments: [],
-      mentions: [],
-      metadata: {},
-    },
-    ...extra,
-  };
+function item(from: string, target: Target, text: string, clientMessageId = newId(), extra: Partial<messagingV1.SendMessagesItem> = {}): messagingV1.SendMessagesItem {
+  return { userId: from, deviceId: '', roles: [], deadlineMs: 5000, traceContext: {}, request: sendRequest(target, text, clientMessageId), ...extra };
 }
 
 /** Each item's outcome: the ack, or the error's code (and field). */
