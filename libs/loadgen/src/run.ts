@@ -176,11 +176,13 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
   const tenantId = `load${Date.now().toString(36)}`;
   log(`[${options.label}] starting ${options.target} with ${options.gateways} ${options.target === 'switchboard' ? 'gateway(s)' : 'instance(s)'} (load ${loadStart})`);
   const profiling = options.profileDir !== undefined && options.target === 'switchboard';
-  const inspect = { NODE_OPTIONS: '--inspect=127.0.0.1:0' };
+  // Every client of a run is one tenant's user: that tenant's connection limit (TENANT_MAX_CONNECTIONS, 10,000 by
+  // default) must hold the whole run, or the connections scenario's 15,000 would measure the quota instead.
+  const serviceEnv = { TENANT_MAX_CONNECTIONS: String(Math.max(10_000, options.connections)), ...(profiling ? { NODE_OPTIONS: '--inspect=127.0.0.1:0' } : {}) };
   const gatewayEnv = { ...options.gatewayEnv, ...(profiling ? { NODE_OPTIONS: `${options.gatewayEnv?.NODE_OPTIONS ?? ''} --inspect=127.0.0.1:0`.trim() } : {}) };
   const target: Target =
     options.target === 'switchboard'
-      ? await startSwitchboard({ gateways: options.gateways, gatewayEnv, ...(profiling ? { serviceEnv: inspect } : {}), ...(options.serviceLog ? { serviceLog: options.serviceLog } : {}) })
+      ? await startSwitchboard({ gateways: options.gateways, gatewayEnv, serviceEnv, ...(options.serviceLog ? { serviceLog: options.serviceLog } : {}) })
       : await startSocketio({ instances: options.gateways });
   const profiles: NonNullable<LoadResult['profiles']> = {};
   let inspector: InspectorSession | undefined;
