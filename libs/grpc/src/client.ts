@@ -30,6 +30,13 @@ export type PromiseClient<C> = {
 
 const DEFAULT_DEADLINE_MS = 5000;
 
+/** What every call carries: the tenant context (with the internal proof), the roles and the active trace context. */
+export function callMetadata(options: Pick<CallOptions, 'context' | 'roles'>): Metadata {
+  const metadata = rolesToMetadata(options.roles ?? [], tenantToMetadata(options.context));
+  for (const [key, value] of Object.entries(injectTraceContext({}))) metadata.set(key, value);
+  return metadata;
+}
+
 /**
  * Creates a client for a generated service. Each call carries the tenant
  * metadata and the trace context, has a deadline, and rejects with a
@@ -52,8 +59,7 @@ export function createClient<C extends Client>(
       if (typeof method !== 'function') return undefined;
       return (request: unknown, options: CallOptions) =>
         new Promise((resolve, reject) => {
-          const metadata = rolesToMetadata(options.roles ?? [], tenantToMetadata(options.context));
-          for (const [key, value] of Object.entries(injectTraceContext({}))) metadata.set(key, value);
+          const metadata = callMetadata(options);
           const deadline = Date.now() + (options.deadlineMs ?? DEFAULT_DEADLINE_MS);
           (method as UnaryMethod<unknown, unknown>).call(client, request, metadata, { deadline }, (error, response) => {
             if (error) reject(fromServiceError(error));

@@ -1,5 +1,5 @@
-import { status, type handleServerStreamingCall, type handleUnaryCall, type Metadata, type ServerUnaryCall, type ServerWritableStream } from '@grpc/grpc-js';
-import { asSwitchboardError, ErrorCode, PermissionDeniedError } from '@switchboard/errors';
+import { status, type handleBidiStreamingCall, type handleServerStreamingCall, type handleUnaryCall, type Metadata, type ServerDuplexStream, type ServerUnaryCall, type ServerWritableStream } from '@grpc/grpc-js';
+import { asSwitchboardError, ErrorCode, InvalidArgumentError, PermissionDeniedError, type SwitchboardError } from '@switchboard/errors';
 import { assertSafeId } from '@switchboard/ids';
 import type { Logger } from '@switchboard/logging';
 import type { commonV1 } from '@switchboard/proto';
@@ -129,12 +129,112 @@ export function heldOpen<Req, Res>(
   };
 }
 
+/** One request of a call-per-message stream (see `unaryStream`): a unary request with its id and deadline. */
+export interface StreamedRequest<Req> {
+  id: number;
+  /** Milliseconds the request may take, as a unary call's deadline; required. */
+  deadlineMs: number;
+  request?: Req | undefined;
+}
+
+/** Its answer: the same id, and the unary response or the error the unary call would have failed with. */
+export interface StreamedResponse<Res> {
+  id: number;
+  outcome?: { $case: 'response'; value: Res } | { $case: 'error'; value: ReturnType<SwitchboardError['toProto']> } | undefined;
+}
+
+/** Open call-per-message streams of this process, ended by `endStreams` when the server shuts down. */
+const openStreams = new Set<() => void>();
+
+/** Ends every open `unaryStream` once its requests in flight are answered (GrpcServer.shutdown), so a graceful shutdown is not held up by idle streams. */
+export function endStreams(): void {
+  for (const end of [...openStreams]) end();
+}
+
+/**
+ * A bidi stream whose every request is one call of a unary handler: the
+ * stream's metadata is checked once like `unary` (tenant, internal proof),
+ * each request gets that context with its own deadline, the same
+ * body-tenant check and the same error mapping, and is answered with its id
+ * when its handler settles (requests run concurrently). What a stream saves
+ * is the per-call transport work (an HTTP/2 stream, headers, metadata, a
+ * deadline timer on both sides); the handler cannot tell the difference.
+ * Each request's handler time is recorded under `method`. No span per
+ * request: a stream outlives any one trace, and batch items carry their own
+ * trace context.
+ */
+export function unaryStream<Req, Res>(method: string, logger: Logger, handler: UnaryHandler<Req, Res>): handleBidiStreamingCall<StreamedRequest<Req>, StreamedResponse<Res>> {
+  return (call: ServerDuplexStream<StreamedRequest<Req>, StreamedResponse<Res>>) => {
+    let base: CallContext;
+    try {
+      base = callContext(call, method, logger);
+    } catch (thrown) {
+      call.emit('error', toServiceError(asSwitchboardError(thrown)));
+      return;
+    }
+    let inFlight = 0;
+    let ending = false;
+    let closed = false;
+    const finish = () => {
+      if (closed) return;
+      closed = true;
+      openStreams.delete(end);
+      call.end();
+    };
+    const end = () => {
+      ending = true;
+      if (inFlight === 0) finish();
+    };
+    openStreams.add(end);
+    call.on('cancelled', () => {
+      closed = true;
+      openStreams.delete(end);
+    });
+    call.on('error', () => {
+      closed = true;
+      openStreams.delete(end);
+    });
+    call.on('end', end);
+    call.on('data', (streamed: StreamedRequest<Req>) => {
+      if (ending) return; // after the server's end the caller hears the stream end and fails what it still waits for
+      inFlight += 1;
+      const started = performance.now();
+      void (async (): Promise<StreamedResponse<Res>['outcome']> => {
+        try {
+          if (!(streamed.deadlineMs > 0)) throw new InvalidArgumentError('each streamed request needs a deadline_ms above 0', { field: 'deadline_ms' });
+          const bodyContext = (streamed.request as { context?: commonV1.TenantContext } | undefined)?.context;
+          if (bodyContext?.tenantId && bodyContext.tenantId !== base.tenant.tenantId) {
+            throw new PermissionDeniedError('request context names another tenant than the call metadata', { field: 'context.tenant_id' });
+          }
+          const deadlineAt = Date.now() + streamed.deadlineMs;
+          const response = await handler(streamed.request as Req, { ...base, deadlineMs: () => deadlineAt - Date.now() });
+          observeRpc(method, status.OK, (performance.now() - started) / 1000);
+          return { $case: 'response', value: response };
+        } catch (thrown) {
+          const err = asSwitchboardError(thrown);
+          if (err.code === ErrorCode.ERROR_CODE_INTERNAL) logger.error({ err: thrown, method }, 'request failed');
+          observeRpc(method, grpcStatusFor(err.code), (performance.now() - started) / 1000);
+          return { $case: 'error', value: err.toProto() };
+        }
+      })().then((outcome) => {
+        inFlight -= 1;
+        if (!closed) call.write({ id: streamed.id, outcome });
+        if (ending && inFlight === 0) finish();
+      });
+    });
+  };
+}
+
 /** Reads and checks the caller's tenant context (see `unary`). */
-function callContext<Req>(call: ServerUnaryCall<Req, unknown> | ServerWritableStream<Req, unknown>, method: string, logger: Logger): CallContext {
+function callContext<Req>(
+  call: ServerUnaryCall<Req, unknown> | ServerWritableStream<Req, unknown> | ServerDuplexStream<unknown, unknown>,
+  method: string,
+  logger: Logger,
+): CallContext {
   const tenant = tenantFromMetadata(call.metadata);
   // Internal callers bypass the user checks: the claim holds only with its proof (mTLS identity or the mesh token).
   if (tenant.internal) verifyInternalCaller(call.metadata, call.getAuthContext().sslPeerCertificate);
-  const bodyContext = (call.request as { context?: commonV1.TenantContext } | null)?.context;
+  const bodyContext = ('request' in call ? (call.request as { context?: commonV1.TenantContext } | null) : null)?.context;
   if (bodyContext?.tenantId && bodyContext.tenantId !== tenant.tenantId) {
     throw new PermissionDeniedError('request context names another tenant than the call metadata', { field: 'context.tenant_id' });
   }

@@ -5,6 +5,7 @@ import { ReflectionService } from '@grpc/reflection';
 import type { Logger } from '@switchboard/logging';
 import { descriptorSetPath } from '@switchboard/proto';
 import { HealthImplementation } from 'grpc-health-check';
+import { endStreams } from './handlers';
 import { serverCredentials } from './tls';
 
 export interface GrpcServerOptions {
@@ -72,6 +73,8 @@ export class GrpcServer {
 
   async shutdown(deadlineMs: number): Promise<void> {
     this.setServing(false);
+    // Long-lived streams end once their requests in flight are answered; callers open new ones elsewhere.
+    endStreams();
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         this.options.logger.warn({ deadlineMs }, 'gRPC calls still running at the deadline: forcing shutdown');

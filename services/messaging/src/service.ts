@@ -1,6 +1,6 @@
 import { messageContent } from '@switchboard/content';
 import { asSwitchboardError, ErrorCode, InvalidArgumentError, PermissionDeniedError } from '@switchboard/errors';
-import { actingUser, batchItemContext, GrpcStatus, grpcStatusFor, observeRpc, unary, viewer, type CallContext } from '@switchboard/grpc';
+import { actingUser, batchItemContext, GrpcStatus, grpcStatusFor, observeRpc, unary, unaryStream, viewer, type CallContext } from '@switchboard/grpc';
 import { assertSafeId, audienceConversationId, audienceConversationsOf, MAX_AUDIENCE_ROLE_LENGTH } from '@switchboard/ids';
 import type { Logger } from '@switchboard/logging';
 import { extractTraceContext, SpanKind, withSpan } from '@switchboard/telemetry';
@@ -155,16 +155,22 @@ export function messagingService(store: MessageStore, rooms: RoomAccess, config:
     return store.send(ctx.tenant.tenantId, target, message, grant ? { kind: ROOM } : undefined, Date.now() + ctx.deadlineMs());
   }
 
+  async function sendMessages(req: messagingV1.SendMessagesRequest | undefined, ctx: CallContext): Promise<messagingV1.SendMessagesResponse> {
+    if (!ctx.tenant.internal) throw new PermissionDeniedError('SendMessages is for internal callers; users send with SendMessage', { field: 'context.internal' });
+    if (!req) throw new InvalidArgumentError('a streamed batch needs its request', { field: 'request' });
+    if (req.items.length > MAX_BATCH_ITEMS) throw new InvalidArgumentError(`at most ${MAX_BATCH_ITEMS} items per call`, { field: 'items' });
+    // Every item at once: they meet in the send batcher, which commits them together.
+    const results = await Promise.all(req.items.map((item) => sendItem(item, ctx)));
+    return { results };
+  }
+
   return {
     sendMessage: unary('SendMessage', logger, async (req: messagingV1.SendMessageRequest, ctx) => ({ ack: await send(req, ctx) })),
 
-    sendMessages: unary('SendMessages', logger, async (req: messagingV1.SendMessagesRequest, ctx) => {
-      if (!ctx.tenant.internal) throw new PermissionDeniedError('SendMessages is for internal callers; users send with SendMessage', { field: 'context.internal' });
-      if (req.items.length > MAX_BATCH_ITEMS) throw new InvalidArgumentError(`at most ${MAX_BATCH_ITEMS} items per call`, { field: 'items' });
-      // Every item at once: they meet in the send batcher, which commits them together.
-      const results = await Promise.all(req.items.map((item) => sendItem(item, ctx)));
-      return { results };
-    }),
+    sendMessages: unary('SendMessages', logger, sendMessages),
+
+    // The same handler, one batch per stream message (a gateway's long-lived stream per tenant).
+    sendMessagesStream: unaryStream('SendMessagesStream', logger, sendMessages),
 
     sendBroadcast: unary('SendBroadcast', logger, async (req: messagingV1.SendBroadcastRequest, ctx) => {
       // Internal systems name themselves as the sender in context.user_id.
