@@ -45,6 +45,11 @@ export class FrameHandler {
     });
   }
 
+  /** Ends the send streams to messaging (shutdown, after the WebSockets drained). */
+  close(): void {
+    this.sends.close();
+  }
+
   async handle(connection: Connection, frame: framesV1.ClientFrame): Promise<void> {
     const started = performance.now();
     const kind = frame.kind!.$case;

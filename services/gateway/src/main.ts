@@ -3,6 +3,7 @@ import { inboxPrefixOf, newEnvelope, publishEnvelope, SYSTEM_SUBJECTS } from '@s
 import { ConnectionSlots, limitDefaults, LocalRate, SharedRateLimits, TenantLimitStore, UsageCounters } from '@switchboard/limits';
 import { gatewayV1, messagingV1, presenceV1, roomV1 } from '@switchboard/proto';
 import { openNats, openRedis, runMain, ServiceHost } from '@switchboard/runtime';
+import { HotCounter } from '@switchboard/telemetry';
 import { gatewayAdminService } from './admin';
 import { EventBroadcast } from './events';
 import { TokenVerifier } from './auth';
@@ -54,11 +55,12 @@ async function main(): Promise<void> {
   host.lifecycle.onShutdown('presence client', () => presence.close());
 
   // 3. Background runners: the heartbeat that tells the mesh this gateway lives.
-  const fanout = new Fanout(nats, messaging, logger, telemetry.meter.createCounter('gateway_messages_delivered_total', { description: 'Messages written to sockets' }), config.BACKEND_DEADLINE_MS, config.RECEIPT_COALESCE_MS, rooms);
+  const fanout = new Fanout(nats, messaging, logger, new HotCounter(telemetry.meter, 'gateway_messages_delivered_total', { description: 'Messages written to sockets' }), config.BACKEND_DEADLINE_MS, config.RECEIPT_COALESCE_MS, rooms);
   const frames = new FrameHandler(messaging, logger, config.BACKEND_DEADLINE_MS, telemetry.meter, rooms, {
     maxPendingSends: config.MAX_PENDING_SENDS,
     retryAfterMs: config.OVERLOAD_RETRY_AFTER_MS,
   }, { maxCalls: config.MESSAGING_SEND_CALLS, maxBatch: config.MESSAGING_SEND_BATCH_MAX });
+  host.lifecycle.onShutdown('messaging send streams', () => frames.close());
   const server = new GatewayServer(config, new TokenVerifier(config), fanout, frames, logger, telemetry.meter, limits);
   const presenceLink = new PresenceLink(presence, nats, fanout, () => server.connections, config, logger, room);
   server.presence = presenceLink;
