@@ -128,3 +128,25 @@ export async function withSpan<T>(
     }
   });
 }
+
+/**
+ * A counter for hot paths: `add` only bumps a number kept here per value of
+ * one label, and the sums reach the SDK at collection time through an
+ * observable counter. A per-event `Counter.add` costs the SDK's attribute
+ * hashing and storage lookup on every frame; this costs a Map lookup. The
+ * exported series are the same (a monotonic sum per label value).
+ */
+export class HotCounter {
+  private readonly sums = new Map<string, number>();
+
+  constructor(meter: Meter, name: string, options: { description: string }, private readonly label?: string) {
+    meter.createObservableCounter(name, options).addCallback((result) => {
+      for (const [value, sum] of this.sums) result.observe(sum, this.label === undefined ? {} : { [this.label]: value });
+    });
+  }
+
+  /** Adds to the sum of `labelValue` (ignored for a counter without a label). */
+  add(amount: number, labelValue = ''): void {
+    this.sums.set(labelValue, (this.sums.get(labelValue) ?? 0) + amount);
+  }
+}

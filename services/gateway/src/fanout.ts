@@ -3,7 +3,7 @@ import { decodeEnvelope, subjects, type NatsConnection, type Subscription } from
 import type { PromiseClient } from '@switchboard/grpc';
 import type { Logger } from '@switchboard/logging';
 import { framesV1, messagingV1, type eventsV1 } from '@switchboard/proto';
-import type { Counter } from '@switchboard/telemetry';
+import type { HotCounter } from '@switchboard/telemetry';
 import { encodeServerFrame, type Encoding } from './codec';
 import type { Connection } from './connection';
 import type { ConversationSubscriptions, Rooms } from './rooms';
@@ -50,7 +50,7 @@ export class Fanout implements ConversationSubscriptions {
     private readonly nats: NatsConnection,
     private readonly messaging: Messaging,
     private readonly logger: Logger,
-    private readonly delivered: Counter,
+    private readonly delivered: HotCounter,
     private readonly backendDeadlineMs: number,
     private readonly receiptWindowMs: number,
     private readonly rooms: Rooms,

@@ -7,7 +7,7 @@ import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 import { SwitchboardError } from '@switchboard/errors';
 import { newId } from '@switchboard/ids';
 import type { Logger } from '@switchboard/logging';
-import type { Meter } from '@switchboard/telemetry';
+import { HotCounter, type Meter } from '@switchboard/telemetry';
 import { tokenFromRequest, type Identity, type TokenVerifier } from './auth';
 import { decodeClientFrame, SUBPROTOCOLS, type Encoding } from './codec';
 import type { GatewayConfig } from './config';
@@ -98,7 +98,7 @@ export class GatewayServer {
     });
     this.coalescer = new Coalescer(config.FRAME_COALESCE_MS);
     this.rejected = meter.createCounter('gateway_handshakes_rejected_total', { description: 'Refused WebSocket handshakes by reason' });
-    this.frames = meter.createCounter('gateway_frames_received_total', { description: 'Client frames received by kind' });
+    this.frames = new HotCounter(meter, 'gateway_frames_received_total', { description: 'Client frames received by kind' }, 'kind');
     meter.createObservableGauge('gateway_connections', { description: 'Open WebSocket connections on this gateway' }).addCallback((result) => {
       result.observe(this.connections.size);
     });
@@ -258,7 +258,7 @@ export class GatewayServer {
     try {
       frame = decodeClientFrame(data, isBinary, connection.encoding);
     } catch (err) {
-      this.frames.add(1, { kind: 'invalid' });
+      this.frames.add(1, 'invalid');
       // Undecodable frames count against the connection's budgets too (a garbage flood is still a flood).
       const refused = (await this.limits.admitFrame(connection, data.length)) ?? (await this.limits.admitShared(connection, data.length, undefined));
       if (refused) return this.refuseFrame(connection, '', refused);
@@ -267,7 +267,7 @@ export class GatewayServer {
       connection.send({ requestId: '', kind: { $case: 'error', value: error } });
       return;
     }
-    this.frames.add(1, { kind: frame.kind!.$case });
+    this.frames.add(1, frame.kind!.$case);
     const refused = await this.limits.admitFrame(connection, data.length);
     if (refused) return this.refuseFrame(connection, frame.requestId, refused);
     try {
