@@ -2,7 +2,7 @@ import { UnavailableError } from '@switchboard/errors';
 import { runner } from 'node-pg-migrate';
 import pg from 'pg';
 
-export type { PoolClient, Pool } from 'pg';
+export type { PoolClient, Pool, QueryResult } from 'pg';
 export { Client as PgClient } from 'pg';
 
 export interface PoolOptions {

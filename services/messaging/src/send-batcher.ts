@@ -1,4 +1,4 @@
-import { DeadlineExceededError, OverloadedError, SwitchboardError } from '@switchboard/errors';
+import { DeadlineExceededError, OverloadedError } from '@switchboard/errors';
 import { connectOrUnavailable, type Pool, type PoolClient } from '@switchboard/postgres';
 import type { messagingV1 } from '@switchboard/proto';
 import type { Counter, Histogram } from '@switchboard/telemetry';
@@ -10,8 +10,25 @@ const CLIENT_ID_INDEX = 'messages_client_message_id';
 
 type Ack = messagingV1.MessageAck;
 
-/** One send inside a batch transaction whose `app.tenant_id` is the send's tenant; its events go to `outbox`. */
-export type SendIn = (db: PoolClient, request: SendRequest, outbox: OutboxWriter) => Promise<Ack>;
+/** A send's outcome in a batch: its ack, or its refusal. */
+export type Outcome = { ok: true; ack: Ack } | { ok: false; error: unknown };
+
+/**
+ * The sends of one tenant inside a batch transaction whose `app.tenant_id` is
+ * that tenant: one outcome per request, in order (a refusal is an outcome,
+ * any other error aborts the transaction); their events go to `outbox`.
+ */
+export type SendAllIn = (db: PoolClient, requests: SendRequest[], outbox: OutboxWriter, opening: string) => Promise<Outcome[]>;
+
+/** What the batcher runs: the store's statements. */
+export interface SendStatements {
+  /** Prepares the batch statements on a connection (once per connection). */
+  prepare(db: PoolClient): Promise<void>;
+  /** The sends of one tenant; `opening` is the SQL that shares the round trip of their first statement (BEGIN, the tenant setting). */
+  sendAllIn: SendAllIn;
+  /** After losing a client-id race: the winner's ack. */
+  originalOf(request: SendRequest): Promise<Ack | undefined>;
+}
 
 interface Pending {
   request: SendRequest;
@@ -21,8 +38,6 @@ interface Pending {
   resolve(ack: Ack): void;
   reject(err: unknown): void;
 }
-
-type Outcome = { ok: true; ack: Ack } | { ok: false; error: unknown };
 
 export interface BatchLimits {
   /** Transactions running at once. */
@@ -43,13 +58,15 @@ export interface BatchLimits {
 }
 
 /**
- * Group commit for sends. A send runs at once when a transaction slot is
- * free, so a quiet system adds no latency; when every slot is busy, the sends
- * that queue up meanwhile run together in the next transaction: one commit
- * (one WAL flush) and one outbox insert for many messages.
+ * Group commit for sends. The sends of one event-loop turn run together as
+ * soon as a transaction slot is free, so a quiet system adds no latency;
+ * when every slot is busy, the sends that queue up meanwhile run together in
+ * the next transaction: one commit (one WAL flush), one send statement per
+ * tenant and one outbox insert for many messages.
  *
- * A send that is refused (not a member, a reused client id) is refused by
- * its own statement without touching the database, so the others commit.
+ * The sends of one tenant are stored by one statement (messaging's store);
+ * a send that is refused (not a member, a reused client id) is left out of
+ * it without touching the database, so the others commit.
  * A database error aborts the whole transaction: then each send of the batch
  * runs again alone, so one bad send never fails the others, and the rare
  * race (two replicas committing the same client id) answers with the
@@ -58,14 +75,14 @@ export interface BatchLimits {
 export class SendBatcher {
   private readonly queue: Pending[] = [];
   private inFlight = 0;
+  private pumpScheduled = false;
   /** Conversations (lock keys) with a batch running. */
   private readonly busy = new Set<string>();
 
   constructor(
     private readonly pool: Pool,
     private readonly limits: BatchLimits,
-    private readonly sendIn: SendIn,
-    private readonly originalOf: (request: SendRequest) => Promise<Ack | undefined>,
+    private readonly statements: SendStatements,
     private readonly batchSize?: Histogram,
     private readonly shed?: Counter,
   ) {}
@@ -77,6 +94,8 @@ export class SendBatcher {
    */
   submit(request: SendRequest, deadlineAt = Infinity): Promise<Ack> {
     const now = Date.now();
+    // The bound is on sends waiting for a transaction slot: with one free, the sends of this turn start now instead.
+    if (this.limits.maxQueued !== undefined && this.queue.length >= this.limits.maxQueued && this.inFlight < this.limits.maxConcurrent) this.pump();
     const full = this.limits.maxQueued !== undefined && this.queue.length >= this.limits.maxQueued;
     const stalled = this.limits.maxQueueWaitMs !== undefined && this.queue.length > 0 && now - this.queue[0]!.queuedAt > this.limits.maxQueueWaitMs;
     if (full || stalled) {
@@ -86,6 +105,20 @@ export class SendBatcher {
     }
     return new Promise((resolve, reject) => {
       this.queue.push({ request, queuedAt: now, deadlineAt, resolve, reject });
+      this.schedulePump();
+    });
+  }
+
+  /**
+   * Batches start at the end of the event-loop turn, not on each submit: the
+   * sends that arrived in one turn (the items of one SendMessages call) share
+   * a transaction and a statement instead of taking a free slot each.
+   */
+  private schedulePump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
       this.pump();
     });
   }
@@ -155,26 +188,20 @@ export class SendBatcher {
     const outbox = new OutboxWriter();
     const outcomes: Outcome[] = [];
     try {
-      let tenantId = batch[0]!.request.tenantId;
-      // One round trip opens the transaction and scopes it to the first tenant.
-      await db.query(`BEGIN; SELECT set_config('app.tenant_id', ${db.escapeLiteral(tenantId)}, true)`);
-      for (const { request } of batch) {
-        if (request.tenantId !== tenantId) {
-          tenantId = request.tenantId;
-          await db.query(`SELECT set_config('app.tenant_id', $1, true)`, [tenantId]);
-        }
-        const own = new OutboxWriter();
-        try {
-          outcomes.push({ ok: true, ack: await this.sendIn(db, request, own) });
-          outbox.absorb(own);
-        } catch (error) {
-          // A refusal decided from what the statement returned; anything else aborted the transaction.
-          if (!(error instanceof SwitchboardError)) throw error;
-          outcomes.push({ ok: false, error });
-        }
+      await this.statements.prepare(db);
+      // The batch is sorted by lock key, so each tenant's sends are adjacent: one run (one statement) per tenant,
+      // whose round trip also scopes the transaction to the tenant (and, for the first, opens it).
+      for (let start = 0; start < batch.length; ) {
+        const tenantId = batch[start]!.request.tenantId;
+        let end = start + 1;
+        while (end < batch.length && batch[end]!.request.tenantId === tenantId) end += 1;
+        const scope = `SELECT set_config('app.tenant_id', ${db.escapeLiteral(tenantId)}, true); `;
+        const requests = batch.slice(start, end).map((pending) => pending.request);
+        outcomes.push(...(await this.statements.sendAllIn(db, requests, outbox, start === 0 ? `BEGIN; ${scope}` : scope)));
+        start = end;
       }
-      await outbox.write(db);
-      await db.query('COMMIT');
+      // The events and the commit: one more round trip.
+      await outbox.writeAndCommit(db);
     } catch (error) {
       await db.query('ROLLBACK').catch(() => undefined);
       db.release();
@@ -202,7 +229,7 @@ export class SendBatcher {
     if (constraint !== CLIENT_ID_INDEX) return pending.reject(error);
     // A concurrent retry of the same send committed first: answer with its ack.
     try {
-      const original = await this.originalOf(pending.request);
+      const original = await this.statements.originalOf(pending.request);
       if (original) pending.resolve(original);
       else pending.reject(error);
     } catch (err) {

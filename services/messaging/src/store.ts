@@ -1,12 +1,13 @@
 import { newId } from '@switchboard/ids';
-import { AlreadyExistsError, NotFoundError, PermissionDeniedError } from '@switchboard/errors';
-import { withTenantTransaction, type Pool, type PoolClient } from '@switchboard/postgres';
+import { AlreadyExistsError, NotFoundError, PermissionDeniedError, SwitchboardError } from '@switchboard/errors';
+import { withTenantTransaction, type Pool, type PoolClient, type QueryResult } from '@switchboard/postgres';
 import { messagingV1 } from '@switchboard/proto';
-import type { Meter } from '@switchboard/telemetry';
+import { injectTraceContext, type Meter } from '@switchboard/telemetry';
 import { subjects } from '@switchboard/nats';
 import { TOPICS } from '@switchboard/kafka';
-import { OutboxWriter } from './outbox-writer';
-import { SendBatcher, type BatchLimits } from './send-batcher';
+import { OUTBOX_BATCH_PREPARE, OutboxWriter } from './outbox-writer';
+import { sqlString } from './sql';
+import { SendBatcher, type BatchLimits, type Outcome } from './send-batcher';
 
 const { ConversationKind } = messagingV1;
 
@@ -22,6 +23,8 @@ export interface SendRequest {
    * conversation not yet known is created with this kind.
    */
   granted?: { kind: messagingV1.ConversationKind };
+  /** The sending request's trace context (JSON), for its outbox event: the batch that commits it runs outside that request. */
+  traceHeaders?: string;
 }
 
 /**
@@ -130,7 +133,30 @@ function toConversation(row: ConversationRow): messagingV1.Conversation {
   };
 }
 
-function ackOf(message: messagingV1.Message, duplicate: boolean): messagingV1.MessageAck {
+/** What an acknowledgement (and a retry's check) needs of a stored message. */
+type StoredMessage = Pick<messagingV1.Message, 'conversationId' | 'messageId' | 'seq' | 'createdAt' | 'clientMessageId' | 'text'>;
+
+/** One item's row of the batch send statement (`insertMessages`). */
+interface SendRow {
+  /** The item's 1-based position in the statement, and that of the item that stored its sender's client id (null: none did). */
+  position: number;
+  winner: number | null;
+  /** Null when the conversation does not exist (in this tenant). */
+  conversation_id: string | null;
+  member_ids: string[];
+  message_id: string;
+  /** Set when this item was stored. */
+  seq: string | null;
+  created_ms: number | null;
+  /** Set when the sender's client id was stored before this statement. */
+  original_conversation_id: string | null;
+  original_message_id: string | null;
+  original_seq: string | null;
+  original_created_ms: number | null;
+  original_text: string | null;
+}
+
+function ackOf(message: StoredMessage, duplicate: boolean): messagingV1.MessageAck {
   return {
     conversationId: message.conversationId,
     messageId: message.messageId,
@@ -171,12 +197,85 @@ const VIEWER_COLUMNS = `${CONVERSATION_COLUMNS}, COALESCE(me.read_seq, 0) AS rea
      AND (me.history_visible_from IS NULL OR lm.created_at >= me.history_visible_from)) AS last_message`;
 
 /**
+ * The sends of one tenant as one statement ($1 the tenant, $2 the items as a
+ * JSON array): see `MessageStore.insertMessages`.
+ */
+const SEND_BATCH = `WITH item AS (
+  SELECT i.*, CASE WHEN i.by_direct
+    THEN (SELECT c.conversation_id FROM conversations c WHERE c.tenant_id = $1 AND c.direct_key = i.target)
+    ELSE (SELECT c.conversation_id FROM conversations c WHERE c.tenant_id = $1 AND c.conversation_id = i.target) END AS conversation_id
+  FROM jsonb_to_recordset($2) AS i(position int, by_direct boolean, target text, granted boolean, sender_id text,
+    client_message_id text, message_id text, kind smallint, body text, attachments jsonb, mentions text[], metadata jsonb)
+), members AS (
+  SELECT d.conversation_id, ARRAY(SELECT m.user_id FROM conversation_members m
+    WHERE m.tenant_id = $1 AND m.conversation_id = d.conversation_id ORDER BY m.user_id) AS ids
+  FROM (SELECT DISTINCT conversation_id FROM item WHERE conversation_id IS NOT NULL) d
+), checked AS (
+  SELECT i.*, mb.ids AS member_ids, o.conversation_id AS original_conversation_id, o.message_id AS original_message_id,
+    o.seq AS original_seq, floor(extract(epoch FROM o.created_at) * 1000)::float8 AS original_created_ms,
+    CASE WHEN o.deleted THEN '' ELSE o.body END AS original_text,
+    o.message_id IS NULL AND i.conversation_id IS NOT NULL AND (i.granted OR i.sender_id = ANY (mb.ids)) AS storable
+  FROM item i
+  LEFT JOIN members mb ON mb.conversation_id = i.conversation_id
+  LEFT JOIN messages o ON o.tenant_id = $1 AND o.sender_id = i.sender_id AND o.client_message_id = i.client_message_id
+), ranked AS (
+  -- The first storable item of a sender's client id is stored; later items with that id are its retries.
+  SELECT c.*, min(c.position) FILTER (WHERE c.storable) OVER (PARTITION BY c.sender_id, c.client_message_id) AS winner
+  FROM checked c
+), stored AS (
+  SELECT r.conversation_id, r.position, r.sender_id, r.client_message_id, r.message_id, r.kind, r.body, r.attachments, r.mentions, r.metadata,
+    row_number() OVER (PARTITION BY r.conversation_id ORDER BY r.position) AS nth
+  FROM ranked r WHERE r.position = r.winner
+), counts AS (
+  SELECT conversation_id, count(*) AS n FROM stored GROUP BY conversation_id
+), locked AS (
+  -- In one order across statements, so that two never wait on each other in a cycle.
+  SELECT c.conversation_id FROM conversations c
+  WHERE c.tenant_id = $1 AND c.conversation_id IN (SELECT conversation_id FROM counts)
+  ORDER BY c.conversation_id FOR UPDATE
+), bumped AS (
+  UPDATE conversations c SET last_seq = c.last_seq + k.n, last_message_at = now()
+  FROM counts k JOIN locked l ON l.conversation_id = k.conversation_id
+  WHERE c.tenant_id = $1 AND c.conversation_id = k.conversation_id
+  RETURNING c.conversation_id, c.last_seq - k.n AS seq_before
+), inserted AS (
+  INSERT INTO messages (tenant_id, conversation_id, seq, message_id, sender_id, client_message_id, kind, body, attachments, mentions, metadata)
+  SELECT $1, s.conversation_id, b.seq_before + s.nth, s.message_id, s.sender_id, s.client_message_id, s.kind, s.body, s.attachments, s.mentions, s.metadata
+  FROM stored s JOIN bumped b ON b.conversation_id = s.conversation_id
+  RETURNING conversation_id, sender_id, message_id, seq, created_at
+), sender_receipt AS (
+  -- What a user sent counts as read and delivered for them: it never shows as unread on their other devices.
+  UPDATE conversation_members m SET read_seq = s.seq, delivered_seq = s.seq, receipts_updated_at = now()
+  FROM (SELECT conversation_id, sender_id, max(seq) AS seq FROM inserted GROUP BY conversation_id, sender_id) s
+  WHERE m.tenant_id = $1 AND m.conversation_id = s.conversation_id AND m.user_id = s.sender_id
+)
+SELECT r.position, r.winner, r.conversation_id, r.member_ids, r.message_id, i.seq, floor(extract(epoch FROM i.created_at) * 1000)::float8 AS created_ms,
+  r.original_conversation_id, r.original_message_id, r.original_seq, r.original_created_ms, r.original_text
+FROM ranked r LEFT JOIN inserted i ON i.message_id = r.message_id
+ORDER BY r.position`;
+
+/**
+ * The statements of a send batch, prepared with SQL PREPARE once per
+ * connection: unlike a protocol-level named statement, an EXECUTE can share
+ * one round trip with BEGIN and the tenant setting (and the outbox insert
+ * with COMMIT), so a batch transaction costs two round trips.
+ */
+const preparedOn = new WeakSet<PoolClient>();
+
+export async function prepareSendBatch(db: PoolClient): Promise<void> {
+  if (preparedOn.has(db)) return;
+  await db.query(`PREPARE messaging_send_batch(text, jsonb) AS ${SEND_BATCH}; ${OUTBOX_BATCH_PREPARE}`);
+  preparedOn.add(db);
+}
+
+/**
  * Everything messaging keeps in PostgreSQL. Each method runs in a
  * transaction scoped to one tenant (row-level security does the rest).
  */
 export class MessageStore {
   private readonly batcher: SendBatcher;
   private readonly kinds = new Map<string, messagingV1.ConversationKind>();
+  private readonly kindLookups = new Map<string, Promise<messagingV1.ConversationKind | undefined>>();
 
   /**
    * `outboxWritten` runs after a commit that wrote outbox rows, so the relay
@@ -192,7 +291,13 @@ export class MessageStore {
       advice: { explicitBucketBoundaries: [1, 2, 4, 8, 16, 32, 64, 128] },
     });
     const shed = batching.meter?.createCounter('messaging_sends_shed_total', { description: 'Sends refused unstored under overload, by reason (queue_full, queue_wait, deadline)' });
-    this.batcher = new SendBatcher(pool, batching, (db, request, outbox) => this.sendIn(db, request, outbox), (request) => this.originalOf(request), batchSize, shed);
+    this.batcher = new SendBatcher(
+      pool,
+      batching,
+      { prepare: prepareSendBatch, sendAllIn: (db, requests, outbox, opening) => this.sendAllIn(db, requests, outbox, opening), originalOf: (request) => this.originalOf(request) },
+      batchSize,
+      shed,
+    );
   }
 
   /**
@@ -203,7 +308,8 @@ export class MessageStore {
    * several share one transaction (one commit, one fsync).
    */
   async send(tenantId: string, target: SendTarget, message: NewMessage, granted?: SendRequest['granted'], deadlineAt = Infinity): Promise<messagingV1.MessageAck> {
-    const ack = await this.batcher.submit(granted ? { tenantId, target, message, granted } : { tenantId, target, message }, deadlineAt);
+    const traceHeaders = JSON.stringify(injectTraceContext({}));
+    const ack = await this.batcher.submit(granted ? { tenantId, target, message, granted, traceHeaders } : { tenantId, target, message, traceHeaders }, deadlineAt);
     if (!ack.duplicate) this.outboxWritten();
     return ack;
   }
@@ -218,6 +324,16 @@ export class MessageStore {
     const key = `${tenantId}/${conversationId}`;
     const known = this.kinds.get(key);
     if (known !== undefined) return known;
+    // A burst of sends to a conversation this replica has not seen yet shares one lookup.
+    let lookup = this.kindLookups.get(key);
+    if (!lookup) {
+      lookup = this.lookUpKind(tenantId, conversationId, key).finally(() => this.kindLookups.delete(key));
+      this.kindLookups.set(key, lookup);
+    }
+    return lookup;
+  }
+
+  private async lookUpKind(tenantId: string, conversationId: string, key: string): Promise<messagingV1.ConversationKind | undefined> {
     const { rows } = await withTenantTransaction(this.pool, tenantId, (db) =>
       db.query<{ kind: number }>(`SELECT kind FROM conversations WHERE tenant_id = $1 AND conversation_id = $2`, [tenantId, conversationId]),
     );
@@ -228,94 +344,150 @@ export class MessageStore {
   }
 
   /**
-   * One send inside a batch transaction whose `app.tenant_id` is the send's
-   * tenant: a single statement checks the client id and the membership,
-   * takes the next sequence and stores the message; its event goes to the
-   * batch's outbox insert.
+   * The sends of one tenant inside a batch transaction whose `app.tenant_id`
+   * is that tenant: one statement stores them all (`insertMessages`), and
+   * each gets its own outcome, as if it had been sent alone in their order.
+   * Sends whose conversation does not exist yet and may create it (the first
+   * direct message of a pair; a granted conversation) create it and go
+   * through the statement once more.
    */
-  private async sendIn(db: PoolClient, { tenantId, target, message, granted }: SendRequest, outbox: OutboxWriter): Promise<messagingV1.MessageAck> {
-    let result = await this.insertMessage(db, tenantId, target, message, granted !== undefined);
-    if (!result.original && !result.conversation_id) {
-      if ('recipientUserId' in target) {
-        // The first message between two users creates their conversation.
-        const { conversation } = await this.directConversation(db, tenantId, message.senderId, target.recipientUserId, outbox);
-        result = await this.insertMessage(db, tenantId, { conversationId: conversation.conversationId }, message, false);
-      } else if (granted) {
-        // An audience's first broadcast, or a room whose membership has not reached this replica yet.
-        await ensureConversationRow(db, tenantId, target.conversationId, granted.kind);
-        result = await this.insertMessage(db, tenantId, target, message, true);
+  private async sendAllIn(db: PoolClient, requests: SendRequest[], outbox: OutboxWriter, opening: string): Promise<Outcome[]> {
+    const outcomes: Outcome[] = new Array<Outcome>(requests.length);
+    const tenantId = requests[0]!.tenantId;
+    const waiting = await this.settle(db, tenantId, requests, requests.map((_, index) => index), outbox, outcomes, opening);
+    if (waiting.length > 0) {
+      const made = new Set<string>();
+      for (const index of waiting) {
+        const { target, message, granted } = requests[index]!;
+        const key = 'recipientUserId' in target ? `d/${directKeyOf(message.senderId, target.recipientUserId)}` : `c/${target.conversationId}`;
+        if (made.has(key)) continue;
+        made.add(key);
+        // The first message between two users creates their conversation; an audience's first broadcast, or a room
+        // whose membership has not reached this replica yet, creates its row.
+        if ('recipientUserId' in target) await this.directConversation(db, tenantId, message.senderId, target.recipientUserId, outbox);
+        else await ensureConversationRow(db, tenantId, target.conversationId, granted!.kind);
       }
+      await this.settle(db, tenantId, requests, waiting, outbox, outcomes);
     }
-    if (result.original) return this.retried(jsonToMessage(result.original), target, message);
-    if (!result.conversation_id) {
-      const conversationId = 'conversationId' in target ? target.conversationId : '';
-      throw new NotFoundError(`conversation ${conversationId} not found`, { field: 'conversation_id' });
-    }
-    if (!result.inserted) throw new PermissionDeniedError(`not a member of conversation ${result.conversation_id}`, { field: 'conversation_id' });
-    const stored = jsonToMessage(result.inserted);
-    outbox.add(tenantId, subjects.conversation(tenantId, stored.conversationId), TOPICS.messages, stored.conversationId, {
-      $case: 'messageCreated',
-      value: { message: stored, memberIds: result.member_ids },
-    });
-    return ackOf(stored, false);
+    return outcomes;
   }
 
   /**
-   * The send as one statement (one round trip). A retry finds the original
-   * and changes nothing; a sender who is not a member changes nothing. The
-   * conversation's row lock taken by the UPDATE serialises senders of one
-   * conversation until commit, which is what makes the sequence gap-free; a
-   * concurrent send with the same client id fails on the unique index and
-   * the whole statement (sequence included) is undone.
+   * Runs `insertMessages` for `requests[indexes]` and writes each one's
+   * outcome, event and ack. The first run (`opening` given, the SQL that
+   * precedes it in its round trip) returns the indexes whose conversation
+   * does not exist yet but may be created by the send; the second refuses them.
    */
-  private async insertMessage(db: PoolClient, tenantId: string, target: SendTarget, message: NewMessage, granted: boolean) {
-    const byDirectKey = 'recipientUserId' in target;
-    const { rows } = await db.query<{ conversation_id: string | null; member_ids: string[]; original: MessageJson | null; inserted: MessageJson | null }>({
-      // A named (prepared) statement: PostgreSQL parses and plans it once per connection instead of on every send,
-      // which halved the database's CPU per send (docs/benchmarks.md, "Where the time went").
-      name: byDirectKey ? 'messaging-send-direct' : 'messaging-send-conversation',
-      text: `WITH conv AS (
-         SELECT conversation_id FROM conversations
-         WHERE tenant_id = $1 AND ${byDirectKey ? 'direct_key' : 'conversation_id'} = $2
-       ), members AS (
-         SELECT COALESCE(array_agg(m.user_id ORDER BY m.user_id), '{}') AS ids FROM conversation_members m
-         WHERE m.tenant_id = $1 AND m.conversation_id = (SELECT conversation_id FROM conv)
-       ), original AS (
-         SELECT * FROM messages WHERE tenant_id = $1 AND sender_id = $3 AND client_message_id = $4
-       ), bumped AS (
-         UPDATE conversations c SET last_seq = c.last_seq + 1, last_message_at = now()
-         WHERE c.tenant_id = $1 AND c.conversation_id = (SELECT conversation_id FROM conv)
-           AND NOT EXISTS (SELECT 1 FROM original)
-           AND ($11::boolean OR $3 = ANY ((SELECT ids FROM members)::text[]))
-         RETURNING c.conversation_id, c.last_seq
-       ), inserted AS (
-         INSERT INTO messages (tenant_id, conversation_id, seq, message_id, sender_id, client_message_id, kind, body, attachments, mentions, metadata)
-         SELECT $1, b.conversation_id, b.last_seq, $5, $3, $4, $6, $7, $8, $9, $10 FROM bumped b
-         RETURNING *
-       ), sender_receipt AS (
-         -- What a user sent counts as read and delivered for them: it never shows as unread on their other devices.
-         UPDATE conversation_members m SET read_seq = i.seq, delivered_seq = i.seq, receipts_updated_at = now()
-         FROM inserted i WHERE m.tenant_id = $1 AND m.conversation_id = i.conversation_id AND m.user_id = $3
-       )
-       SELECT (SELECT conversation_id FROM conv) AS conversation_id,
-              (SELECT ids FROM members) AS member_ids,
-              (SELECT to_jsonb(o) FROM original o) AS original,
-              (SELECT to_jsonb(i) FROM inserted i) AS inserted`,
-      values: [
-        tenantId,
-        byDirectKey ? directKeyOf(message.senderId, target.recipientUserId) : target.conversationId,
-        message.senderId,
-        message.clientMessageId,
-        newId(),
-        message.kind,
-        message.text,
-        JSON.stringify(message.attachments),
-        message.mentions,
-        JSON.stringify(message.metadata),
-        granted,
-      ],
+  private async settle(
+    db: PoolClient,
+    tenantId: string,
+    requests: SendRequest[],
+    indexes: number[],
+    outbox: OutboxWriter,
+    outcomes: Outcome[],
+    opening?: string,
+  ): Promise<number[]> {
+    const mayCreate = opening !== undefined;
+    const items = indexes.map((index) => requests[index]!);
+    const rows = await this.insertMessages(db, tenantId, items, opening ?? '');
+    const waiting: number[] = [];
+    /** The messages this statement stored, by item position: later items with the same client id are their retries. */
+    const stored = new Map<number, messagingV1.Message>();
+    rows.forEach((row, position) => {
+      const index = indexes[position]!;
+      const { target, message, granted, traceHeaders } = items[position]!;
+      try {
+        if (row.original_message_id !== null) {
+          const original = {
+            conversationId: row.original_conversation_id!,
+            messageId: row.original_message_id,
+            seq: Number(row.original_seq),
+            createdAt: new Date(row.original_created_ms!),
+            clientMessageId: message.clientMessageId,
+            text: row.original_text!,
+          };
+          outcomes[index] = { ok: true, ack: this.retried(original, target, message) };
+          return;
+        }
+        if (row.winner !== null && row.winner < row.position) {
+          // An earlier item of this statement stored the same sender's client id: this one is its retry.
+          outcomes[index] = { ok: true, ack: this.retried(stored.get(row.winner)!, target, message) };
+          return;
+        }
+        if (row.conversation_id === null) {
+          if (mayCreate && ('recipientUserId' in target || granted)) {
+            waiting.push(index);
+            return;
+          }
+          const conversationId = 'conversationId' in target ? target.conversationId : '';
+          throw new NotFoundError(`conversation ${conversationId} not found`, { field: 'conversation_id' });
+        }
+        if (row.seq === null) throw new PermissionDeniedError(`not a member of conversation ${row.conversation_id}`, { field: 'conversation_id' });
+        const created: messagingV1.Message = {
+          tenantId,
+          conversationId: row.conversation_id,
+          messageId: row.message_id,
+          seq: Number(row.seq),
+          senderId: message.senderId,
+          clientMessageId: message.clientMessageId,
+          kind: message.kind,
+          text: message.text,
+          attachments: message.attachments,
+          mentions: message.mentions,
+          createdAt: new Date(row.created_ms!),
+          editedAt: undefined,
+          deleted: false,
+          metadata: message.metadata,
+        };
+        stored.set(row.position, created);
+        outbox.add(tenantId, subjects.conversation(tenantId, created.conversationId), TOPICS.messages, created.conversationId, {
+          $case: 'messageCreated',
+          value: { message: created, memberIds: row.member_ids },
+        }, traceHeaders);
+        outcomes[index] = { ok: true, ack: ackOf(created, false) };
+      } catch (error) {
+        // A refusal is this item's outcome; anything else aborts the transaction (the batcher reruns each send alone).
+        if (!(error instanceof SwitchboardError)) throw error;
+        outcomes[index] = { ok: false, error };
+      }
     });
-    return rows[0]!;
+    return waiting;
+  }
+
+  /**
+   * The sends of one tenant as one statement (one round trip), each item
+   * answered in its own row, in order. Per item, exactly what one send alone
+   * would do, taken in the items' order: an item whose sender already used
+   * its client id (before, or in an earlier item) stores nothing and is
+   * answered with the original; an item whose sender is not a member (and
+   * not granted) stores nothing; the others are stored, each conversation's
+   * in item order with consecutive sequences after its `last_seq`, which
+   * moves once by their number. The conversations' rows are locked in id
+   * order before the update, so concurrent statements never wait on each
+   * other in a cycle, and their locks serialise senders of a conversation
+   * until commit (the sequence stays gap-free); a concurrent send with the
+   * same client id fails on the unique index and undoes the whole statement.
+   */
+  private async insertMessages(db: PoolClient, tenantId: string, requests: SendRequest[], opening: string): Promise<SendRow[]> {
+    const items = requests.map(({ target, message, granted }, position) => ({
+      position: position + 1,
+      by_direct: 'recipientUserId' in target,
+      target: 'recipientUserId' in target ? directKeyOf(message.senderId, target.recipientUserId) : target.conversationId,
+      granted: granted !== undefined,
+      sender_id: message.senderId,
+      client_message_id: message.clientMessageId,
+      message_id: newId(),
+      kind: message.kind,
+      body: message.text,
+      attachments: message.attachments,
+      mentions: message.mentions,
+      metadata: message.metadata,
+    }));
+    // One round trip: the transaction's opening (when this is its first statement) and the prepared statement.
+    const results = (await db.query(`${opening}EXECUTE messaging_send_batch(${db.escapeLiteral(tenantId)}, ${sqlString(JSON.stringify(items))})`)) as unknown as
+      | QueryResult<SendRow>
+      | QueryResult<SendRow>[];
+    return Array.isArray(results) ? results[results.length - 1]!.rows : results.rows;
   }
 
   /** After losing the race on the client id index: the winner's ack, looked up in a fresh transaction. */
@@ -327,7 +499,7 @@ export class MessageStore {
   }
 
   /** A retry must be the same message: same body, same conversation (or recipient). */
-  private retried(original: messagingV1.Message, target: SendTarget, message: NewMessage): messagingV1.MessageAck {
+  private retried(original: StoredMessage, target: SendTarget, message: NewMessage): messagingV1.MessageAck {
     const sameTarget = 'conversationId' in target ? target.conversationId === original.conversationId : true;
     if (!sameTarget || original.text !== message.text) {
       // Not CONFLICT: clients retry CONFLICT, and retrying this can never succeed.

@@ -541,6 +541,74 @@ describe('messaging service (real PostgreSQL, NATS, Kafka, room service)', () =>
     ]);
   });
 
+  it('SendMessages stores a call\'s items together as they say: consecutive sequences in item order, retries inside the batch, outsiders refused, new pairs created once', async () => {
+    const serial = await oneAtATime({ SEND_BATCH_MAX: '64' });
+    try {
+      const conversationId = (await send(serial.client, 'ord-a', { recipientUserId: 'ord-b' }, 'start')).ack!.conversationId;
+      // Addressed by id once, so the replica knows the conversation's kind and the items below reach its queue in their order.
+      await send(serial.client, 'ord-b', { conversationId }, 'by id');
+      const reused = newId();
+      // Stored exactly as sent, whatever quotes, backslashes or SQL it holds.
+      const one = `it's "one" \\ E'\\x00' $$ $j$ '); DROP TABLE messages; -- ünï 🙂`;
+      const response = await serial.client.sendMessages(
+        {
+          context: internal().context,
+          items: [
+            item('ord-e', { recipientUserId: 'ord-f' }, 'another new pair'),
+            item('ord-a', { conversationId }, one),
+            item('ord-outsider', { conversationId }, 'let me in'),
+            item('ord-b', { conversationId }, 'two', reused),
+            item('ord-b', { conversationId }, 'two', reused),
+            item('ord-b', { conversationId }, 'not two', reused),
+            item('ord-a', { conversationId }, 'three'),
+            item('ord-c', { recipientUserId: 'ord-d' }, 'new pair 1'),
+            item('ord-d', { recipientUserId: 'ord-c' }, 'new pair 2'),
+            item('ord-c', { recipientUserId: 'ord-d' }, 'new pair 3'),
+          ],
+        },
+        internal(),
+      );
+      const [otherPair, first, outsider, two, twoAgain, notTwo, three, pair1, pair2, pair3] = outcomes(response);
+      expect(otherPair).toMatchObject({ ack: { seq: 1 } });
+      expect([first, two, three].map((o) => (o as { ack: messagingV1.MessageAck }).ack.seq)).toEqual([3, 4, 5]);
+      expect(outsider).toMatchObject({ code: ErrorCode.ERROR_CODE_PERMISSION_DENIED, field: 'conversation_id' });
+      // The same send twice in one batch is stored once; the second is answered as a retry.
+      expect(twoAgain).toEqual({ ack: { ...(two as { ack: messagingV1.MessageAck }).ack, duplicate: true } });
+      expect(notTwo).toMatchObject({ code: ErrorCode.ERROR_CODE_ALREADY_EXISTS, field: 'client_message_id' });
+      // The first messages of a new pair create one conversation and take its sequences in order.
+      const pairAcks = [pair1, pair2, pair3].map((o) => (o as { ack: messagingV1.MessageAck }).ack);
+      expect(pairAcks.map((a) => a.seq)).toEqual([1, 2, 3]);
+      expect(new Set(pairAcks.map((a) => a.conversationId)).size).toBe(1);
+      const history = async (id: string, reader: string) =>
+        (await serial.client.getHistory({ context: undefined, conversationId: id, fromSeq: 0, direction: messagingV1.Direction.DIRECTION_FORWARD, limit: 20 }, as(reader))).messages.map((m) => [m.seq, m.senderId, m.text]);
+      expect(await history(conversationId, 'ord-a')).toEqual([
+        [1, 'ord-a', 'start'],
+        [2, 'ord-b', 'by id'],
+        [3, 'ord-a', one],
+        [4, 'ord-b', 'two'],
+        [5, 'ord-a', 'three'],
+      ]);
+      expect(await history(pairAcks[0]!.conversationId, 'ord-d')).toEqual([
+        [1, 'ord-c', 'new pair 1'],
+        [2, 'ord-d', 'new pair 2'],
+        [3, 'ord-c', 'new pair 3'],
+      ]);
+      // The senders' own watermarks moved to their last message.
+      const receipts = await serial.client.getReceipts({ context: undefined, conversationId }, as('ord-a'));
+      expect(receipts.receipts.map((r) => [r.userId, r.readSeq])).toEqual([
+        ['ord-a', 5],
+        ['ord-b', 4],
+      ]);
+      // The call's ten items went into one transaction (after those of 'start' and 'by id').
+      const metrics = await (await fetch(`http://127.0.0.1:${serial.service.opsPort}/metrics`)).text();
+      expect(Number(/^messaging_send_batch_size_count(?:\{[^}]*\})? (\d+)/m.exec(metrics)?.[1])).toBe(3);
+      expect(Number(/^messaging_send_batch_size_sum(?:\{[^}]*\})? (\d+)/m.exec(metrics)?.[1])).toBe(12);
+    } finally {
+      serial.client.close();
+      expect(await serial.service.stop()).toBe(0);
+    }
+  });
+
   it('SendMessages: refuses callers that are not internal, items of another tenant, and sends into another tenant\'s conversation', async () => {
     const { ack } = await send(client, 'bt-a', { recipientUserId: 'bt-b' }, 'tenant A only');
     const conversationId = ack!.conversationId;
