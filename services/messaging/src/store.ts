@@ -217,7 +217,11 @@ const SEND_BATCH = `WITH item AS (
     o.message_id IS NULL AND i.conversation_id IS NOT NULL AND (i.granted OR i.sender_id = ANY (mb.ids)) AS storable
   FROM item i
   LEFT JOIN members mb ON mb.conversation_id = i.conversation_id
-  LEFT JOIN messages o ON o.tenant_id = $1 AND o.sender_id = i.sender_id AND o.client_message_id = i.client_message_id
+  -- One lookup in the client-id index per item: the LIMIT keeps the planner from joining (scanning) the tenant's messages.
+  LEFT JOIN LATERAL (
+    SELECT m.conversation_id, m.message_id, m.seq, m.created_at, m.deleted, m.body FROM messages m
+    WHERE m.tenant_id = $1 AND m.sender_id = i.sender_id AND m.client_message_id = i.client_message_id LIMIT 1
+  ) o ON true
 ), ranked AS (
   -- The first storable item of a sender's client id is stored; later items with that id are its retries.
   SELECT c.*, min(c.position) FILTER (WHERE c.storable) OVER (PARTITION BY c.sender_id, c.client_message_id) AS winner
