@@ -25,3 +25,25 @@ describe('plannedForMessage', () => {
     expect(plannedForMessage('t1', 'e1', new Date(), message)).toEqual([]);
   });
 });
+
+describe('the in-app preview of a message', () => {
+  const previewOf = (text: string) => plannedForMessage('t1', 'e1', new Date(), created({ text }))[0]!.variables.preview!;
+  /** Text survives UTF-8 unchanged only if it holds no half of a character. */
+  const wellFormed = (text: string) => Buffer.from(text).toString() === text;
+
+  it('keeps a short message whole and cuts a long one to 200 characters with an ellipsis', () => {
+    expect(previewOf('Fire drill at 3 pm')).toBe('Fire drill at 3 pm');
+    const long = previewOf('x'.repeat(500));
+    expect(long).toHaveLength(200);
+    expect(long.endsWith('x…')).toBe(true);
+  });
+
+  it('never cuts an emoji in half where the cut falls inside it', () => {
+    // The emoji's two UTF-16 halves sit at positions 198 and 199; a plain cut after 199 characters keeps only the first.
+    const straddling = previewOf(`${'x'.repeat(198)}🩺 and the rest of a long message`);
+    expect(wellFormed(straddling)).toBe(true);
+    expect(straddling).toBe(`${'x'.repeat(198)}…`);
+    // One earlier, the whole emoji fits and stays.
+    expect(previewOf(`${'x'.repeat(197)}🩺 and the rest of a long message`)).toBe(`${'x'.repeat(197)}🩺…`);
+  });
+});
