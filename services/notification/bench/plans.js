@@ -24,7 +24,7 @@ const args = process.argv.slice(2);
 const custom = args.includes('--custom');
 const batchAt = args.indexOf('--batch');
 const BATCH = batchAt >= 0 ? Number(args[batchAt + 1]) : 20;
-const tenants = args.filter((a, i) => !a.startsWith('--') && i !== batchAt + 1);
+const tenants = args.filter((a, i) => !a.startsWith('--') && (batchAt < 0 || i !== batchAt + 1));
 if (tenants.length === 0) tenants.push('bigtenant', 'growntenant', `fresh${Date.now().toString(36)}`);
 
 /** What a pipeline function sends, without sending it. */
@@ -106,6 +106,8 @@ async function main() {
         await explain(db, 'unread counts (after reads)', unread.sent[0]);
       } finally {
         await db.query('ROLLBACK');
+        // Prepared statements outlive the transaction: the next tenant prepares its own.
+        await db.query('DEALLOCATE ALL');
       }
     }
   } finally {
