@@ -161,7 +161,7 @@ export function presenceService(
       const gatewayId = assertSafeId(req.gatewayId, 'gateway_id');
       const result = await liveness.dropGateway(gatewayId, Cause.PRESENCE_CHANGE_CAUSE_GATEWAY_DOWN);
       logger.info({ gateway: gatewayId, reason: req.reason, ...result }, 'gateway down');
-      return result;
+      return { connections: result.connections, usersOffline: result.usersOffline };
     }),
 
     attachGateway: heldOpen('AttachGateway', logger, async (req: presenceV1.AttachGatewayRequest, ctx, call) => {

@@ -690,26 +690,22 @@ export class PresenceStore {
   /** Everything a gateway holds, by tenant, and forgets the gateway (its connections are the caller's to drop). */
   async takeGateway(gatewayId: string): Promise<{ tenantId: string; connections: { connectionId: string; userId: string; deviceId: string }[]; occupancy: { conversationId: string; connectionId: string }[] }[]> {
     const tenants = await this.redis.smembers(SYSTEM.gatewayTenants(gatewayId));
-    const result = [];
-    for (const tenantId of tenants) {
-      const [[, connections], [, occupancy]] = unwrapPairs(await this.redis.pipeline().hgetall(gatewayKey(tenantId, gatewayId)).smembers(gatewayOccKey(tenantId, gatewayId)).exec());
-      result.push({
-        tenantId,
-        connections: Object.entries(connections as Record<string, string>).map(([connectionId, value]) => {
-          const [userId = '', deviceId = ''] = value.split(':');
-          return { connectionId, userId, deviceId };
-        }),
-        occupancy: (occupancy as string[]).map((entry) => {
-          const [conversationId = '', connectionId = ''] = entry.split(':');
-          return { conversationId, connectionId };
-        }),
-      });
-    }
-    const cleanup = this.redis.pipeline();
-    for (const { tenantId } of result) cleanup.del(gatewayKey(tenantId, gatewayId), gatewayOccKey(tenantId, gatewayId));
-    cleanup.del(SYSTEM.gatewayTenants(gatewayId)).zrem(SYSTEM.gatewayBeats, gatewayId).zrem(SYSTEM.gatewayLeases, gatewayId).hdel(SYSTEM.gatewayLinks, gatewayId);
-    await cleanup.exec();
-    return result;
+    // One round trip: each tenant's lists read and removed, then the gateway forgotten (detection's share of a crash).
+    const batch = this.redis.pipeline();
+    for (const tenantId of tenants) batch.hgetall(gatewayKey(tenantId, gatewayId)).smembers(gatewayOccKey(tenantId, gatewayId)).del(gatewayKey(tenantId, gatewayId), gatewayOccKey(tenantId, gatewayId));
+    batch.del(SYSTEM.gatewayTenants(gatewayId)).zrem(SYSTEM.gatewayBeats, gatewayId).zrem(SYSTEM.gatewayLeases, gatewayId).hdel(SYSTEM.gatewayLinks, gatewayId);
+    const replies = unwrap(await batch.exec());
+    return tenants.map((tenantId, i) => ({
+      tenantId,
+      connections: Object.entries(replies[i * 3] as Record<string, string>).map(([connectionId, value]) => {
+        const [userId = '', deviceId = ''] = value.split(':');
+        return { connectionId, userId, deviceId };
+      }),
+      occupancy: (replies[i * 3 + 1] as string[]).map((entry) => {
+        const [conversationId = '', connectionId = ''] = entry.split(':');
+        return { conversationId, connectionId };
+      }),
+    }));
   }
 
   /** Which users the given connections of one gateway belong to (unknown connections are left out). */
