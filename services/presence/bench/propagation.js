@@ -123,6 +123,8 @@ async function parent() {
     // Both clocks, to cut CPU samples (wall) and --cpu-prof profiles (monotonic µs) to the crash.
     console.log(`killing ${mesh.gateways[victim].name} at ${killedAt} (monotonic ${process.hrtime.bigint() / 1000n} µs)`);
     crashAt = killedAt;
+    // PROPAGATION_CPU=1: every process's CPU in 500 ms slices after the kill (who the drop and delivery compete with).
+    const sampling = process.env.PROPAGATION_CPU ? sampleCpu(await cpuTargets(mesh, children, redis, victim), 3000) : undefined;
     await mesh.gateways[victim].process.kill();
     for (const child of children) child.send({ type: 'crash', gateway: victim, killedAt });
     await new Promise((r) => setTimeout(r, 6000));
@@ -132,7 +134,13 @@ async function parent() {
       const entry = JSON.parse(line);
       const at = typeof entry.time === 'number' ? entry.time : Date.parse(entry.time);
       console.log(`presence dropped ${entry.gateway}: ${entry.connections} connections in ${entry.ms} ms, finished ${at - killedAt} ms after the kill`);
+      // Detection's parts, after the kill: the link seen closing, the gateway popped as dead; then the drop's: the take, the first OFFLINE batch published.
+      if (entry.detectedAt) {
+        const link = entry.linkClosedAt ? `link closed +${entry.linkClosedAt - killedAt} ms, ` : '';
+        console.log(`  ${link}popped as dead +${entry.detectedAt - killedAt} ms, taken in ${entry.takeMs} ms, first OFFLINE batch published +${entry.detectedAt - killedAt + entry.firstAnnouncedMs} ms`);
+      }
     }
+    if (sampling) console.log(await sampling);
     for (const child of children) child.send({ type: 'report' });
     const reports = await Promise.all(children.map((c) => once(c, 'report')));
     let counts = { statusSent: 0, reconnects: 0, crashExpected: 0, errors: 0 };
@@ -165,6 +173,49 @@ async function parent() {
     await nats.close();
     await mesh.stop();
   }
+}
+
+/** The processes of the run by name: services, surviving gateways, client processes, Redis, NATS. */
+async function cpuTargets(mesh, children, redis, victim) {
+  const targets = [];
+  for (const s of mesh.services) if (!s.name.startsWith('gateway')) targets.push([s.name, s.child.pid]);
+  mesh.gateways.forEach((g, i) => i !== victim && targets.push([g.name, g.process.child.pid]));
+  children.forEach((c, i) => targets.push([`clients-${i}`, c.pid]));
+  targets.push(['redis', Number(/process_id:(\d+)/.exec(await redis.info('server'))[1])]);
+  const fs = require('node:fs');
+  for (const pid of fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      // This worktree's NATS (its config lives under the worktree's .data/).
+      if (cmd.includes('nats-server') && cmd.includes(`${require('node:path').resolve(__dirname, '../../..')}/.data/`)) targets.push(['nats', Number(pid)]);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return targets;
+}
+
+/** CPU ms per process in 500 ms slices over `ms` (from /proc/<pid>/stat, 10 ms ticks). */
+async function sampleCpu(targets, ms) {
+  const fs = require('node:fs');
+  const ticks = (pid) => {
+    try {
+      const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+      return Number(fields[11]) + Number(fields[12]);
+    } catch {
+      return NaN;
+    }
+  };
+  const slices = [];
+  let last = targets.map(([, pid]) => ticks(pid));
+  for (let t = 500; t <= ms; t += 500) {
+    await new Promise((r) => setTimeout(r, 500));
+    const now = targets.map(([, pid]) => ticks(pid));
+    slices.push(now.map((n, i) => (n - last[i]) * 10));
+    last = now;
+  }
+  const rows = targets.map(([name], i) => `  ${name.padEnd(14)} ${slices.map((s) => String(s[i]).padStart(5)).join(' ')}   total ${slices.reduce((sum, s) => sum + (s[i] || 0), 0)} ms`);
+  return [`CPU ms per 500 ms after the kill (${slices.length} slices):`, ...rows].join('\n');
 }
 
 function once(child, type) {
