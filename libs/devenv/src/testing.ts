@@ -1,6 +1,7 @@
 import type { SwitchboardError } from '@switchboard/errors';
 import { configureInternalCallers, createClient, type PromiseClient } from '@switchboard/grpc';
 import type { Client } from '@grpc/grpc-js';
+import { createServer, Socket } from 'node:net';
 import { infraEnv } from './infra';
 import { freePort, launchService, type ServiceName, type ServiceProcess } from './process';
 
@@ -49,4 +50,47 @@ export async function eventually<T>(read: () => T | undefined | false | Promise<
     if (Date.now() > deadline) throw new Error(`${what} not met within ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/** A TCP proxy in front of a service that a test can freeze (bytes dropped both ways) and cut. */
+export interface FreezableProxy {
+  /** The proxy's address, to give the client instead of the service's. */
+  address: string;
+  freeze(): void;
+  thaw(): void;
+  /** Destroys every connection through the proxy (the client sees the connection break). */
+  cut(): void;
+  close(): void;
+}
+
+/** Starts a FreezableProxy to `target` (host:port) on a free loopback port. */
+export async function startFreezableProxy(target: string): Promise<FreezableProxy> {
+  const [host, port] = target.split(':') as [string, string];
+  let frozen = false;
+  const links: Socket[] = [];
+  const server = createServer((inbound) => {
+    const outbound = new Socket().connect(Number(port), host);
+    links.push(inbound, outbound);
+    inbound.on('data', (chunk) => (frozen ? undefined : outbound.write(chunk)));
+    outbound.on('data', (chunk) => (frozen ? undefined : inbound.write(chunk)));
+    inbound.on('error', () => outbound.destroy());
+    outbound.on('error', () => inbound.destroy());
+    inbound.on('close', () => outbound.destroy());
+    outbound.on('close', () => inbound.destroy());
+  });
+  const proxyPort = await freePort();
+  await new Promise<void>((resolve) => server.listen(proxyPort, '127.0.0.1', resolve));
+  const cut = () => {
+    for (const link of links.splice(0)) link.destroy();
+  };
+  return {
+    address: `127.0.0.1:${proxyPort}`,
+    freeze: () => (frozen = true),
+    thaw: () => (frozen = false),
+    cut,
+    close: () => {
+      server.close();
+      cut();
+    },
+  };
 }

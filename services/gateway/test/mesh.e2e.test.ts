@@ -1,4 +1,3 @@
-import { createServer, Socket } from 'node:net';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
@@ -6,7 +5,7 @@ import { service as healthService } from 'grpc-health-check';
 import { SignJWT, base64url } from 'jose';
 import WebSocket from 'ws';
 import { DEV_JWT_SECRET, SwitchboardClient, mintDevToken, type Encoding } from '@switchboard/client';
-import { freePort, infraEnv, launchService, startMesh, type Mesh } from '@switchboard/devenv';
+import { freePort, infraEnv, launchService, startFreezableProxy, startMesh, type Mesh } from '@switchboard/devenv';
 import { ErrorCode } from '@switchboard/errors';
 import { newId } from '@switchboard/ids';
 import { createClient } from '@switchboard/grpc';
@@ -447,21 +446,7 @@ describe('operations: every service answers health, reflection and metrics', () 
 
   it('sheds sends past its bound with OVERLOADED at once, while an earlier send still waits for messaging', async () => {
     // Messaging behind a proxy that can be frozen: bytes stop flowing, so a send waits until its deadline.
-    const [host, targetPort] = mesh.addresses.messaging.split(':') as [string, string];
-    let frozen = false;
-    const links: Socket[] = [];
-    const proxy = createServer((inbound) => {
-      const outbound = new Socket().connect(Number(targetPort), host);
-      links.push(inbound, outbound);
-      inbound.on('data', (chunk) => (frozen ? undefined : outbound.write(chunk)));
-      outbound.on('data', (chunk) => (frozen ? undefined : inbound.write(chunk)));
-      inbound.on('error', () => outbound.destroy());
-      outbound.on('error', () => inbound.destroy());
-      inbound.on('close', () => outbound.destroy());
-      outbound.on('close', () => inbound.destroy());
-    });
-    const proxyPort = await freePort();
-    await new Promise<void>((resolve) => proxy.listen(proxyPort, '127.0.0.1', resolve));
+    const proxy = await startFreezableProxy(mesh.addresses.messaging);
     const port = await freePort();
     const gateway = await launchService({
       service: 'gateway',
@@ -471,7 +456,7 @@ describe('operations: every service answers health, reflection and metrics', () 
         PORT: String(port),
         GRPC_PORT: String(await freePort()),
         GATEWAY_ID: 'gateway-shedding',
-        MESSAGING_ADDR: `127.0.0.1:${proxyPort}`,
+        MESSAGING_ADDR: proxy.address,
         PRESENCE_ADDR: mesh.addresses.presence,
         ROOM_ADDR: mesh.addresses.room,
         MAX_PENDING_SENDS: '1',
@@ -488,7 +473,7 @@ describe('operations: every service answers health, reflection and metrics', () 
       const frames: { requestId?: string; error?: { code: string; retryAfterMs?: number } }[] = [];
       ws.on('message', (data) => frames.push(JSON.parse(data.toString())));
       await waitFor(() => frames.some((f) => 'welcome' in f));
-      frozen = true;
+      proxy.freeze();
       const sendFrame = (requestId: string) =>
         ws.send(JSON.stringify({ requestId, sendMessage: { recipientUserId: user('shed-to'), clientMessageId: newId(), text: requestId } }));
       sendFrame('waits');
@@ -501,8 +486,8 @@ describe('operations: every service answers health, reflection and metrics', () 
       // The frozen send ends at its deadline as retryable; once messaging answers again, sends go through.
       await waitFor(() => frames.some((f) => f.requestId === 'waits'), 10_000);
       expect(frames.find((f) => f.requestId === 'waits')?.error?.code).toMatch(/ERROR_CODE_(UNAVAILABLE|DEADLINE_EXCEEDED)/);
-      frozen = false;
-      for (const link of links) link.destroy();
+      proxy.thaw();
+      proxy.cut();
       // A channel that reconnects may refuse the first tries as UNAVAILABLE; a client tries again.
       let acked = false;
       for (let attempt = 0; !acked && attempt < 50; attempt += 1) {
@@ -518,7 +503,6 @@ describe('operations: every service answers health, reflection and metrics', () 
     } finally {
       expect(await gateway.stop(10_000)).toBe(0);
       proxy.close();
-      for (const link of links) link.destroy();
     }
   });
 

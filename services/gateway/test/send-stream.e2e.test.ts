@@ -1,8 +1,7 @@
-import { createServer, Socket, type Server } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import WebSocket from 'ws';
 import { DEV_JWT_SECRET, SwitchboardClient, mintDevToken } from '@switchboard/client';
-import { freePort, infraEnv, launchService, startMesh, type Mesh, type ServiceProcess } from '@switchboard/devenv';
+import { freePort, infraEnv, launchService, startFreezableProxy, startMesh, type FreezableProxy, type Mesh, type ServiceProcess } from '@switchboard/devenv';
 import { ErrorCode } from '@switchboard/errors';
 import { newId } from '@switchboard/ids';
 import { callMetadata, channelCredentials, TENANT_METADATA } from '@switchboard/grpc';
@@ -120,27 +119,13 @@ describe('SendMessagesStream: SendMessages batches on one stream', () => {
 });
 
 describe('a gateway whose send stream breaks', () => {
-  let proxy: Server;
+  let proxy: FreezableProxy;
   let gateway: ServiceProcess;
   let port: number;
-  let frozen = false;
-  const links: Socket[] = [];
 
   beforeAll(async () => {
     // Messaging behind a proxy that can freeze (bytes dropped) and cut every connection.
-    const [host, targetPort] = mesh.addresses.messaging.split(':') as [string, string];
-    proxy = createServer((inbound) => {
-      const outbound = new Socket().connect(Number(targetPort), host);
-      links.push(inbound, outbound);
-      inbound.on('data', (chunk) => (frozen ? undefined : outbound.write(chunk)));
-      outbound.on('data', (chunk) => (frozen ? undefined : inbound.write(chunk)));
-      inbound.on('error', () => outbound.destroy());
-      outbound.on('error', () => inbound.destroy());
-      inbound.on('close', () => outbound.destroy());
-      outbound.on('close', () => inbound.destroy());
-    });
-    const proxyPort = await freePort();
-    await new Promise<void>((resolve) => proxy.listen(proxyPort, '127.0.0.1', resolve));
+    proxy = await startFreezableProxy(mesh.addresses.messaging);
     port = await freePort();
     gateway = await launchService({
       service: 'gateway',
@@ -150,7 +135,7 @@ describe('a gateway whose send stream breaks', () => {
         PORT: String(port),
         GRPC_PORT: String(await freePort()),
         GATEWAY_ID: 'gateway-stream',
-        MESSAGING_ADDR: `127.0.0.1:${proxyPort}`,
+        MESSAGING_ADDR: proxy.address,
         PRESENCE_ADDR: mesh.addresses.presence,
         ROOM_ADDR: mesh.addresses.room,
         // Far beyond the test: a send that fails here failed because the stream broke, not at its deadline.
@@ -163,7 +148,6 @@ describe('a gateway whose send stream breaks', () => {
 
   afterAll(async () => {
     proxy?.close();
-    for (const link of links) link.destroy();
   });
 
   it('fails exactly the sends it carried, each with its own UNAVAILABLE, and the retried sends are stored and delivered once', async () => {
@@ -194,15 +178,15 @@ describe('a gateway whose send stream breaks', () => {
     expect(answer('self')?.error).toMatchObject({ code: 'ERROR_CODE_INVALID_ARGUMENT', field: 'recipient_user_id' });
 
     // Three sends leave while messaging is unreachable; then the connection (and the stream on it) breaks.
-    frozen = true;
+    proxy.freeze();
     const ids = ['lost-1', 'lost-2', 'lost-3'].map((requestId) => ({ requestId, clientMessageId: newId() }));
     for (const { requestId, clientMessageId } of ids) send(requestId, clientMessageId, requestId);
     await new Promise((r) => setTimeout(r, 300));
     expect(ids.some(({ requestId }) => answer(requestId))).toBe(false);
-    for (const link of links) link.destroy();
+    proxy.cut();
     await waitFor(() => ids.every(({ requestId }) => answer(requestId)));
     for (const { requestId } of ids) expect(answer(requestId)?.error?.code).toBe('ERROR_CODE_UNAVAILABLE');
-    frozen = false;
+    proxy.thaw();
 
     // The sender retries each with its client message id: a new stream carries them, each acked once, delivered once.
     const acked = new Set<string>();
