@@ -27,10 +27,15 @@ export interface CodeMetric {
   file: string;
 }
 
-/** The instruments the services and libs create (createCounter('name', …) and friends), read from their sources. */
+/**
+ * The instruments the services and libs create (createCounter('name', …) and
+ * friends, and libs/telemetry's `new HotCounter(meter, 'name', …)`, an
+ * observable counter), read from their sources.
+ */
 export function metricsInCode(): CodeMetric[] {
   const found: CodeMetric[] = [];
   const pattern = /\.create(Counter|UpDownCounter|Histogram|Gauge|ObservableGauge|ObservableCounter|ObservableUpDownCounter)\(\s*['"`]([a-zA-Z_:][a-zA-Z0-9_:]*)['"`]/g;
+  const hotCounter = /new HotCounter\(\s*[\w.]+,\s*['"`]([a-zA-Z_:][a-zA-Z0-9_:]*)['"`]/g;
   for (const top of ['services', 'libs']) {
     for (const pkg of fs.readdirSync(path.join(repoRoot, top))) {
       const src = path.join(repoRoot, top, pkg, 'src');
@@ -39,6 +44,7 @@ export function metricsInCode(): CodeMetric[] {
       for (const file of files) {
         const text = fs.readFileSync(path.join(src, file), 'utf8');
         for (const m of text.matchAll(pattern)) found.push({ name: m[2]!, instrument: m[1]!, file: path.join(top, pkg, 'src', file) });
+        for (const m of text.matchAll(hotCounter)) found.push({ name: m[1]!, instrument: 'ObservableCounter', file: path.join(top, pkg, 'src', file) });
       }
     }
   }
