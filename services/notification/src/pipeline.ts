@@ -4,7 +4,7 @@ import type { Logger } from '@switchboard/logging';
 import { prepared, withTenantTransaction, type Pool, type PoolClient } from '@switchboard/postgres';
 import { eventsV1, messagingV1, notificationV1 } from '@switchboard/proto';
 import { metrics, SpanKind, withSpan, type Counter } from '@switchboard/telemetry';
-import type { Consumer, EachBatchPayload, KafkaMessage } from 'kafkajs';
+import type { Consumer, EachBatchPayload, KafkaMessage, TopicPartitionOffsetAndMetadata } from 'kafkajs';
 import type { NotificationConfig } from './config';
 import type { DeadLetters } from './dlq';
 import type { LiveNotification, NotificationEvents } from './events';
@@ -167,6 +167,8 @@ export interface PipelineOptions {
  */
 export class Pipeline {
   private joined = false;
+  /** Per topic and partition, the offset after the last record this member processed (what a commit would say). */
+  private readonly resolved = new Map<string, TopicPartitionOffsetAndMetadata>();
   private readonly processed: Counter;
   /** Decoded batches waiting for the next pass, each with what settles its eachBatch. */
   private waiting: { items: Item[]; heartbeat: () => Promise<void>; done: (err?: unknown) => void }[] = [];
@@ -181,6 +183,8 @@ export class Pipeline {
     const { consumer, logger } = this.options;
     consumer.on(consumer.events.GROUP_JOIN, (event) => {
       this.joined = true;
+      // A new assignment: offsets resolved for partitions held before are no longer this member's to commit.
+      this.resolved.clear();
       logger.info({ groupId: event.payload.groupId, assignment: event.payload.memberAssignment }, 'consuming');
     });
     consumer.on(consumer.events.CRASH, (event) => {
@@ -207,8 +211,19 @@ export class Pipeline {
     if (!this.joined) throw new Error('not consuming: the consumer has not joined its group');
   }
 
+  /**
+   * Commits what this member processed, then stops: a batch still running
+   * commits its own offsets as it ends (see batch), but when none is running
+   * at the stop, nothing would commit the offsets resolved since the last
+   * interval (with autoCommit off kafkajs commits nothing by itself), and
+   * the partitions' next owner would read them again.
+   */
   async stop(): Promise<void> {
     this.joined = false;
+    const offsets = [...this.resolved.values()];
+    if (offsets.length > 0) {
+      await this.options.consumer.commitOffsets(offsets).catch((err: unknown) => this.options.logger.warn({ err }, 'could not commit the processed offsets at the stop; the next owner reads them again (replays insert nothing)'));
+    }
     await this.options.consumer.stop();
   }
 
@@ -224,7 +239,10 @@ export class Pipeline {
     for (const [event, count] of counts) this.processed.add(count, { topic: batch.topic, event });
     if (items.length > 0) await this.inPass(items, heartbeat);
     const last = batch.messages[batch.messages.length - 1];
-    if (last) resolveOffset(last.offset);
+    if (last) {
+      resolveOffset(last.offset);
+      this.resolved.set(`${batch.topic}:${batch.partition}`, { topic: batch.topic, partition: batch.partition, offset: String(BigInt(last.offset) + 1n) });
+    }
     // Stopping: what this member processed is committed now, so the partitions' next owner does not read it again.
     if (!isRunning()) await commitOffsetsIfNecessary(uncommittedOffsets());
     else await commitOffsetsIfNecessary();
