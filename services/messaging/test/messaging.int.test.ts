@@ -275,8 +275,28 @@ describe('messaging service (real PostgreSQL, NATS, Kafka, room service)', () =>
       const conversationId = (await send(slow.client, 'wait-a', { recipientUserId: 'wait-b' }, 'start')).ack!.conversationId;
       const stored = async () =>
         (await slow.client.getHistory({ context: undefined, conversationId, fromSeq: 0, direction: messagingV1.Direction.DIRECTION_FORWARD, limit: 200 }, as('wait-a'))).messages.filter((m) => m.text !== 'start');
-      // A burst: sends arriving while the oldest queued one has waited more than 5 ms are refused at once, with the reason and a retry hint.
-      const burst = await Promise.allSettled(Array.from({ length: 60 }, (_, i) => slow.client.sendMessage(request('wait-a', conversationId, `w${i}`), as('wait-a'))));
+      // The queue stops draining: a test transaction holds the conversation's row lock, which the one send in
+      // flight needs, so the sends behind it wait. A second wave, 20 ms later, finds the oldest queued send waiting
+      // longer than 5 ms: each of its sends is refused at once, with the reason and a retry hint. (Relying on the
+      // commits' own slowness was flaky: a fast machine committed a whole burst within 5 ms.)
+      const pool = createPool({ connectionString: infraEnv().DATABASE_URL!, applicationName: 'shed-test', schema: 'messaging' });
+      let release!: () => void;
+      const locked = new Promise<void>((resolveLocked) => {
+        void withTenantTransaction(pool, tenant, async (db) => {
+          await db.query(`SELECT 1 FROM conversations WHERE tenant_id = $1 AND conversation_id = $2 FOR UPDATE`, [tenant, conversationId]);
+          resolveLocked();
+          await new Promise<void>((resolveRelease) => (release = resolveRelease));
+        });
+      });
+      await locked;
+      const sendW = (i: number) => slow.client.sendMessage(request('wait-a', conversationId, `w${i}`), as('wait-a'));
+      const firstWave = Array.from({ length: 20 }, (_, i) => sendW(i));
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      const secondWave = Array.from({ length: 20 }, (_, i) => sendW(20 + i));
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      release();
+      const burst = await Promise.allSettled([...firstWave, ...secondWave]);
+      await pool.end();
       const refused = await Promise.all(burst.flatMap((r) => (r.status === 'rejected' ? [errorOf(Promise.reject(r.reason))] : [])));
       expect(refused.length).toBeGreaterThan(0);
       for (const refusal of refused) expect(refusal).toMatchObject({ code: ErrorCode.ERROR_CODE_OVERLOADED, retryAfterMs: 50, message: expect.stringContaining('waiting longer than 5 ms') });
