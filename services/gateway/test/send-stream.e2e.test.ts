@@ -207,3 +207,81 @@ describe('a gateway whose send stream breaks', () => {
     expect(await gateway.stop(10_000)).toBe(0);
   });
 });
+
+describe('a gateway in front of a messaging that does not serve the stream yet (a rolling deploy)', () => {
+  // The older messaging: the same service without SendMessagesStream (grpc-js answers an unregistered
+  // method UNIMPLEMENTED), every unary method forwarded to the mesh's real messaging.
+  const seen = { sendMessages: 0 };
+  let olderMessaging: grpc.Server;
+  let upstream: grpc.Client;
+  let gateway: ServiceProcess;
+  let port: number;
+
+  beforeAll(async () => {
+    upstream = new grpc.Client(mesh.addresses.messaging, channelCredentials());
+    const implementation: grpc.UntypedServiceImplementation = {};
+    for (const [name, method] of Object.entries(messagingV1.MessagingServiceService as grpc.ServiceDefinition)) {
+      if (method.requestStream || method.responseStream) continue;
+      implementation[name] = (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+        if (name === 'sendMessages') seen.sendMessages += 1;
+        upstream.makeUnaryRequest(method.path, method.requestSerialize, method.responseDeserialize, call.request, call.metadata, callback);
+      };
+    }
+    olderMessaging = new grpc.Server();
+    olderMessaging.addService(messagingV1.MessagingServiceService, implementation);
+    const olderPort = await new Promise<number>((resolve, reject) =>
+      olderMessaging.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, bound) => (err ? reject(err) : resolve(bound))),
+    );
+    port = await freePort();
+    gateway = await launchService({
+      service: 'gateway',
+      name: 'gateway-older-messaging',
+      env: {
+        ...infraEnv(),
+        PORT: String(port),
+        GRPC_PORT: String(await freePort()),
+        GATEWAY_ID: 'gateway-older-messaging',
+        MESSAGING_ADDR: `127.0.0.1:${olderPort}`,
+        PRESENCE_ADDR: mesh.addresses.presence,
+        ROOM_ADDR: mesh.addresses.room,
+        SHUTDOWN_DEADLINE_MS: '3000',
+      },
+      opsPort: await freePort(),
+    });
+  }, 60_000);
+
+  afterAll(async () => {
+    olderMessaging?.forceShutdown();
+    upstream?.close();
+  });
+
+  it('sends the refused batch again as a unary call, and every later one too: each send acked once and delivered once', async () => {
+    const [from, to] = [user('old-from'), user('old-to')];
+    const recipient = new SwitchboardClient({ url: mesh.gateways[0]!.url, token: () => mintDevToken({ secret: DEV_JWT_SECRET, tenantId: tenant, userId: to }) });
+    clients.push(recipient);
+    await recipient.connect();
+    const received: messagingV1.Message[] = [];
+    recipient.on('message', (message) => received.push(message));
+
+    const sender = new SwitchboardClient({ url: `ws://127.0.0.1:${port}/ws`, token: () => mintDevToken({ secret: DEV_JWT_SECRET, tenantId: tenant, userId: from }) });
+    clients.push(sender);
+    await sender.connect();
+
+    // The first send meets the refusal; it must still be stored, not failed.
+    const first = await sender.sendMessage({ recipientUserId: to, text: 'first' });
+    expect(first.seq).toBe(1);
+    const unaryAfterFirst = seen.sendMessages;
+    expect(unaryAfterFirst).toBeGreaterThanOrEqual(1);
+    // Later sends, some in one turn, all as unary calls; a bad one still gets its own error.
+    const later = await Promise.all(['second', 'third', 'fourth'].map((text) => sender.sendMessage({ recipientUserId: to, text })));
+    expect(later.map((ack) => ack.seq).sort()).toEqual([2, 3, 4]);
+    await expect(sender.sendMessage({ recipientUserId: from, text: 'to myself' })).rejects.toMatchObject({ code: ErrorCode.ERROR_CODE_INVALID_ARGUMENT });
+    expect(seen.sendMessages).toBeGreaterThan(unaryAfterFirst);
+
+    await waitFor(() => received.length >= 4);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(received.map((m) => m.text).sort()).toEqual(['first', 'fourth', 'second', 'third']);
+    sender.close();
+    expect(await gateway.stop(10_000)).toBe(0);
+  });
+});
