@@ -62,8 +62,19 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       HEARTBEAT_INTERVAL_MS: env.positiveInt(25_000),
       /** How often this gateway tells the mesh it is alive. */
       GATEWAY_HEARTBEAT_MS: env.positiveInt(250),
-      /** How often this gateway renews all its connections' presence leases, in one call. */
+      /** How often this gateway renews its presence lease and reports its connections' activity, in one call (RenewGateway, or RefreshLeases). */
       PRESENCE_REFRESH_MS: env.positiveInt(5000),
+      /**
+       * Every this many refreshes the call (RefreshLeases) lists every
+       * connection, for presence to reconcile (register what it lost, drop what
+       * this gateway no longer has); the others (RenewGateway) carry only the
+       * activity since the previous one. A
+       * resync request, a failed registration or a failed detach makes the next
+       * refresh a full one.
+       */
+      PRESENCE_FULL_REFRESH_EVERY: env.positiveInt(6),
+      /** Most closed connections one DisconnectDevices call carries; more closing at once go in calls one after another. */
+      PRESENCE_DETACH_BATCH: env.positiveInt(1000),
       /** Presence changes to one connection within this window go out as one frame. */
       PRESENCE_COALESCE_MS: env.positiveInt(100),
       /** Conversations with more members than this give occupancy counts instead of per-member presence. */

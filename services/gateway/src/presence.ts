@@ -79,37 +79,52 @@ export function disconnectReason(code: number): presenceV1.DisconnectReason {
   }
 }
 
-/** What the presence link keeps per connection. */
+/**
+ * What the presence link keeps per connection. Only what every connection
+ * needs is made at once; the rest is made on first use (an idle connection's
+ * seven empty collections were 840 B of its heap, docs/benchmarks.md).
+ */
 interface ConnectionPresence {
   device: Omit<presenceV1.DeviceInfo, 'deviceId'>;
   /** Registered with presence (ConnectDevice answered). */
   registered: boolean;
-  /** Sent a frame other than a ping since the last refresh: resets auto-away. */
-  active: boolean;
   /** Users whose presence this connection receives, and why (a user stays while any reason remains). */
   interests: Map<string, Set<string>>;
   /** Conversations the client has open on screen (occupancy). */
-  entered: Set<string>;
+  entered?: Set<string>;
   /**
    * Conversations whose members' presence this connection receives, with
    * their member count; one that grows past the occupancy threshold leaves
    * this map (counts only from then on).
    */
-  memberCounts: Map<string, number>;
+  memberCounts?: Map<string, number>;
   /** Rooms whose members are being read, with the membership events that arrived meanwhile. */
-  roomReads: Map<string, [string, boolean][]>;
+  roomReads?: Map<string, [string, boolean][]>;
   /** Changes waiting for the coalescing window, the latest per user. */
-  pending: Map<string, eventsV1.PresenceChanged>;
-  occupancy: Map<string, presenceV1.Occupancy>;
+  pending?: Map<string, eventsV1.PresenceChanged>;
+  occupancy?: Map<string, presenceV1.Occupancy>;
+}
+
+/** A closed connection waiting for the next DisconnectDevices call. */
+interface Detached {
+  tenantId: string;
+  userId: string;
+  connectionId: string;
+  deviceId: string;
+  reason: presenceV1.DisconnectReason;
 }
 
 /**
  * The gateway's side of presence:
- *   - registers each connection (ConnectDevice) and its close (DisconnectDevice);
- *   - renews every lease it holds in ONE RefreshLeases per interval (grouped
- *     by tenant; presence answers with what it lost, which is registered
- *     again: a Redis restart heals within one interval, or at once when
- *     presence asks for a resync);
+ *   - registers each connection (ConnectDevice) and its close (closes
+ *     gathered into DisconnectDevices calls: one call at a time, carrying
+ *     every close since the previous one, so a mass disconnect costs a few
+ *     calls, and a lone close leaves at once);
+ *   - renews its lease in ONE RenewGateway per interval carrying only the
+ *     connections active since the previous one; every few intervals (and at
+ *     once when presence asks for a resync, or after a failed registration
+ *     or detach) ONE RefreshLeases lists every connection, grouped by tenant,
+ *     and presence answers with what it lost, which is registered again;
  *   - subscribes each connection to the presence of its own user, its
  *     watch-list and the members of its conversations up to the occupancy
  *     threshold, through the Fanout's reference-counted subscriptions (one
@@ -122,6 +137,14 @@ interface ConnectionPresence {
 export class PresenceLink {
   private readonly state = new WeakMap<Connection, ConnectionPresence>();
   private readonly dirty = new Set<Connection>();
+  /** Connections that sent a frame other than a ping since the last refresh: resets auto-away. */
+  private readonly active = new Set<Connection>();
+  /** Refreshes since the last full one; a full one is due when this reaches PRESENCE_FULL_REFRESH_EVERY. */
+  private refreshesSinceFull = 0;
+  /** Something presence may have missed (a failed registration or detach): the next refresh lists everything. */
+  private fullRefreshDue = true;
+  private detachQueue: Detached[] = [];
+  private detaching: Promise<void> | undefined;
   private flushTimer: NodeJS.Timeout | undefined;
   private refreshTimer: NodeJS.Timeout | undefined;
   private refreshing: Promise<void> | undefined;
@@ -167,7 +190,12 @@ export class PresenceLink {
   /** Renews leases every interval, and at once when presence asks for a resync; holds the liveness link. */
   start(): void {
     this.refreshTimer = setInterval(() => void this.refresh(), this.config.PRESENCE_REFRESH_MS);
-    this.resync = this.nats.subscribe(SYSTEM_SUBJECTS.presenceResync, { callback: () => void this.refresh() });
+    this.resync = this.nats.subscribe(SYSTEM_SUBJECTS.presenceResync, {
+      callback: () => {
+        this.fullRefreshDue = true;
+        void this.refresh();
+      },
+    });
     this.holdLink();
   }
 
@@ -214,7 +242,7 @@ export class PresenceLink {
 
   /** As the connection opens, before the Fanout lists its conversations (whose members it then receives). */
   prepare(connection: Connection, device: Omit<presenceV1.DeviceInfo, 'deviceId'>): void {
-    this.state.set(connection, { device, registered: false, active: false, interests: new Map(), entered: new Set(), memberCounts: new Map(), roomReads: new Map(), pending: new Map(), occupancy: new Map() });
+    this.state.set(connection, { device, registered: false, interests: new Map() });
     // Batched changes (a dead gateway's users) come on the tenant's batch subject: one subscription per tenant per gateway.
     this.fanout.subscribe(subjects.presenceBatch(connection.tenantId), connection);
     // Every device of a user sees the user's merged state.
@@ -246,9 +274,10 @@ export class PresenceLink {
         this.options(connection),
       );
       state.registered = true;
-      for (const conversationId of state.entered) await this.occupy(connection, conversationId, true);
+      for (const conversationId of state.entered ?? []) await this.occupy(connection, conversationId, true);
     } catch (err) {
-      // The next refresh reports it unknown and it is registered then.
+      // The next (full) refresh reports it unknown and it is registered then.
+      this.fullRefreshDue = true;
       this.logger.warn({ err, connection: connection.id }, 'could not register a connection with presence');
     }
   }
@@ -258,43 +287,87 @@ export class PresenceLink {
     if (!state) return;
     this.state.delete(connection);
     this.dirty.delete(connection);
+    this.active.delete(connection);
     for (const userId of state.interests.keys()) this.fanout.unsubscribe(subjects.presence(connection.tenantId, userId), connection);
     this.fanout.unsubscribe(subjects.presenceBatch(connection.tenantId), connection);
     try {
-      for (const conversationId of state.entered) await this.occupy(connection, conversationId, false);
-      await this.presence.disconnectDevice(
-        { context: undefined, gatewayId: this.config.GATEWAY_ID, connectionId: connection.id, deviceId: connection.identity.deviceId, reason },
-        this.options(connection),
-      );
+      for (const conversationId of state.entered ?? []) await this.occupy(connection, conversationId, false);
     } catch (err) {
-      // Reconciled at the next refresh: presence drops what this gateway no longer lists.
-      this.logger.warn({ err, connection: connection.id }, 'could not unregister a connection from presence');
+      this.logger.warn({ err, connection: connection.id }, 'could not leave the conversations a closed connection was present in');
     }
+    const { tenantId, userId, deviceId } = connection.identity;
+    this.detachQueue.push({ tenantId, userId, connectionId: connection.id, deviceId, reason });
+    await this.sendDetaches();
+  }
+
+  /**
+   * One DisconnectDevices call at a time: a close while none is running
+   * leaves at once; closes meanwhile wait and go together in the next call
+   * (at most PRESENCE_DETACH_BATCH each). Resolves once the queue is empty.
+   */
+  private sendDetaches(): Promise<void> {
+    this.detaching ??= (async () => {
+      // Closes of the same event-loop turn (a dropped network, a drain) leave together.
+      await new Promise((resolve) => setImmediate(resolve));
+      while (this.detachQueue.length > 0) {
+        const batch = this.detachQueue.splice(0, this.config.PRESENCE_DETACH_BATCH);
+        const byTenant = new Map<string, presenceV1.TenantDisconnects>();
+        for (const { tenantId, userId, connectionId, deviceId, reason } of batch) {
+          let tenant = byTenant.get(tenantId);
+          if (!tenant) byTenant.set(tenantId, (tenant = { tenantId, connections: [] }));
+          tenant.connections.push({ userId, connectionId, deviceId, reason });
+        }
+        try {
+          await this.presence.disconnectDevices({ context: undefined, gatewayId: this.config.GATEWAY_ID, tenants: [...byTenant.values()] }, this.internal);
+        } catch (err) {
+          // The next refresh lists every connection: presence drops what this gateway no longer has.
+          this.fullRefreshDue = true;
+          this.logger.warn({ err, connections: batch.length }, 'could not unregister closed connections from presence; the next refresh reconciles them');
+        }
+      }
+    })().finally(() => (this.detaching = undefined));
+    return this.detaching;
   }
 
   markActive(connection: Connection): void {
-    const state = this.state.get(connection);
-    if (state) state.active = true;
+    if (this.state.has(connection)) this.active.add(connection);
   }
 
-  /** One call for every connection of this gateway; runs at most once at a time. */
+  /** One call per interval for this gateway (see the class comment); runs at most once at a time. */
   refresh(): Promise<void> {
     this.refreshing ??= this.refreshOnce().finally(() => (this.refreshing = undefined));
     return this.refreshing;
   }
 
   private async refreshOnce(): Promise<void> {
+    this.refreshesSinceFull += 1;
+    const active = new Map<string, string[]>();
+    for (const connection of this.active) {
+      let ids = active.get(connection.tenantId);
+      if (!ids) active.set(connection.tenantId, (ids = []));
+      ids.push(connection.id);
+    }
+    this.active.clear();
+    if (!this.fullRefreshDue && this.refreshesSinceFull < this.config.PRESENCE_FULL_REFRESH_EVERY) {
+      try {
+        const tenants = [...active].map(([tenantId, activeConnectionIds]) => ({ tenantId, activeConnectionIds }));
+        await this.presence.renewGateway({ context: undefined, gatewayId: this.config.GATEWAY_ID, tenants }, this.internal);
+        return;
+      } catch (err) {
+        // A presence that cannot renew (or does not know RenewGateway yet) still gets the full call, now.
+        this.logger.warn({ err }, 'could not renew the presence lease; sending the full refresh instead');
+      }
+    }
+    this.fullRefreshDue = false;
+    this.refreshesSinceFull = 0;
     const byTenant = new Map<string, presenceV1.TenantLeases>();
     const byId = new Map<string, Connection>();
     for (const connection of this.connections()) {
-      const state = this.state.get(connection);
-      if (!state) continue;
+      if (!this.state.has(connection)) continue;
       byId.set(connection.id, connection);
       let leases = byTenant.get(connection.tenantId);
-      if (!leases) byTenant.set(connection.tenantId, (leases = { tenantId: connection.tenantId, connectionIds: [], activeConnectionIds: [] }));
+      if (!leases) byTenant.set(connection.tenantId, (leases = { tenantId: connection.tenantId, connectionIds: [], activeConnectionIds: active.get(connection.tenantId) ?? [] }));
       leases.connectionIds.push(connection.id);
-      if (state.active) leases.activeConnectionIds.push(connection.id);
-      state.active = false;
     }
     try {
       const { unknown } = await this.presence.refreshLeases({ context: undefined, gatewayId: this.config.GATEWAY_ID, tenants: [...byTenant.values()] }, this.internal);
@@ -302,6 +375,7 @@ export class PresenceLink {
       if (lost.length > 0) this.logger.warn({ connections: lost.length }, 'presence lost connections of this gateway: registering them again');
       for (let i = 0; i < lost.length; i += 100) await Promise.all(lost.slice(i, i + 100).map((c) => this.register(c)));
     } catch (err) {
+      this.fullRefreshDue = true;
       this.logger.warn({ err }, 'could not refresh presence leases; retrying next interval');
     }
   }
@@ -356,8 +430,8 @@ export class PresenceLink {
    */
   private async followRoom(connection: Connection, roomId: string, pushNow: boolean): Promise<void> {
     const state = this.state.get(connection);
-    if (!state || state.roomReads.has(roomId)) return;
-    state.roomReads.set(roomId, []);
+    if (!state || state.roomReads?.has(roomId)) return;
+    (state.roomReads ??= new Map()).set(roomId, []);
     let followed: string[] = [];
     try {
       const { members, totalCount } = await this.room.listMembers(
@@ -368,8 +442,8 @@ export class PresenceLink {
     } catch (err) {
       this.logger.warn({ err, connection: connection.id, roomId }, 'could not list room members; their presence shows after a reconnect');
     }
-    const waiting = state.roomReads.get(roomId) ?? [];
-    state.roomReads.delete(roomId);
+    const waiting = state.roomReads?.get(roomId) ?? [];
+    state.roomReads?.delete(roomId);
     if (pushNow && followed.length > 0) this.pushCurrent(connection, followed);
     for (const [userId, member] of waiting) this.memberChanged(connection, roomId, userId, member);
   }
@@ -378,7 +452,7 @@ export class PresenceLink {
   private followMembers(connection: Connection, conversationId: string, memberIds: string[], memberCount: number): string[] {
     const state = this.state.get(connection);
     if (!state || memberCount > this.config.PRESENCE_OCCUPANCY_THRESHOLD) return [];
-    state.memberCounts.set(conversationId, memberCount);
+    (state.memberCounts ??= new Map()).set(conversationId, memberCount);
     const others = memberIds.filter((memberId) => memberId !== connection.userId);
     for (const memberId of others) this.want(connection, memberId, conversationId);
     return others;
@@ -393,23 +467,24 @@ export class PresenceLink {
    */
   memberChanged(connection: Connection, conversationId: string, userId: string, member: boolean): void {
     const state = this.state.get(connection);
-    state?.roomReads.get(conversationId)?.push([userId, member]);
-    const count = state?.memberCounts.get(conversationId);
-    if (!state || count === undefined || userId === connection.userId) return;
+    state?.roomReads?.get(conversationId)?.push([userId, member]);
+    const counts = state?.memberCounts;
+    const count = counts?.get(conversationId);
+    if (!state || !counts || count === undefined || userId === connection.userId) return;
     const following = state.interests.get(userId)?.has(conversationId) ?? false;
     // A redelivered event changes nothing.
     if (member === following) return;
     if (!member) {
-      state.memberCounts.set(conversationId, count - 1);
+      counts.set(conversationId, count - 1);
       this.unwant(connection, userId, conversationId);
       return;
     }
     if (count + 1 > this.config.PRESENCE_OCCUPANCY_THRESHOLD) {
-      state.memberCounts.delete(conversationId);
+      counts.delete(conversationId);
       for (const memberId of [...state.interests.keys()]) this.unwant(connection, memberId, conversationId);
       return;
     }
-    state.memberCounts.set(conversationId, count + 1);
+    counts.set(conversationId, count + 1);
     this.want(connection, userId, conversationId);
     this.pushCurrent(connection, [userId]);
   }
@@ -432,7 +507,7 @@ export class PresenceLink {
         const state = this.state.get(connection);
         if (!state) return;
         for (const p of presences) {
-          if (!state.interests.has(p.userId) || state.pending.has(p.userId)) continue;
+          if (!state.interests.has(p.userId) || state.pending?.has(p.userId)) continue;
           this.queue(connection, { userId: p.userId, status: p.status, customMessage: p.customMessage, lastSeen: p.lastSeen, deviceCount: p.deviceCount, changedAt: p.updatedAt });
         }
       },
@@ -443,9 +518,9 @@ export class PresenceLink {
   conversationLeft(connection: Connection, conversationId: string): void {
     const state = this.state.get(connection);
     if (!state) return;
-    state.memberCounts.delete(conversationId);
+    state.memberCounts?.delete(conversationId);
     for (const userId of [...state.interests.keys()]) this.unwant(connection, userId, conversationId);
-    if (state.entered.has(conversationId)) {
+    if (state.entered?.has(conversationId)) {
       state.entered.delete(conversationId);
       void this.occupy(connection, conversationId, false).catch(() => undefined);
     }
@@ -477,7 +552,7 @@ export class PresenceLink {
         for (const connection of targets) {
           const state = this.state.get(connection);
           if (!state) continue;
-          state.occupancy.set(occupancy.conversationId, occupancy);
+          (state.occupancy ??= new Map()).set(occupancy.conversationId, occupancy);
           this.markDirty(connection);
         }
         return;
@@ -499,7 +574,7 @@ export class PresenceLink {
   private queue(connection: Connection, change: eventsV1.PresenceChanged): void {
     const state = this.state.get(connection);
     if (!state) return;
-    state.pending.set(change.userId, change);
+    (state.pending ??= new Map()).set(change.userId, change);
     this.markDirty(connection);
   }
 
@@ -514,10 +589,11 @@ export class PresenceLink {
       for (const c of connections) {
         const state = this.state.get(c);
         if (!state) continue;
-        if (state.pending.size > 0) c.push({ requestId: '', kind: { $case: 'presence', value: { changes: [...state.pending.values()] } } });
-        if (state.occupancy.size > 0) c.push({ requestId: '', kind: { $case: 'occupancy', value: { occupancies: [...state.occupancy.values()] } } });
-        state.pending.clear();
-        state.occupancy.clear();
+        // Dropped once sent: most connections hear nothing for long stretches.
+        if (state.pending?.size) c.push({ requestId: '', kind: { $case: 'presence', value: { changes: [...state.pending.values()] } } });
+        if (state.occupancy?.size) c.push({ requestId: '', kind: { $case: 'occupancy', value: { occupancies: [...state.occupancy.values()] } } });
+        state.pending = undefined;
+        state.occupancy = undefined;
       }
     }, this.config.PRESENCE_COALESCE_MS);
   }
@@ -577,8 +653,8 @@ export class PresenceLink {
         this.requireMember(connection, conversationId);
         const enter = kind.$case === 'enterConversation';
         const state = this.state.get(connection)!;
-        if (enter) state.entered.add(conversationId);
-        else state.entered.delete(conversationId);
+        if (enter) (state.entered ??= new Set()).add(conversationId);
+        else state.entered?.delete(conversationId);
         return { $case: 'occupancyState', value: { occupancy: await this.occupy(connection, conversationId, enter) } };
       }
     }

@@ -11,6 +11,7 @@ import { eventually, freePort, infraEnv, launchService, repoRoot, startMesh, typ
 import { ErrorCode, type SwitchboardError } from '@switchboard/errors';
 import { newId } from '@switchboard/ids';
 import { eventsV1, roomV1, type framesV1 } from '@switchboard/proto';
+import { createRedis, tenantKey } from '@switchboard/redis';
 
 const { PresenceStatus, MembershipChange } = eventsV1;
 const GATEWAY_ENV = { GATEWAY_HEARTBEAT_MS: '300', PRESENCE_REFRESH_MS: '1000', PRESENCE_COALESCE_MS: '50' };
@@ -341,6 +342,55 @@ it('rebuilds presence from the gateways’ live connections after Redis restarts
   await leo.client.close();
   await eventually(async () => (await presence(mia, [leoId]))[0]!.status === PresenceStatus.PRESENCE_STATUS_OFFLINE, 5000, 'leo offline');
 });
+
+it('takes many connections closed at once offline through a few batched calls, keeps a second device of a user online, and leaves nothing of the closed ones in Redis', async () => {
+  const closing = Array.from({ length: 150 }, () => user('ward'));
+  const twoDevices = user('nurse');
+  const watcher = await connect(gw(0), user('charge'));
+  // gw(2) was SIGKILLed by an earlier test: the closing side is gw(1).
+  const devices = await Promise.all(closing.map((id) => connect(gw(1), id)));
+  const nurseLeaving = await connect(gw(1), twoDevices, { deviceId: 'cart' });
+  const nurseStaying = await connect(gw(1), twoDevices, { deviceId: 'badge' });
+  await watcher.client.request({ $case: 'watchPresence', value: { userIds: [...closing, twoDevices] } });
+  expect((await presence(watcher, [...closing, twoDevices])).every((p) => p.status === PresenceStatus.PRESENCE_STATUS_AVAILABLE)).toBe(true);
+  const calls = async () => {
+    const metrics = await (await fetch(`http://127.0.0.1:${mesh.services.find((s) => s.name === 'presence')!.opsPort}/metrics`)).text();
+    const count = (method: string) =>
+      [...metrics.matchAll(new RegExp(`^rpc_server_duration_seconds_count\\{[^}]*method="${method}"[^}]*\\} (\\d+)`, 'gm'))].reduce((n, m) => n + Number(m[1]), 0);
+    return { single: count('DisconnectDevice'), batched: count('DisconnectDevices') };
+  };
+  const before = await calls();
+
+  await Promise.all([...devices, nurseLeaving].map((d) => d.client.close()));
+  await eventually(() => closing.every((id) => lastStatus(watcher, id) === PresenceStatus.PRESENCE_STATUS_OFFLINE) || undefined, 15_000, 'the watcher sees every closed user offline');
+  const seen = await presence(watcher, [...closing, twoDevices]);
+  expect(seen.filter((p) => p.status !== PresenceStatus.PRESENCE_STATUS_OFFLINE).map((p) => p.userId)).toEqual([twoDevices]);
+  expect(seen.at(-1)).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 1 });
+  // 151 closes: never one call each, and none through the per-connection call.
+  const after = await calls();
+  expect(after.single - before.single).toBe(0);
+  expect(after.batched - before.batched).toBeGreaterThan(0);
+  expect(after.batched - before.batched).toBeLessThan(closing.length / 2);
+
+  // Nothing of the closed connections stays: no lease of a closed user, no entry in any gateway's connection list, not in the online set.
+  const redis = createRedis(infraEnv().REDIS_URL!, 'mass-close-test');
+  try {
+    const leases = await Promise.all(closing.map((id) => redis.zcard(tenantKey(tenant, 'presence', 'leases', id))));
+    expect(leases.filter((n) => n > 0)).toEqual([]);
+    const gatewayKeys = await redis.keys(`${tenantKey(tenant, 'presence', 'gateway')}:*`);
+    const listed = (await Promise.all(gatewayKeys.map((key) => redis.hvals(key)))).flat().map((value) => value.split(':')[0]!);
+    expect(listed.filter((owner) => closing.includes(owner))).toEqual([]);
+    expect(listed.filter((owner) => owner === twoDevices)).toHaveLength(1);
+    const online = await redis.zmscore(tenantKey(tenant, 'presence', 'online'), ...closing);
+    expect(online.filter((score) => score !== null)).toEqual([]);
+  } finally {
+    redis.disconnect();
+  }
+  // The second device still hears its own user's presence (its subscriptions stayed).
+  await nurseStaying.client.request({ $case: 'setPresence', value: { status: PresenceStatus.PRESENCE_STATUS_BUSY, customMessage: '', customMessageExpiresAt: undefined } });
+  await eventually(() => lastStatus(nurseStaying, twoDevices) === PresenceStatus.PRESENCE_STATUS_BUSY, 5000, 'the staying device sees its user busy');
+  await eventually(() => lastStatus(watcher, twoDevices) === PresenceStatus.PRESENCE_STATUS_BUSY, 5000, 'the watcher sees the nurse busy');
+}, 60_000);
 
 /** Free ports that are also distinct from each other (the OS may hand the same free port out twice in a row). */
 /** Another gateway process on the mesh (stopped after the file), and its WebSocket URL. */

@@ -36,6 +36,8 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
       OCCUPANCY_THROTTLE_MS: env.positiveInt(500),
       /** Most users one GetPresence call may ask about (the contract promises at least 500). */
       MAX_PRESENCE_BATCH: env.positiveInt(500),
+      /** Most connections one DisconnectDevices call may drop (gateways send at most 1,000). */
+      MAX_DISCONNECT_BATCH: env.positiveInt(5000),
       /** Longest custom status message, in characters. */
       MAX_CUSTOM_MESSAGE_LENGTH: env.positiveInt(140),
       /** A user's presence keys are dropped after this long without any change. */

@@ -17,6 +17,8 @@ const MAX_DEVICE_TEXT = 256;
 const AUTO_AWAY_BOUNDS_MS = { min: 1000, max: 24 * 3600_000 };
 const DEFAULT_PAGE = 100;
 const MAX_PAGE = 500;
+/** Users per script call of a DisconnectDevices batch (as many as a dropped gateway's per call). */
+const DISCONNECT_SLICE = 500;
 /** Most transitions read for one history query (a week of a very busy user). */
 const MAX_HISTORY_SCAN = 5000;
 
@@ -126,6 +128,35 @@ export function presenceService(
       return { status: mergePresence(snapshot, now, 'private').status };
     }),
 
+    disconnectDevices: unary('DisconnectDevices', logger, async (req: presenceV1.DisconnectDevicesRequest, ctx) => {
+      requireInternal(ctx, 'DisconnectDevices');
+      const gatewayId = assertSafeId(req.gatewayId, 'gateway_id');
+      const count = req.tenants.reduce((n, t) => n + t.connections.length, 0);
+      if (count > config.MAX_DISCONNECT_BATCH) throw new InvalidArgumentError(`at most ${config.MAX_DISCONNECT_BATCH} connections per call`, { field: 'tenants.connections' });
+      // Everything checked before anything is written: a bad id refuses the whole call.
+      const tenants = req.tenants.map((tenant) => {
+        const byUser = new Map<string, UserConnections>();
+        for (const c of tenant.connections) {
+          const userId = assertSafeId(c.userId, 'tenants.connections.user_id');
+          let user = byUser.get(userId);
+          if (!user) byUser.set(userId, (user = { userId, connections: [] }));
+          user.connections.push({ connectionId: assertSafeId(c.connectionId, 'tenants.connections.connection_id'), deviceId: assertSafeId(c.deviceId, 'tenants.connections.device_id') });
+        }
+        return { tenantId: assertSafeId(tenant.tenantId, 'tenants.tenant_id'), users: [...byUser.values()] };
+      });
+      const now = Date.now();
+      let usersOffline = 0;
+      for (const { tenantId, users } of tenants) {
+        // One script call and one claim per slice of users, as a dropped gateway's users are.
+        for (let i = 0; i < users.length; i += DISCONNECT_SLICE) {
+          const snapshots = await store.disconnectMany(tenantId, gatewayId, users.slice(i, i + DISCONNECT_SLICE), now);
+          usersOffline += snapshots.filter((s) => s.leases.length === 0).length;
+          await announcer.announceMany(tenantId, snapshots, now, Cause.PRESENCE_CHANGE_CAUSE_DISCONNECTED);
+        }
+      }
+      return { connections: count, usersOffline };
+    }),
+
     refreshLeases: unary('RefreshLeases', logger, async (req: presenceV1.RefreshLeasesRequest, ctx) => {
       requireInternal(ctx, 'RefreshLeases');
       const gatewayId = assertSafeId(req.gatewayId, 'gateway_id');
@@ -146,14 +177,19 @@ export function presenceService(
         }
         const dropped = await store.disconnectMany(tenant.tenantId, gatewayId, [...staleByUser.values()], now);
         await announcer.announceMany(tenant.tenantId, dropped, now, Cause.PRESENCE_CHANGE_CAUSE_LEASE_EXPIRED);
-        const active = tenant.activeConnectionIds.map((id) => assertSafeId(id, 'tenants.active_connection_ids'));
-        const owners = await store.ownersOf(tenant.tenantId, gatewayId, active);
-        if (owners.length === 0) continue;
-        for (const userId of await store.recordActivity(tenant.tenantId, owners, now)) {
-          await announcer.announce(tenant.tenantId, await store.touch(tenant.tenantId, userId), now, Cause.PRESENCE_CHANGE_CAUSE_ACTIVITY);
-        }
+        await recordActivity(tenant.tenantId, gatewayId, tenant.activeConnectionIds, now);
       }
       return { unknown, leaseTtlMs: config.LEASE_TTL_MS };
+    }),
+
+    renewGateway: unary('RenewGateway', logger, async (req: presenceV1.RenewGatewayRequest, ctx) => {
+      requireInternal(ctx, 'RenewGateway');
+      const gatewayId = assertSafeId(req.gatewayId, 'gateway_id');
+      const now = Date.now();
+      const tenantIds = req.tenants.map((t) => assertSafeId(t.tenantId, 'tenants.tenant_id'));
+      await store.renewGateway(gatewayId, tenantIds, now + config.LEASE_TTL_MS);
+      for (const tenant of req.tenants) await recordActivity(tenant.tenantId, gatewayId, tenant.activeConnectionIds, now);
+      return { leaseTtlMs: config.LEASE_TTL_MS };
     }),
 
     gatewayDown: unary('GatewayDown', logger, async (req: presenceV1.GatewayDownRequest, ctx) => {
@@ -372,6 +408,16 @@ export function presenceService(
       };
     }),
   };
+
+  /** User activity on a gateway's connections: resets auto-away; a user who was away is announced again. */
+  async function recordActivity(tenantId: string, gatewayId: string, activeConnectionIds: string[], now: number): Promise<void> {
+    const active = activeConnectionIds.map((id) => assertSafeId(id, 'tenants.active_connection_ids'));
+    const owners = await store.ownersOf(tenantId, gatewayId, active);
+    if (owners.length === 0) return;
+    for (const userId of await store.recordActivity(tenantId, owners, now)) {
+      await announcer.announce(tenantId, await store.touch(tenantId, userId), now, Cause.PRESENCE_CHANGE_CAUSE_ACTIVITY);
+    }
+  }
 
   /** Membership is the gateway's to check (it only forwards conversations the user belongs to). */
   async function occupy(req: presenceV1.EnterConversationRequest, ctx: CallContext, enter: boolean): Promise<presenceV1.Occupancy> {
