@@ -40,8 +40,13 @@ export class Connection {
   /** Over the send buffer's high-water mark: pushes are dropped until it drains, then `resync` is sent. */
   lagging = false;
   droppedPushes = 0;
-  /** Counted since the last limits tick (limits.ts). */
-  counters: ConnectionCounters = { frames: 0, messages: 0, bytesIn: 0, bytesOut: 0 };
+  /** Counted since the last limits tick (limits.ts), which folds and zeroes them in place. */
+  readonly counters: ConnectionCounters = { frames: 0, messages: 0, bytesIn: 0, bytesOut: 0 };
+  /**
+   * The connections that counted something since the last limits tick (set at
+   * accept): the tick folds only those, not every idle connection each second.
+   */
+  counted: Set<Connection> | undefined;
 
   constructor(
     readonly id: string,
@@ -114,14 +119,8 @@ export class Connection {
   sendEncoded(data: string | Buffer): void {
     if (!this.open) return;
     this.counters.bytesOut += typeof data === 'string' ? Buffer.byteLength(data) : data.length;
+    this.counted?.add(this);
     this.socket.send(data);
-  }
-
-  /** The counters since the last call, reset. */
-  takeCounters(): ConnectionCounters {
-    const counted = this.counters;
-    this.counters = { frames: 0, messages: 0, bytesIn: 0, bytesOut: 0 };
-    return counted;
   }
 
   close(code: number, reason: string): void {

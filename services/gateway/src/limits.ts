@@ -64,6 +64,8 @@ export class GatewayLimits {
   private readonly messages: Counter;
   private readonly bytes: Counter;
   private ticks = 0;
+  /** Connections whose counters moved since the last tick (each connection adds itself: Connection.counted). */
+  readonly counted = new Set<Connection>();
 
   constructor(
     readonly store: TenantLimitStore,
@@ -129,6 +131,7 @@ export class GatewayLimits {
   async admitFrame(connection: Connection, bytes: number): Promise<Refusal | undefined> {
     connection.counters.frames += 1;
     connection.counters.bytesIn += bytes;
+    this.counted.add(connection);
     const limits = await this.limitsOf(connection.tenantId);
     const maxFrameBytes = Math.min(this.config.MAX_FRAME_BYTES, limits.maxFrameBytes);
     if (bytes > maxFrameBytes) {
@@ -194,30 +197,35 @@ export class GatewayLimits {
   }
 
   /**
-   * Once a second: folds every connection's counters into the tenant usage
-   * (flushed to Redis) and metrics; every tenth tick renews the connection slots.
+   * Once a second: folds the counters of the connections that counted
+   * something (closed ones too: their last second still counts) into the
+   * tenant usage (flushed to Redis) and metrics; every tenth tick renews the
+   * connection slots of the open ones.
    */
   async tick(connections: Iterable<Connection>): Promise<void> {
     this.ticks += 1;
     const renew = this.ticks % Math.max(1, Math.floor(this.slots.ttlMs / 3000)) === 0;
-    const open = new Map<string, string[]>();
-    for (const connection of connections) {
-      const { tenantId } = connection;
-      const counted = connection.takeCounters();
-      if (counted.frames + counted.bytesOut > 0) {
+    for (const connection of this.counted) {
+      const { tenantId, counters } = connection;
+      if (counters.frames + counters.bytesOut > 0) {
         const tenant = this.labels.of(tenantId);
-        this.usage.add(tenantId, 'frames', counted.frames);
-        this.usage.add(tenantId, 'messages', counted.messages);
-        this.usage.add(tenantId, 'bytesIn', counted.bytesIn);
-        this.usage.add(tenantId, 'bytesOut', counted.bytesOut);
-        this.frames.add(counted.frames, { tenant });
-        this.messages.add(counted.messages, { tenant });
-        this.bytes.add(counted.bytesIn, { tenant, direction: 'in' });
-        this.bytes.add(counted.bytesOut, { tenant, direction: 'out' });
+        this.usage.add(tenantId, 'frames', counters.frames);
+        this.usage.add(tenantId, 'messages', counters.messages);
+        this.usage.add(tenantId, 'bytesIn', counters.bytesIn);
+        this.usage.add(tenantId, 'bytesOut', counters.bytesOut);
+        this.frames.add(counters.frames, { tenant });
+        this.messages.add(counters.messages, { tenant });
+        this.bytes.add(counters.bytesIn, { tenant, direction: 'in' });
+        this.bytes.add(counters.bytesOut, { tenant, direction: 'out' });
       }
-      if (renew) {
-        let ids = open.get(tenantId);
-        if (!ids) open.set(tenantId, (ids = []));
+      counters.frames = counters.messages = counters.bytesIn = counters.bytesOut = 0;
+    }
+    this.counted.clear();
+    const open = new Map<string, string[]>();
+    if (renew) {
+      for (const connection of connections) {
+        let ids = open.get(connection.tenantId);
+        if (!ids) open.set(connection.tenantId, (ids = []));
         ids.push(connection.id);
       }
     }

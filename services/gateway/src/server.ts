@@ -85,15 +85,22 @@ export class GatewayServer {
     });
     // Node's headersTimeout does not cover a socket that never sends a byte: every
     // socket must reach its upgrade within HANDSHAKE_TIMEOUT_MS or is destroyed.
-    const pending = new WeakMap<object, NodeJS.Timeout>();
+    // The timer and its close listener go at the upgrade: kept, they stayed referenced by every open socket.
+    const pending = new WeakMap<object, () => void>();
     this.http.on(config.TLS_CERT_FILE ? 'secureConnection' : 'connection', (socket: Duplex) => {
       const timer = setTimeout(() => socket.destroy(), config.HANDSHAKE_TIMEOUT_MS);
       timer.unref();
-      pending.set(socket, timer);
-      socket.once('close', () => clearTimeout(timer));
+      const clear = () => clearTimeout(timer);
+      pending.set(socket, clear);
+      socket.once('close', clear);
     });
     this.http.on('upgrade', (req, socket, head) => {
-      clearTimeout(pending.get(socket));
+      const clear = pending.get(socket);
+      if (clear) {
+        clear();
+        socket.removeListener('close', clear);
+        pending.delete(socket);
+      }
       void this.upgrade(req, socket, head);
     });
     this.coalescer = new Coalescer(config.FRAME_COALESCE_MS);
@@ -191,6 +198,7 @@ export class GatewayServer {
     const connection = new Connection(newId(), ws, { ...identity, deviceId: device.deviceId ?? `conn-${newId().slice(0, 12)}` }, encoding);
     connection.coalescer = this.coalescer;
     connection.sendBuffer = this.sendBuffer;
+    connection.counted = this.limits.counted;
     // Frames wait unread while the tenant's connection slot is taken (a Redis round trip).
     ws.pause();
     const admission = await this.limits.admitConnection(connection);
