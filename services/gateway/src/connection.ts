@@ -28,10 +28,10 @@ export const CLOSE = {
 export class Connection {
   /** Answered the last ping (or sent anything) since the previous heartbeat tick. */
   alive = true;
-  /** Highest sequence delivered per conversation, to drop duplicates and detect gaps. */
-  readonly delivered = new Map<string, number>();
-  /** Deliveries per conversation run one after another, so gap fills keep order. */
-  readonly deliveryChains = new Map<string, Promise<void>>();
+  /** Highest sequence delivered per conversation, to drop duplicates and detect gaps (made at the first delivery: most idle connections never get one). */
+  delivered: Map<string, number> | undefined;
+  /** Deliveries per conversation run one after another, so gap fills keep order (made when first needed). */
+  deliveryChains: Map<string, Promise<void>> | undefined;
   readonly conversations = new Set<string>();
   /** Receipt updates waiting for the coalescing window, latest per (conversation, user). */
   pendingReceipts: Map<string, eventsV1.ReceiptUpdated> | undefined;

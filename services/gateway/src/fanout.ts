@@ -253,7 +253,7 @@ export class Fanout implements ConversationSubscriptions {
     this.join(connection, conversationId);
     // Everything from the start of a conversation joined during this connection
     // is delivered: what NATS sent before the subscription existed comes from history.
-    if (!connection.delivered.has(conversationId)) connection.delivered.set(conversationId, 0);
+    if (!connection.delivered?.has(conversationId)) (connection.delivered ??= new Map()).set(conversationId, 0);
     try {
       await this.nats.flush();
       const { conversation } = await this.once(`conv/${connection.tenantId}/${connection.userId}/${conversationId}`, () =>
@@ -275,7 +275,7 @@ export class Fanout implements ConversationSubscriptions {
 
   private deliverInOrder(connection: Connection, message: messagingV1.Message): void {
     void this.chain(connection, message.conversationId, async () => {
-      const last = connection.delivered.get(message.conversationId);
+      const last = connection.delivered?.get(message.conversationId);
       if (last !== undefined && message.seq <= last) return;
       if (last !== undefined && message.seq > last + 1) await this.fillGap(connection, message.conversationId, message.seq);
       this.sendMessage(connection, message);
@@ -284,7 +284,7 @@ export class Fanout implements ConversationSubscriptions {
 
   /** Fetches and delivers what lies between the last delivered sequence and `beforeSeq` (exclusive). */
   private async fillGap(connection: Connection, conversationId: string, beforeSeq: number): Promise<void> {
-    let from = connection.delivered.get(conversationId) ?? 0;
+    let from = connection.delivered?.get(conversationId) ?? 0;
     while (from + 1 < beforeSeq && connection.open) {
       const limit = Math.min(200, beforeSeq - from - 1);
       const page = await this.once(`history/${connection.tenantId}/${connection.userId}/${conversationId}/${from}/${limit}`, () =>
@@ -294,7 +294,7 @@ export class Fanout implements ConversationSubscriptions {
         ),
       );
       for (const message of page.messages) if (message.seq < beforeSeq) this.sendMessage(connection, message);
-      const next = connection.delivered.get(conversationId) ?? from;
+      const next = connection.delivered?.get(conversationId) ?? from;
       if (next === from || !page.hasMore) break;
       from = next;
     }
@@ -315,9 +315,9 @@ export class Fanout implements ConversationSubscriptions {
   }
 
   private sendMessage(connection: Connection, message: messagingV1.Message): void {
-    const last = connection.delivered.get(message.conversationId);
+    const last = connection.delivered?.get(message.conversationId);
     if (last !== undefined && message.seq <= last) return;
-    connection.delivered.set(message.conversationId, message.seq);
+    (connection.delivered ??= new Map()).set(message.conversationId, message.seq);
     const frame: framesV1.ServerFrame = { requestId: '', kind: { $case: 'message', value: { message } } };
     let encoded = this.encodedMessages.get(message);
     if (!encoded) this.encodedMessages.set(message, (encoded = {}));
@@ -326,13 +326,14 @@ export class Fanout implements ConversationSubscriptions {
   }
 
   private chain(connection: Connection, conversationId: string, step: () => Promise<void>): Promise<void> {
-    const previous = connection.deliveryChains.get(conversationId) ?? Promise.resolve();
+    const chains = (connection.deliveryChains ??= new Map());
+    const previous = chains.get(conversationId) ?? Promise.resolve();
     const next = previous.then(step).catch((err: unknown) => {
       this.logger.warn({ err, conversationId, connection: connection.id }, 'delivery failed; the client recovers by sync');
     });
-    connection.deliveryChains.set(conversationId, next);
+    chains.set(conversationId, next);
     void next.then(() => {
-      if (connection.deliveryChains.get(conversationId) === next) connection.deliveryChains.delete(conversationId);
+      if (chains.get(conversationId) === next) chains.delete(conversationId);
     });
     return next;
   }
