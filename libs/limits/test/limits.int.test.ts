@@ -1,6 +1,6 @@
 import { infraEnv } from '@switchboard/devenv';
 import { newId } from '@switchboard/ids';
-import { createRedis, type Redis } from '@switchboard/redis';
+import { createRedis, tenantKey, type Redis } from '@switchboard/redis';
 import { ConnectionSlots, SharedRateLimits, TenantLimitStore, UsageCounters, type TenantLimits } from '../src';
 
 const defaults: TenantLimits = { maxConnections: 3, messagesPerSecondPerUser: 5, messagesPerSecondPerTenant: 8, bytesPerSecondPerTenant: 1000, maxFrameBytes: 4096, maxRoomSize: 10 };
@@ -138,6 +138,21 @@ describe('connection slots', () => {
       await slots.renew(new Map([[t, ['c1']]]));
     }
     expect(await slots.held(t)).toBe(1);
+  });
+
+  it('renews thousands of slots in one call and never brings back a released one', async () => {
+    const t = tenant();
+    const slots = new ConnectionSlots(gatewayA, 2000);
+    const ids = Array.from({ length: 2500 }, (_, i) => `conn${i}`);
+    for (let i = 0; i < ids.length; i += 500) await Promise.all(ids.slice(i, i + 500).map((id) => slots.acquire(t, id, 10_000)));
+    await slots.release(t, 'conn7');
+    // Renewed past the original lapse: every slot but the released one is still held.
+    for (let i = 0; i < 4; i += 1) {
+      await new Promise((r) => setTimeout(r, 600));
+      await slots.renew(new Map([[t, ids]]));
+    }
+    expect(await slots.held(t)).toBe(ids.length - 1);
+    expect(await gatewayA.zscore(tenantKey(t, 'conns'), 'conn7')).toBeNull();
   });
 });
 

@@ -33,6 +33,8 @@ const TENANT_METRIC_LIMIT = 20;
  */
 export class GatewayServer {
   readonly connections = new Set<Connection>();
+  /** Open connections per tenant, kept as they open and close: a scrape reads it instead of walking every connection. */
+  private readonly connectionsByTenant = new Map<string, number>();
   private readonly http: Server;
   private readonly wss: WebSocketServer;
   private heartbeat: NodeJS.Timeout | undefined;
@@ -111,9 +113,7 @@ export class GatewayServer {
     });
     // For the per-tenant dashboard; the label stays bounded: the largest tenants by name, the rest as "(other)".
     meter.createObservableGauge('gateway_tenant_connections', { description: `Open WebSocket connections on this gateway by tenant (the ${TENANT_METRIC_LIMIT} largest; the rest as "(other)")` }).addCallback((result) => {
-      const byTenant = new Map<string, number>();
-      for (const connection of this.connections) byTenant.set(connection.tenantId, (byTenant.get(connection.tenantId) ?? 0) + 1);
-      const ranked = [...byTenant].sort((a, b) => b[1] - a[1]);
+      const ranked = [...this.connectionsByTenant].sort((a, b) => b[1] - a[1]);
       for (const [tenant, count] of ranked.slice(0, TENANT_METRIC_LIMIT)) result.observe(count, { tenant });
       const rest = ranked.slice(TENANT_METRIC_LIMIT).reduce((sum, [, count]) => sum + count, 0);
       if (rest > 0) result.observe(rest, { tenant: '(other)' });
@@ -213,12 +213,16 @@ export class GatewayServer {
       return;
     }
     this.connections.add(connection);
+    this.connectionsByTenant.set(connection.tenantId, (this.connectionsByTenant.get(connection.tenantId) ?? 0) + 1);
     // Made when first needed: a child logger per idle connection was 6% of the gateway's heap (docs/benchmarks.md).
     const log = () => this.logger.child({ connection: connection.id, tenant: identity.tenantId, user: identity.userId });
     ws.on('pong', () => (connection.alive = true));
     ws.on('error', (err) => log().debug({ err }, 'socket error'));
     ws.on('close', (code, reason) => {
       this.connections.delete(connection);
+      const left = (this.connectionsByTenant.get(connection.tenantId) ?? 1) - 1;
+      if (left > 0) this.connectionsByTenant.set(connection.tenantId, left);
+      else this.connectionsByTenant.delete(connection.tenantId);
       connection.clearExpiry();
       this.limits.release(connection);
       this.limits.forget(connection);
