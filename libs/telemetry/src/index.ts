@@ -73,10 +73,11 @@ export function startTelemetry(options: TelemetryOptions): Telemetry {
 
   // Process memory, so dashboards and alerts can see it without a sidecar.
   meter
-    .createObservableGauge('process_memory_bytes', { description: 'Process memory by kind (rss, heap_used, external)', unit: 'By' })
+    .createObservableGauge('process_memory_bytes', { description: 'Process memory by kind (rss, heap_total: the V8 heap reserved, heap_used, external)', unit: 'By' })
     .addCallback((result) => {
       const usage = process.memoryUsage();
       result.observe(usage.rss, { kind: 'rss' });
+      result.observe(usage.heapTotal, { kind: 'heap_total' });
       result.observe(usage.heapUsed, { kind: 'heap_used' });
       result.observe(usage.external, { kind: 'external' });
     });
