@@ -175,6 +175,58 @@ describe('presence service', () => {
     expect((await errorOf(downFromUser)).code).toBe(ErrorCode.ERROR_CODE_PERMISSION_DENIED);
   });
 
+  it('drops many closed connections of several users in one DisconnectDevices call, and refuses a bad batch whole', async () => {
+    const [ann, ben, cai] = [newId(), newId(), newId()];
+    const events = await watch(ann);
+    const gw = 'gw-batch';
+    await client.connectDevice({ context: undefined, gatewayId: gw, connectionId: 'a1', device: device('ann-phone') }, as(ann));
+    await client.connectDevice({ context: undefined, gatewayId: gw, connectionId: 'b1', device: device('ben-laptop') }, as(ben));
+    await client.connectDevice({ context: undefined, gatewayId: gw, connectionId: 'b2', device: device('ben-phone') }, as(ben));
+    await client.connectDevice({ context: undefined, gatewayId: gw, connectionId: 'c1', device: device('cai-desk') }, as(cai));
+    const reason = presenceV1.DisconnectReason.DISCONNECT_REASON_CLIENT_CLOSED;
+    const closed = (userId: string, connectionId: string, deviceId: string) => ({ userId, connectionId, deviceId, reason });
+
+    // Users may not call it; one unsafe id refuses the whole batch and drops nothing.
+    const fromUser = client.disconnectDevices({ context: undefined, gatewayId: gw, tenants: [{ tenantId, connections: [closed(ann, 'a1', 'ann-phone')] }] }, as(ann));
+    expect((await errorOf(fromUser)).code).toBe(ErrorCode.ERROR_CODE_PERMISSION_DENIED);
+    const unsafe = client.disconnectDevices({ context: undefined, gatewayId: gw, tenants: [{ tenantId, connections: [closed(ann, 'a1', 'ann-phone'), closed('b*', 'b1', 'ben-laptop')] }] }, internal);
+    expect(await errorOf(unsafe)).toMatchObject({ code: ErrorCode.ERROR_CODE_INVALID_ARGUMENT, field: 'tenants.connections.user_id' });
+    const untouched = (await client.getPresence({ context: undefined, userIds: [ann, ben, cai], includeDevices: false }, internal)).presences;
+    expect(untouched.map((p) => p.deviceCount)).toEqual([1, 2, 1]);
+
+    // Ann and cai lose their only connection, ben one of two.
+    const answer = await client.disconnectDevices(
+      { context: undefined, gatewayId: gw, tenants: [{ tenantId, connections: [closed(ann, 'a1', 'ann-phone'), closed(ben, 'b1', 'ben-laptop'), closed(cai, 'c1', 'cai-desk')] }] },
+      internal,
+    );
+    expect(answer).toEqual({ connections: 3, usersOffline: 2 });
+    const after = (await client.getPresence({ context: undefined, userIds: [ann, ben, cai], includeDevices: false }, internal)).presences;
+    expect(after.map((p) => [p.status, p.deviceCount])).toEqual([
+      [PresenceStatus.PRESENCE_STATUS_OFFLINE, 0],
+      [PresenceStatus.PRESENCE_STATUS_AVAILABLE, 1],
+      [PresenceStatus.PRESENCE_STATUS_OFFLINE, 0],
+    ]);
+    // Watchers hear ann go offline, as after DisconnectDevice.
+    await eventually(() => events.at(-1)?.status === PresenceStatus.PRESENCE_STATUS_OFFLINE || undefined, 5000, 'ann announced offline');
+    // The gateway's next full refresh finds nothing stale: only ben's second connection is still listed.
+    const { unknown } = await client.refreshLeases({ context: undefined, gatewayId: gw, tenants: [{ tenantId, connectionIds: ['b2'], activeConnectionIds: [] }] }, internal);
+    expect(unknown).toEqual([]);
+  });
+
+  it('renews a gateway without its connection list: nothing is reconciled away, and only gateways may call it', async () => {
+    const dan = newId();
+    const gw = 'gw-renew';
+    await client.connectDevice({ context: undefined, gatewayId: gw, connectionId: 'd1', device: device('dan-desk') }, as(dan));
+    const renewed = await client.renewGateway({ context: undefined, gatewayId: gw, tenants: [{ tenantId, activeConnectionIds: ['d1', 'not-ours'] }] }, internal);
+    expect(renewed.leaseTtlMs).toBeGreaterThan(0);
+    // Nothing was reconciled away: dan is still online.
+    expect((await client.getPresence({ context: undefined, userIds: [dan], includeDevices: false }, internal)).presences[0]).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 1 });
+    const fromUser = client.renewGateway({ context: undefined, gatewayId: gw, tenants: [] }, as(dan));
+    expect((await errorOf(fromUser)).code).toBe(ErrorCode.ERROR_CODE_PERMISSION_DENIED);
+    const unsafe = client.renewGateway({ context: undefined, gatewayId: 'gw>', tenants: [] }, internal);
+    expect((await errorOf(unsafe)).code).toBe(ErrorCode.ERROR_CODE_INVALID_ARGUMENT);
+  });
+
   it('counts the connections of a gateway whose lease lapsed as gone', async () => {
     const shortLease = await startPresence({ LEASE_TTL_MS: '300' });
     try {
