@@ -392,6 +392,26 @@ it('takes many connections closed at once offline through a few batched calls, k
   await eventually(() => lastStatus(watcher, twoDevices) === PresenceStatus.PRESENCE_STATUS_BUSY, 5000, 'the watcher sees the nurse busy');
 }, 60_000);
 
+it('keeps a device that closes and reconnects at once online: the batched close drops only its old connection', async () => {
+  const pagerId = user('pager');
+  const watcher = await connect(gw(0), user('desk'));
+  const first = await connect(gw(1), pagerId, { deviceId: 'pager' });
+  await watcher.client.request({ $case: 'watchPresence', value: { userIds: [pagerId] } });
+  await first.client.close();
+  const again = await connect(gw(1), pagerId, { deviceId: 'pager' });
+  // Once the old connection's close has reached presence, exactly the new one is left, and the user is online through it.
+  const redis = createRedis(infraEnv().REDIS_URL!, 'reconnect-test');
+  try {
+    await eventually(async () => (await redis.zcard(tenantKey(tenant, 'presence', 'leases', pagerId))) === 1 || undefined, 10_000, 'one lease left');
+  } finally {
+    redis.disconnect();
+  }
+  expect((await presence(watcher, [pagerId]))[0]).toMatchObject({ status: PresenceStatus.PRESENCE_STATUS_AVAILABLE, deviceCount: 1 });
+  // The reconnected device still receives its own user's presence.
+  await again.client.request({ $case: 'setPresence', value: { status: PresenceStatus.PRESENCE_STATUS_AWAY, customMessage: '', customMessageExpiresAt: undefined } });
+  await eventually(() => lastStatus(again, pagerId) === PresenceStatus.PRESENCE_STATUS_AWAY, 5000, 'the device sees its user away');
+});
+
 /** Free ports that are also distinct from each other (the OS may hand the same free port out twice in a row). */
 /** Another gateway process on the mesh (stopped after the file), and its WebSocket URL. */
 async function launchExtraGateway(name: string, gatewayId: string, env: Record<string, string> = {}): Promise<{ gateway: ServiceProcess; url: string }> {
