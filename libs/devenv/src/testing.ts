@@ -57,7 +57,13 @@ export interface FreezableProxy {
   /** The proxy's address, to give the client instead of the service's. */
   address: string;
   freeze(): void;
+  /** Drops only what the service sends back: requests still arrive (and take effect), their answers never do. */
+  freezeReplies(): void;
   thaw(): void;
+  /** Stops listening and cuts every connection: the client's reconnects are refused until `accept`. */
+  refuse(): Promise<void>;
+  /** Listens again on the same address. */
+  accept(): Promise<void>;
   /** Destroys every connection through the proxy (the client sees the connection break). */
   cut(): void;
   close(): void;
@@ -67,12 +73,13 @@ export interface FreezableProxy {
 export async function startFreezableProxy(target: string): Promise<FreezableProxy> {
   const [host, port] = target.split(':') as [string, string];
   let frozen = false;
+  let repliesFrozen = false;
   const links: Socket[] = [];
   const server = createServer((inbound) => {
     const outbound = new Socket().connect(Number(port), host);
     links.push(inbound, outbound);
     inbound.on('data', (chunk) => (frozen ? undefined : outbound.write(chunk)));
-    outbound.on('data', (chunk) => (frozen ? undefined : inbound.write(chunk)));
+    outbound.on('data', (chunk) => (frozen || repliesFrozen ? undefined : inbound.write(chunk)));
     inbound.on('error', () => outbound.destroy());
     outbound.on('error', () => inbound.destroy());
     inbound.on('close', () => outbound.destroy());
@@ -86,8 +93,18 @@ export async function startFreezableProxy(target: string): Promise<FreezableProx
   return {
     address: `127.0.0.1:${proxyPort}`,
     freeze: () => (frozen = true),
-    thaw: () => (frozen = false),
+    freezeReplies: () => (repliesFrozen = true),
+    thaw: () => {
+      frozen = false;
+      repliesFrozen = false;
+    },
     cut,
+    refuse: async () => {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      cut();
+      await closed;
+    },
+    accept: () => new Promise<void>((resolve) => server.listen(proxyPort, '127.0.0.1', resolve)),
     close: () => {
       server.close();
       cut();

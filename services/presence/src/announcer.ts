@@ -69,22 +69,29 @@ export class ChangeAnnouncer {
    * gateway's thousands of users cost presence one encode and publish, and
    * every other gateway one message to decode and fan out, instead of one
    * per user (each gateway hands every change to the connections that
-   * receive that user's presence).
+   * receive that user's presence). Returns false when the publish failed
+   * (the changes stay in the drop's outbox for another try).
    */
-  announceOffline(tenantId: string, users: Extract<DroppedUser, { online: false }>[], now: number): void {
+  announceOffline(tenantId: string, users: Extract<DroppedUser, { online: false }>[], now: number): boolean {
     const changedAt = new Date(now);
     const changes: eventsV1.PresenceChanged[] = [];
     for (const user of users) {
       if (user.news) changes.push({ userId: user.userId, status: PresenceStatus.PRESENCE_STATUS_OFFLINE, customMessage: user.customMessage, lastSeen: user.lastSeen > 0 ? new Date(user.lastSeen) : undefined, deviceCount: 0, changedAt });
       for (const [conversationId, counts] of user.occupancy) this.occupancyChanged(tenantId, conversationId, counts);
     }
-    if (changes.length === 0) return;
+    if (changes.length === 0) return true;
     try {
       publishEnvelope(this.nats, subjects.presenceBatch(tenantId), newEnvelope(tenantId, { $case: 'presenceChangedBatch', value: { changes } }));
+      return true;
     } catch (err) {
-      // Claimed but not heard: watchers catch up on their next GetPresence, as for any lost publish.
       this.logger.warn({ err, tenant: tenantId, users: changes.length }, 'could not announce presence changes');
+      return false;
     }
+  }
+
+  /** Resolves once NATS has everything published so far (a drop's outbox is cleared only then). */
+  async flush(): Promise<void> {
+    await this.nats.flush();
   }
 
   /** Publishes a conversation's occupancy now if it was quiet, else once at the end of the throttle window. */

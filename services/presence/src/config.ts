@@ -17,6 +17,12 @@ export function readConfig(source: NodeJS.ProcessEnv = process.env) {
        * attaches again within milliseconds.
        */
       GATEWAY_LINK_GRACE_MS: env.positiveInt(300),
+      /**
+       * A dead gateway's drop is claimed by one replica for this long, renewed
+       * after every batch; a replica that dies or loses Redis mid-drop lets it
+       * lapse, and any replica's reaper then resumes what is left.
+       */
+      GATEWAY_DROP_CLAIM_MS: env.positiveInt(2000),
       /** How often dead gateways are looked for (two script calls; part of the 2 s a crash may take to show). */
       REAPER_INTERVAL_MS: env.positiveInt(100),
       /** How often users whose presence changes with time (auto-away, expiries) are recomputed. */

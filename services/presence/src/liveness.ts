@@ -4,7 +4,7 @@ import type { Logger } from '@switchboard/logging';
 import { decodeEnvelope, SYSTEM_SUBJECTS, type NatsConnection, type Subscription } from '@switchboard/nats';
 import { Cause, type ChangeAnnouncer } from './announcer';
 import type { PresenceConfig } from './config';
-import type { PresenceStore, UserConnections } from './store';
+import type { OutboxEntry, PresenceStore, UserConnections } from './store';
 
 /** A gateway's open AttachGateway call, as liveness sees it. */
 export interface GatewayLink {
@@ -21,6 +21,16 @@ const PARALLEL_USERS = 500;
  * one call holds Redis for milliseconds, not the whole drop.
  */
 const DROP_BATCH = 500;
+/** A drop that failed part-way is tried again after this, doubling per failure up to DROP_RETRY_MAX_MS. */
+const DROP_RETRY_BASE_MS = 100;
+const DROP_RETRY_MAX_MS = 2000;
+
+export interface DropResult {
+  connections: number;
+  usersOffline: number;
+  takeMs: number;
+  firstAnnouncedMs: number;
+}
 
 /**
  * Keeps presence true over time without any client asking:
@@ -46,6 +56,17 @@ export class Liveness {
   /** Gateways' open links (AttachGateway), ended by this replica when it stops. */
   private readonly links = new Set<GatewayLink>();
   private closingLinks = false;
+  /** Gateways this replica is dropping, retries included: its reaper leaves them alone even when their claim lapsed. */
+  private readonly dropping = new Set<string>();
+  private readonly retryTimers = new Set<NodeJS.Timeout>();
+  /**
+   * Outbox entries (batch ids) this replica published whose removal from the
+   * outbox is not confirmed yet, per gateway being dropped: a retry removes
+   * them instead of publishing them again. Only a replica that dies between
+   * a publish and its removal leaves one to be published twice.
+   */
+  private readonly publishedBatches = new Map<string, Set<string>>();
+  private stopped = false;
 
   constructor(
     private readonly store: PresenceStore,
@@ -77,6 +98,10 @@ export class Liveness {
   }
 
   stop(): void {
+    // Drops still to retry stay claimable in Redis: another replica resumes them once their claim lapses.
+    this.stopped = true;
+    for (const timer of this.retryTimers) clearTimeout(timer);
+    this.retryTimers.clear();
     clearInterval(this.reaper);
     clearInterval(this.sweeper);
     this.heartbeats?.unsubscribe();
@@ -144,17 +169,14 @@ export class Liveness {
     try {
       do {
         this.reapAgain = false;
-        const dead = await this.store.popDeadGateways(Date.now());
+        const dead = await this.store.popDeadGateways(Date.now(), Date.now() + this.config.GATEWAY_DROP_CLAIM_MS);
         const detectedAt = Date.now();
         for (const gatewayId of dead) {
-          const started = performance.now();
+          // Popped again because its claim lapsed while this replica retries it: the retry goes on.
+          if (this.dropping.has(gatewayId)) continue;
           const linkClosedAt = this.linkClosedAt.get(gatewayId);
           this.linkClosedAt.delete(gatewayId);
-          const result = await this.dropGateway(gatewayId, Cause.PRESENCE_CHANGE_CAUSE_GATEWAY_DOWN);
-          this.logger.warn(
-            { gateway: gatewayId, ...result, ms: Math.round(performance.now() - started), detectedAt, ...(linkClosedAt === undefined ? {} : { linkClosedAt }) },
-            'gateway missed its heartbeats or lease: its connections went offline',
-          );
+          await this.drop(gatewayId, Cause.PRESENCE_CHANGE_CAUSE_GATEWAY_DOWN, { detectedAt, ...(linkClosedAt === undefined ? {} : { linkClosedAt }) }).catch(() => undefined);
         }
       } while (this.reapAgain);
     } catch (err) {
@@ -185,28 +207,98 @@ export class Liveness {
   }
 
   /**
-   * Every connection the gateway held goes offline at once: per tenant, the
-   * users are dropped in batches of DROP_BATCH, each batch one script call
-   * that removes the connections and, for users left without any, decides
-   * and claims the OFFLINE change; those are published as soon as the call
-   * returns, one PresenceChangedBatch per call (watchers hear of the first
-   * users while later batches run).
-   * Users still connected elsewhere are merged and claimed as usual.
-   * Occupancy it held is released.
+   * A gateway going down (GatewayDown): its drop is claimed by this replica
+   * and run now; see dropOnce. If it fails part-way the caller hears so and
+   * the drop goes on (retried here, or resumed by another replica).
    */
-  async dropGateway(gatewayId: string, cause: Cause): Promise<{ connections: number; usersOffline: number; takeMs: number; firstAnnouncedMs: number }> {
+  async dropGateway(gatewayId: string, cause: Cause): Promise<DropResult> {
+    await this.store.claimDrop(gatewayId, Date.now() + this.config.GATEWAY_DROP_CLAIM_MS);
+    return this.drop(gatewayId, cause, {});
+  }
+
+  /**
+   * Runs a claimed drop once and logs it; if it fails part-way, what is left
+   * stays in Redis (work list, outbox, the claim) and this replica tries
+   * again with backoff until it is done or this replica stops (then the
+   * claim lapses and any replica's reaper resumes it). Rejects with the
+   * first failure.
+   */
+  private async drop(gatewayId: string, cause: Cause, context: { detectedAt?: number; linkClosedAt?: number }): Promise<DropResult> {
+    const started = performance.now();
+    const retrying = this.dropping.has(gatewayId);
+    this.dropping.add(gatewayId);
+    try {
+      const result = await this.dropOnce(gatewayId, cause);
+      this.dropping.delete(gatewayId);
+      this.publishedBatches.delete(gatewayId);
+      this.logger.warn({ gateway: gatewayId, ...result, ms: Math.round(performance.now() - started), ...context }, 'gateway down or missed its heartbeats or lease: its connections went offline');
+      return result;
+    } catch (err) {
+      if (!retrying) this.retryLater(gatewayId, cause, 0, err);
+      throw err;
+    }
+  }
+
+  private retryLater(gatewayId: string, cause: Cause, attempt: number, err: unknown): void {
+    if (this.stopped) {
+      this.dropping.delete(gatewayId);
+      this.publishedBatches.delete(gatewayId);
+      return;
+    }
+    const delay = Math.min(DROP_RETRY_BASE_MS * 2 ** attempt, DROP_RETRY_MAX_MS);
+    this.logger.warn({ err, gateway: gatewayId, attempt, retryInMs: delay }, 'gateway drop failed part-way: what is left stays claimable in Redis; retrying');
+    const timer = setTimeout(() => {
+      this.retryTimers.delete(timer);
+      const started = performance.now();
+      this.dropOnce(gatewayId, cause).then(
+        (result) => {
+          this.dropping.delete(gatewayId);
+          this.publishedBatches.delete(gatewayId);
+          this.logger.warn({ gateway: gatewayId, ...result, ms: Math.round(performance.now() - started), attempt: attempt + 1 }, 'gateway drop finished on a retry: its connections went offline');
+        },
+        (e: unknown) => this.retryLater(gatewayId, cause, attempt + 1, e),
+      );
+    }, delay);
+    timer.unref();
+    this.retryTimers.add(timer);
+  }
+
+  /**
+   * Every connection the gateway held goes offline: per tenant, the users
+   * are dropped in batches of DROP_BATCH, each batch one script call that
+   * removes the connections (from the drop's work list too) and, for users
+   * left without any, decides and claims the OFFLINE change and keeps it in
+   * the drop's outbox; those are published as soon as the call returns, one
+   * PresenceChangedBatch per call (watchers hear of the first users while
+   * later batches run), and leave the outbox once NATS has them.
+   * Users still connected elsewhere are merged and claimed as usual.
+   * Occupancy it held is released. Resumable at any point: a second run
+   * first publishes what the outbox holds (unless something newer about
+   * that user went out since), then drops what the work list holds.
+   */
+  private async dropOnce(gatewayId: string, cause: Cause): Promise<DropResult> {
     const started = performance.now();
     let connections = 0;
     let usersOffline = 0;
     let firstAnnouncedMs = -1;
-    const taken = await this.store.takeGateway(gatewayId);
+    const renewClaim = () => void this.store.renewDrop(gatewayId, Date.now() + this.config.GATEWAY_DROP_CLAIM_MS).catch(() => undefined);
+    renewClaim();
+    const work = await this.store.takeGateway(gatewayId);
     const takeMs = Math.round(performance.now() - started);
-    for (const { tenantId, connections: held, occupancy } of taken) {
+    let publishedHere = this.publishedBatches.get(gatewayId);
+    if (!publishedHere) this.publishedBatches.set(gatewayId, (publishedHere = new Set()));
+    const published = publishedHere;
+    // Out of the outbox once NATS has them (a failed removal is retried: `published` remembers it).
+    const removeFromOutbox = (tenantId: string, batchIds: string[]) =>
+      this.announcer
+        .flush()
+        .then(() => this.store.published(tenantId, gatewayId, batchIds))
+        .then(() => batchIds.forEach((id) => published.delete(id)));
+    for (const { tenantId, connections: held, occupancy, outbox } of work) {
+      await this.republish(tenantId, gatewayId, outbox, published);
       connections += held.length;
       const byUser = new Map<string, UserConnections>();
-      const owner = new Map<string, string>();
       for (const c of held) {
-        owner.set(c.connectionId, c.userId);
         let user = byUser.get(c.userId);
         if (!user) byUser.set(c.userId, (user = { userId: c.userId, connections: [] }));
         user.connections.push({ connectionId: c.connectionId, deviceId: c.deviceId });
@@ -216,30 +308,58 @@ export class Liveness {
       // were tried: the first batch's answer then came later and the crash's p99 was no better.)
       const drop = (from: number) => {
         const now = Date.now();
-        return this.store.dropUsers(tenantId, gatewayId, users.slice(from, from + DROP_BATCH), now, cause).then((dropped) => ({ dropped, now }));
+        const batchId = randomUUID();
+        return this.store.dropUsers(tenantId, gatewayId, users.slice(from, from + DROP_BATCH), now, cause, batchId).then((dropped) => ({ dropped, now, batchId }));
       };
       const announcing: Promise<void>[] = [];
+      const removing: Promise<void>[] = [];
       let next = drop(0);
       for (let i = 0; i < users.length; i += DROP_BATCH) {
-        const { dropped, now } = await next;
+        const { dropped, now, batchId } = await next;
         if (i + DROP_BATCH < users.length) next = drop(i + DROP_BATCH);
-        const offline = dropped.filter((d) => !d.online);
+        const offline = dropped.flatMap((d) => (d.gone || d.online ? [] : [d]));
         usersOffline += offline.length;
-        this.announcer.announceOffline(tenantId, offline, now);
+        // Left in the outbox when the publish failed: the end of this tenant's drop tries again.
+        if (this.announcer.announceOffline(tenantId, offline, now) && offline.some((d) => d.news)) {
+          published.add(batchId);
+          removing.push(removeFromOutbox(tenantId, [batchId]).catch(() => undefined));
+        }
         if (firstAnnouncedMs < 0 && offline.length > 0) firstAnnouncedMs = Math.round(performance.now() - started);
         // Users still connected through another gateway: the ordinary merge and claim.
-        const stillOnline = dropped.flatMap((d) => (d.online ? [d.snapshot] : []));
+        const stillOnline = dropped.flatMap((d) => (!d.gone && d.online ? [d.snapshot] : []));
         if (stillOnline.length > 0) announcing.push(this.announcer.announceMany(tenantId, stillOnline, now, cause));
+        renewClaim();
       }
-      await Promise.all(announcing);
-      const vacated = await this.store.vacate(
-        tenantId,
-        gatewayId,
-        occupancy.filter((o) => owner.has(o.connectionId)).map((o) => ({ ...o, userId: owner.get(o.connectionId)! })),
-      );
+      await Promise.all([...announcing, ...removing]);
+      const vacated = await this.store.vacate(tenantId, gatewayId, occupancy);
       for (const [conversationId, counts] of vacated) this.announcer.occupancyChanged(tenantId, conversationId, counts);
+      // Whatever is still in the outbox (a batch applied twice after a lost answer, a failed publish) goes out before the drop is done.
+      await this.republish(tenantId, gatewayId, await this.store.outbox(tenantId, gatewayId), published);
+      await this.store.finishTenant(tenantId, gatewayId);
     }
+    await this.store.finishDrop(gatewayId);
     return { connections, usersOffline, takeMs, firstAnnouncedMs };
+  }
+
+  /**
+   * Claimed OFFLINE changes still in the outbox: those this replica
+   * published already only leave it; the others (a run that died or lost
+   * Redis between claim and publish) are published now, unless something
+   * newer about the user went out since.
+   */
+  private async republish(tenantId: string, gatewayId: string, outbox: OutboxEntry[], published: Set<string>): Promise<void> {
+    if (outbox.length === 0) return;
+    for (const entry of outbox) {
+      if (published.has(entry.batchId)) continue;
+      const users = await this.store.stillCurrent(tenantId, entry.users);
+      const offline = users.map((u) => ({ userId: u.userId, online: false as const, news: true, customMessage: u.customMessage, lastSeen: u.lastSeen, occupancy: new Map() }));
+      if (!this.announcer.announceOffline(tenantId, offline, entry.at)) throw new UnavailableError('could not publish a dropped gateway’s OFFLINE changes');
+      published.add(entry.batchId);
+    }
+    await this.announcer.flush();
+    const batchIds = outbox.map((e) => e.batchId);
+    await this.store.published(tenantId, gatewayId, batchIds);
+    for (const id of batchIds) published.delete(id);
   }
 }
 

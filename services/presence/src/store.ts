@@ -53,8 +53,25 @@ export interface UserConnections {
 
 /** One user of a dropped gateway: offline and already claimed, or still connected elsewhere. */
 export type DroppedUser =
-  | { userId: string; online: true; snapshot: Snapshot }
-  | { userId: string; online: false; news: boolean; customMessage: string; /** 0 = not shown */ lastSeen: number; occupancy: Map<string, Occupancy> };
+  | { userId: string; gone?: undefined; online: true; snapshot: Snapshot }
+  | { userId: string; gone?: undefined; online: false; news: boolean; customMessage: string; /** 0 = not shown */ lastSeen: number; occupancy: Map<string, Occupancy> }
+  /** Dropped already (a retried batch, another replica, a disconnect first): nothing done. */
+  | { userId: string; gone: true };
+
+/** OFFLINE changes a drop claimed, kept in Redis until published (see DROP_USERS). */
+export interface OutboxEntry {
+  batchId: string;
+  at: number;
+  users: { userId: string; version: number; customMessage: string; lastSeen: number }[];
+}
+
+/** What is left of a dead gateway's drop in one tenant (see TAKE_DROP). */
+export interface DropWork {
+  tenantId: string;
+  connections: { connectionId: string; userId: string; deviceId: string }[];
+  occupancy: { conversationId: string; connectionId: string }[];
+  outbox: OutboxEntry[];
+}
 
 export interface ConnectionRef {
   deviceId: string;
@@ -102,8 +119,9 @@ end
  * a connection gets `disconnectedAt:<device>` = now: a field of the small
  * meta hash instead of a rewrite of the device's JSON), so the caller
  * writes them with its own fields in one HSET. Returns the new version, the
- * remaining lease list (with scores), those fields and the last announced
- * {publishedVersion, publishedFingerprint}.
+ * remaining lease list (with scores), those fields, the last announced
+ * {publishedVersion, publishedFingerprint} and how many of the given
+ * connections it found (0: dropped already).
  */
 const DROP_CONNECTIONS = `
 local function dropConnections(leases, meta, gatewayId, now, first, n, gatewayHash)
@@ -114,8 +132,9 @@ local function dropConnections(leases, meta, gatewayId, now, first, n, gatewayHa
     connections[i + 1] = connection
     touched[device] = true
   end
+  local removed = 0
   if n > 0 then
-    redis.call('ZREM', leases, unpack(members))
+    removed = redis.call('ZREM', leases, unpack(members))
     if gatewayHash then redis.call('HDEL', gatewayHash, unpack(connections)) end
   end
   local leaseList = redis.call('ZRANGE', leases, 0, -1, 'WITHSCORES')
@@ -127,7 +146,7 @@ local function dropConnections(leases, meta, gatewayId, now, first, n, gatewayHa
   for device in pairs(touched) do
     if not remaining[device] then table.insert(fields, 'disconnectedAt:' .. device); table.insert(fields, now) end
   end
-  return version, leaseList, fields, {cur[2], cur[3]}
+  return version, leaseList, fields, {cur[2], cur[3]}, removed
 end
 `;
 
@@ -256,23 +275,35 @@ return result`;
 
 /**
  * Drops the connections of many users of one dead gateway (its connection
- * hash already taken) and, for each user left without any connection,
- * decides and claims the OFFLINE announcement in the same call: a user with
- * no device left is offline whatever else is stored, so the public face
- * needs only the chosen status (appear-offline freezes last seen and hides
- * the custom message; a live custom message still shows) and the last-seen
- * setting: mergePresence's rule for a user without devices, in Lua, proven
- * equal by the presence tests. The version is bumped in the same atomic
- * call, so the claim always wins over earlier writes and later writes win
- * over it. Users with a connection left elsewhere get their snapshot back
- * for the ordinary merge and claim. Each user at most once per call.
- *   KEYS: due, online, invisible, then per user leases, devices, status,
- *   meta, active, settings, history, occupying;
+ * hash already set aside as the drop's work list, see TAKE_DROP) and, for
+ * each user left without any connection, decides and claims the OFFLINE
+ * announcement in the same call: a user with no device left is offline
+ * whatever else is stored, so the public face needs only the chosen status
+ * (appear-offline freezes last seen and hides the custom message; a live
+ * custom message still shows) and the last-seen setting: mergePresence's
+ * rule for a user without devices, in Lua, proven equal by the presence
+ * tests. The version is bumped in the same atomic call, so the claim always
+ * wins over earlier writes and later writes win over it. Users with a
+ * connection left elsewhere get their snapshot back for the ordinary merge
+ * and claim. Each user at most once per call.
+ * Durable and idempotent: the batch's connections leave the work list in
+ * the same call, and its claimed OFFLINE changes are written to the
+ * gateway's outbox (field = batch id; cleared once published), so a replica
+ * that dies or loses Redis at any point leaves either the whole batch to do
+ * or its changes to publish. A user none of whose given connections is
+ * still leased (a retried or concurrent batch, a disconnect that came
+ * first) is left alone.
+ *   KEYS: due, online, invisible, work list, outbox, then per user leases,
+ *   devices, status, meta, active, settings, history, occupying;
  *   ARGV: now, gatewayId, minHistoryId, retentionMs, occupancy key prefix,
- *   cause, OFFLINE status number, then per user: userId, n, n × (connectionId, deviceId).
+ *   cause, OFFLINE status number, batch id, then per user: userId, n, n ×
+ *   (connectionId, deviceId).
  * Returns per user either {0, leaseList, devices, status, meta, active,
- * settings} (still online) or {1, news, customMessage, lastSeen (0 =
- * hidden), {conversationId, users, connections}…} (offline).
+ * settings} (still online), {1, news, customMessage, lastSeen (0 =
+ * hidden), {conversationId, users, connections}…} (offline) or {2}
+ * (dropped already).
+ * Outbox entry: cjson [now, userId, version, customMessage, lastSeen, …]
+ * of the claims that were news.
  */
 const DROP_USERS = `${CLAIM_ALL}${DROP_CONNECTIONS}
 local now = ARGV[1]
@@ -280,16 +311,19 @@ local shared = {due = KEYS[1], online = KEYS[2], invisible = KEYS[3], now = now,
 local nowN = tonumber(now)
 local offline = ARGV[7]
 local function live(expiresAt) return expiresAt == 0 or expiresAt > nowN end
-local result, claims, claimed = {}, {}, {}
-local a = 8
-for u = 0, (#KEYS - 3) / 8 - 1 do
-  local k = 3 + u * 8
+local result, claims, claimed, done = {}, {}, {}, {}
+local a = 9
+for u = 0, (#KEYS - 5) / 8 - 1 do
+  local k = 5 + u * 8
   local leases, devices, status, meta, active, settings, history, occupying = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], KEYS[k + 6], KEYS[k + 7], KEYS[k + 8]
   local userId = ARGV[a]
   local n = tonumber(ARGV[a + 1])
-  local version, leaseList, fields, published = dropConnections(leases, meta, ARGV[2], now, a + 2, n, nil)
+  for i = 0, n - 1 do table.insert(done, ARGV[a + 2 + i * 2]) end
+  local version, leaseList, fields, published, removed = dropConnections(leases, meta, ARGV[2], now, a + 2, n, nil)
   a = a + 2 + n * 2
-  if #leaseList > 0 then
+  if removed == 0 then
+    table.insert(result, {2})
+  elseif #leaseList > 0 then
     redis.call('HSET', meta, unpack(fields))
     table.insert(result, {0, leaseList, redis.call('HGETALL', devices), redis.call('HGETALL', status), redis.call('HGETALL', meta), redis.call('HGETALL', active), redis.call('HGETALL', settings)})
   else
@@ -316,11 +350,55 @@ for u = 0, (#KEYS - 3) / 8 - 1 do
   end
 end
 claimAll(shared, claims)
+local outbox = {nowN}
 for j, c in ipairs(claims) do
-  result[claimed[j]][2] = c.news
-  result[claimed[j]][5] = c.counts
+  local r = result[claimed[j]]
+  r[2] = c.news
+  r[5] = c.counts
+  if c.news == 1 then
+    table.insert(outbox, c.userId); table.insert(outbox, tonumber(c.version)); table.insert(outbox, r[3]); table.insert(outbox, r[4])
+  end
 end
+if #outbox > 1 then redis.call('HSET', KEYS[5], ARGV[8], cjson.encode(outbox)) end
+inChunks(done, function(...) redis.call('HDEL', KEYS[4], ...) end)
 return result`;
+
+/**
+ * Sets a dead gateway's connections (and occupancy) of one tenant aside as
+ * the drop's work list, unless a drop of it was already under way (then the
+ * remaining list is resumed, and connections registered meanwhile stay
+ * with the gateway), and reads the list, the occupancy and the unpublished
+ * outbox. KEYS: gateway hash, work list, gateway occupancy set, occupancy
+ * work set, outbox.
+ */
+const TAKE_DROP = `
+local started = redis.call('EXISTS', KEYS[2], KEYS[4], KEYS[5]) > 0
+if not started then
+  if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[2]) end
+  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('RENAME', KEYS[3], KEYS[4]) end
+end
+return {redis.call('HGETALL', KEYS[2]), redis.call('SMEMBERS', KEYS[4]), redis.call('HGETALL', KEYS[5])}`;
+
+/**
+ * Gateways whose heartbeats stopped or whose lease lapsed, and drops whose
+ * claim lapsed (the replica doing it died or lost Redis): each is moved to
+ * the drops set, claimed until ARGV[3], and forgotten as a live gateway.
+ * KEYS: beats, leases, drops, links; ARGV: now, limit, claimUntil.
+ */
+const POP_DEAD = `
+local dead, seen = {}, {}
+for i = 1, 3 do
+  for _, gatewayId in ipairs(redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do
+    if not seen[gatewayId] then seen[gatewayId] = true; table.insert(dead, gatewayId) end
+  end
+end
+for _, gatewayId in ipairs(dead) do
+  redis.call('ZREM', KEYS[1], gatewayId)
+  redis.call('ZREM', KEYS[2], gatewayId)
+  redis.call('HDEL', KEYS[4], gatewayId)
+  redis.call('ZADD', KEYS[3], ARGV[3], gatewayId)
+end
+return dead`;
 
 /**
  * Drops connections of many users of one tenant and one gateway at once
@@ -439,6 +517,8 @@ type ScriptedRedis = Redis & {
   claimPresenceChanges(numberOfKeys: number, ...args: (string | number)[]): Promise<[number, (string | number)[]][]>;
   disconnectMany(numberOfKeys: number, ...args: (string | number)[]): Promise<unknown[][]>;
   dropUsers(numberOfKeys: number, ...args: (string | number)[]): Promise<unknown[][]>;
+  takeDrop(gateway: string, work: string, occupancy: string, occupancyWork: string, outbox: string): Promise<[string[], string[], string[]]>;
+  popDead(beats: string, leases: string, drops: string, links: string, now: number, limit: number, claimUntil: number): Promise<string[]>;
   reconcileLeases(key: string, ...args: (string | number)[]): Promise<[string[], string[]]>;
   popDue(key: string, now: number, limit: number): Promise<string[]>;
   occupy(occ: string, occu: string, occv: string, occupying: string, invisible: string, field: string, userId: string, delta: number, conversationId: string): Promise<[number, number]>;
@@ -450,6 +530,8 @@ const SYSTEM = {
   gatewayLeases: 'sb:sys:presence:gateway-leases',
   gatewayBeats: 'sb:sys:presence:gateway-heartbeats',
   gatewayLinks: 'sb:sys:presence:gateway-links',
+  /** Dead gateways whose drop is under way, scored by when its claim lapses (then any replica resumes it). */
+  gatewayDrops: 'sb:sys:presence:gateway-drops',
   gatewayTenants: (gatewayId: string) => `sb:sys:presence:gateway-tenants:${assertSafeId(gatewayId, 'gateway_id')}`,
 };
 
@@ -472,6 +554,9 @@ export interface Occupancy {
  *   watch:<uid>      sorted set of watched users scored by since
  *   gateway:<gw>     hash connection → "<uid>:<device>:<connectedAt>" (what dies with that gateway)
  *   gateway-occ:<gw> set "<conversation>:<connection>" (occupancy that dies with it)
+ *   drop:<gw>, drop-occ:<gw>  the two above, set aside when the gateway is declared dead: what
+ *                    its drop has left to do (each batch removes its connections as it applies)
+ *   drop-outbox:<gw> hash batch → OFFLINE changes claimed by a drop and not yet published
  *   occ:<cid>        hash "<gw>:<connection>" → uid; occu:<cid> hash uid → connections
  *   occv:<cid>       hash users/connections: the counts others see (appear-offline users left out)
  *   occupying:<uid>  set of conversations the user is present in (to recount when they hide)
@@ -496,6 +581,8 @@ export class PresenceStore {
     redis.defineCommand('claimPresenceChanges', { lua: CLAIM_CHANGES });
     redis.defineCommand('disconnectMany', { lua: DISCONNECT });
     redis.defineCommand('dropUsers', { lua: DROP_USERS });
+    redis.defineCommand('takeDrop', { numberOfKeys: 5, lua: TAKE_DROP });
+    redis.defineCommand('popDead', { numberOfKeys: 4, lua: POP_DEAD });
     redis.defineCommand('reconcileLeases', { numberOfKeys: 1, lua: RECONCILE });
     redis.defineCommand('popDue', { numberOfKeys: 1, lua: POP_DUE });
     redis.defineCommand('recordHeartbeat', { numberOfKeys: 2, lua: HEARTBEAT });
@@ -560,11 +647,12 @@ export class PresenceStore {
    * claimed (publish when `news`); users still connected elsewhere come back
    * as snapshots for the ordinary merge and claim.
    */
-  async dropUsers(tenantId: string, gatewayId: string, users: UserConnections[], now: number, cause: number): Promise<DroppedUser[]> {
+  async dropUsers(tenantId: string, gatewayId: string, users: UserConnections[], now: number, cause: number, batchId: string): Promise<DroppedUser[]> {
     if (users.length === 0) return [];
     const prefix = tenantKey(tenantId, 'presence');
-    const keyList = [tenantKey(tenantId, 'presence', 'due'), tenantKey(tenantId, 'presence', 'online'), invisibleKey(tenantId)];
-    const args: (string | number)[] = [now, gatewayId, `${Math.max(0, now - this.historyRetentionMs)}-0`, this.historyRetentionMs, occupancyPrefix(tenantId), cause, PresenceStatus.PRESENCE_STATUS_OFFLINE];
+    const drop = dropKeys(tenantId, gatewayId);
+    const keyList = [tenantKey(tenantId, 'presence', 'due'), tenantKey(tenantId, 'presence', 'online'), invisibleKey(tenantId), drop.work, drop.outbox];
+    const args: (string | number)[] = [now, gatewayId, `${Math.max(0, now - this.historyRetentionMs)}-0`, this.historyRetentionMs, occupancyPrefix(tenantId), cause, PresenceStatus.PRESENCE_STATUS_OFFLINE, batchId];
     for (const { userId, connections } of users) {
       const k = keysIn(prefix, userId);
       keyList.push(k.leases, k.devices, k.status, k.meta, k.active, k.settings, k.history, k.occupying);
@@ -574,6 +662,7 @@ export class PresenceStore {
     const results = await this.redis.dropUsers(keyList.length, ...keyList, ...args);
     return users.map(({ userId }, i): DroppedUser => {
       const [offline, ...rest] = results[i]!;
+      if (offline === 2) return { userId, gone: true };
       if (offline === 0) {
         const [leaseList, ...hashes] = rest;
         return { userId, online: true, snapshot: this.parseSnapshot(userId, [leaseList, ...hashes.map((flat) => objectOf(flat as string[]))]) };
@@ -681,31 +770,105 @@ export class PresenceStore {
     return (await this.redis.linkLost(SYSTEM.gatewayLinks, SYSTEM.gatewayBeats, gatewayId, linkId, graceDeadline)) === 1;
   }
 
-  /** Gateways whose lease lapsed or whose heartbeats stopped; each is returned to exactly one caller. */
-  async popDeadGateways(now: number): Promise<string[]> {
-    const [beats, leases] = await Promise.all([this.redis.popDue(SYSTEM.gatewayBeats, now, 100), this.redis.popDue(SYSTEM.gatewayLeases, now, 100)]);
-    return [...new Set([...beats, ...leases])];
+  /**
+   * Gateways whose lease lapsed or whose heartbeats stopped, and drops whose
+   * claim lapsed: each is returned to exactly one caller, claimed by it
+   * until `claimUntil` (see POP_DEAD).
+   */
+  async popDeadGateways(now: number, claimUntil: number): Promise<string[]> {
+    return this.redis.popDead(SYSTEM.gatewayBeats, SYSTEM.gatewayLeases, SYSTEM.gatewayDrops, SYSTEM.gatewayLinks, now, 100, claimUntil);
   }
 
-  /** Everything a gateway holds, by tenant, and forgets the gateway (its connections are the caller's to drop). */
-  async takeGateway(gatewayId: string): Promise<{ tenantId: string; connections: { connectionId: string; userId: string; deviceId: string }[]; occupancy: { conversationId: string; connectionId: string }[] }[]> {
+  /**
+   * Claims (or renews the claim on) a gateway's drop until `claimUntil` and
+   * forgets it as a live gateway: a drop asked for directly (GatewayDown).
+   */
+  async claimDrop(gatewayId: string, claimUntil: number): Promise<void> {
+    unwrap(
+      await this.redis
+        .multi()
+        .zadd(SYSTEM.gatewayDrops, claimUntil, gatewayId)
+        .zrem(SYSTEM.gatewayBeats, gatewayId)
+        .zrem(SYSTEM.gatewayLeases, gatewayId)
+        .hdel(SYSTEM.gatewayLinks, gatewayId)
+        .exec(),
+    );
+  }
+
+  /** Keeps a drop under way claimed by this replica until `claimUntil` (no-op once it is finished). */
+  async renewDrop(gatewayId: string, claimUntil: number): Promise<void> {
+    await this.redis.zadd(SYSTEM.gatewayDrops, 'XX', claimUntil, gatewayId);
+  }
+
+  /**
+   * What is left to drop of a dead gateway, by tenant (see TAKE_DROP): on a
+   * first call its connection lists are set aside as the drop's work list;
+   * the tenants whose drop is finished are no longer listed. One round trip
+   * for all tenants after reading them.
+   */
+  async takeGateway(gatewayId: string): Promise<DropWork[]> {
     const tenants = await this.redis.smembers(SYSTEM.gatewayTenants(gatewayId));
-    // One round trip: each tenant's lists read and removed, then the gateway forgotten (detection's share of a crash).
-    const batch = this.redis.pipeline();
-    for (const tenantId of tenants) batch.hgetall(gatewayKey(tenantId, gatewayId)).smembers(gatewayOccKey(tenantId, gatewayId)).del(gatewayKey(tenantId, gatewayId), gatewayOccKey(tenantId, gatewayId));
-    batch.del(SYSTEM.gatewayTenants(gatewayId)).zrem(SYSTEM.gatewayBeats, gatewayId).zrem(SYSTEM.gatewayLeases, gatewayId).hdel(SYSTEM.gatewayLinks, gatewayId);
-    const replies = unwrap(await batch.exec());
-    return tenants.map((tenantId, i) => ({
-      tenantId,
-      connections: Object.entries(replies[i * 3] as Record<string, string>).map(([connectionId, value]) => {
-        const [userId = '', deviceId = ''] = value.split(':');
-        return { connectionId, userId, deviceId };
+    const replies = await Promise.all(
+      tenants.map((tenantId) => {
+        const drop = dropKeys(tenantId, gatewayId);
+        return this.redis.takeDrop(gatewayKey(tenantId, gatewayId), drop.work, gatewayOccKey(tenantId, gatewayId), drop.occupancyWork, drop.outbox);
       }),
-      occupancy: (replies[i * 3 + 1] as string[]).map((entry) => {
-        const [conversationId = '', connectionId = ''] = entry.split(':');
-        return { conversationId, connectionId };
-      }),
-    }));
+    );
+    return tenants.map((tenantId, i) => {
+      const [connections, occupancy, outbox] = replies[i]!;
+      return {
+        tenantId,
+        connections: pairs(connections).map(([connectionId, value]) => {
+          const [userId = '', deviceId = ''] = value.split(':');
+          return { connectionId, userId, deviceId };
+        }),
+        occupancy: occupancy.map((entry) => {
+          const [conversationId = '', connectionId = ''] = entry.split(':');
+          return { conversationId, connectionId };
+        }),
+        outbox: parseOutbox(outbox),
+      };
+    });
+  }
+
+  /** The OFFLINE changes of a gateway's drop in one tenant that are claimed and not yet published. */
+  async outbox(tenantId: string, gatewayId: string): Promise<OutboxEntry[]> {
+    return parseOutbox(Object.entries(await this.redis.hgetall(dropKeys(tenantId, gatewayId).outbox)).flat());
+  }
+
+  /** The outbox's users whose claimed OFFLINE is still the last change announced (nothing newer went out since). */
+  async stillCurrent(tenantId: string, users: OutboxEntry['users']): Promise<OutboxEntry['users']> {
+    if (users.length === 0) return [];
+    const pipeline = this.redis.pipeline();
+    for (const user of users) pipeline.hget(keys(tenantId, user.userId).meta, 'publishedVersion');
+    const versions = unwrap(await pipeline.exec());
+    return users.filter((user, i) => Number(versions[i] ?? 0) === user.version);
+  }
+
+  /**
+   * Outbox entries that are published. Written at once, not auto-pipelined:
+   * ioredis runs one auto-pipeline at a time, so it would wait for the drop
+   * call in flight, and a replica dying meanwhile would leave the batch to be
+   * published twice.
+   */
+  async published(tenantId: string, gatewayId: string, batchIds: string[]): Promise<void> {
+    if (batchIds.length > 0) unwrap(await this.redis.pipeline().hdel(dropKeys(tenantId, gatewayId).outbox, ...batchIds).exec());
+  }
+
+  /**
+   * One tenant's part of a drop is done: its leftovers go, and the tenant is
+   * no longer the gateway's unless the gateway registered connections of it
+   * since (it is alive after all; its refresh lists the tenant again anyway).
+   */
+  async finishTenant(tenantId: string, gatewayId: string): Promise<void> {
+    const drop = dropKeys(tenantId, gatewayId);
+    const [, , , [, live]] = unwrapPairs(await this.redis.pipeline().del(drop.occupancyWork).del(drop.work).del(drop.outbox).exists(gatewayKey(tenantId, gatewayId)).exec());
+    if (live === 0) await this.redis.srem(SYSTEM.gatewayTenants(gatewayId), tenantId);
+  }
+
+  /** The whole drop is done: nothing of it is left to claim. */
+  async finishDrop(gatewayId: string): Promise<void> {
+    await this.redis.zrem(SYSTEM.gatewayDrops, gatewayId);
   }
 
   /** Which users the given connections of one gateway belong to (unknown connections are left out). */
@@ -771,8 +934,17 @@ export class PresenceStore {
     return { onlineCount, connectionCount };
   }
 
-  /** Leaves every conversation dropped connections were present in (pipelined); returns the conversations whose counts changed. */
-  async vacate(tenantId: string, gatewayId: string, entries: { conversationId: string; connectionId: string; userId: string }[]): Promise<Map<string, Occupancy>> {
+  /**
+   * Leaves every conversation dropped connections were present in (pipelined); returns the conversations whose counts
+   * changed. Each connection's user is read from the conversation's occupancy (left already: nothing to do), so a
+   * resumed drop needs nothing but the gateway's occupancy list.
+   */
+  async vacate(tenantId: string, gatewayId: string, occupancy: { conversationId: string; connectionId: string }[]): Promise<Map<string, Occupancy>> {
+    if (occupancy.length === 0) return new Map();
+    const pipeline = this.redis.pipeline();
+    for (const o of occupancy) pipeline.hget(occupancyKeys(tenantId, o.conversationId).connections, `${gatewayId}:${o.connectionId}`);
+    const owners = unwrap(await pipeline.exec()) as (string | null)[];
+    const entries = occupancy.flatMap((o, i) => (owners[i] ? [{ ...o, userId: owners[i] }] : []));
     const counts = await Promise.all(entries.map((e) => this.occupyOne(tenantId, gatewayId, e.connectionId, e.userId, e.conversationId, false)));
     // In the order Redis ran them: the last count of a conversation is its latest.
     return new Map(entries.map((e, i) => [e.conversationId, counts[i]!]));
@@ -945,6 +1117,16 @@ function gatewayKey(tenantId: string, gatewayId: string): string {
   return tenantKey(tenantId, 'presence', 'gateway', assertSafeId(gatewayId, 'gateway_id'));
 }
 
+/** A dead gateway's drop in one tenant: its connections and occupancy left to drop, and its claimed but unpublished changes. */
+function dropKeys(tenantId: string, gatewayId: string) {
+  const gateway = assertSafeId(gatewayId, 'gateway_id');
+  return {
+    work: tenantKey(tenantId, 'presence', 'drop', gateway),
+    occupancyWork: tenantKey(tenantId, 'presence', 'drop-occ', gateway),
+    outbox: tenantKey(tenantId, 'presence', 'drop-outbox', gateway),
+  };
+}
+
 function gatewayOccKey(tenantId: string, gatewayId: string): string {
   return tenantKey(tenantId, 'presence', 'gateway-occ', assertSafeId(gatewayId, 'gateway_id'));
 }
@@ -964,6 +1146,22 @@ function occupancyPrefix(tenantId: string): string {
 
 function invisibleKey(tenantId: string): string {
   return tenantKey(tenantId, 'presence', 'invisible');
+}
+
+function parseOutbox(flat: string[]): OutboxEntry[] {
+  return pairs(flat).map(([batchId, json]) => {
+    const [at, ...values] = JSON.parse(json) as (string | number)[];
+    const users = [];
+    for (let j = 0; j < values.length; j += 4) users.push({ userId: String(values[j]), version: Number(values[j + 1]), customMessage: String(values[j + 2]), lastSeen: Number(values[j + 3]) });
+    return { batchId, at: Number(at), users };
+  });
+}
+
+/** A flat field, value list (HGETALL from Lua) as pairs. */
+function pairs(flat: string[]): [string, string][] {
+  const result: [string, string][] = [];
+  for (let i = 0; i < flat.length; i += 2) result.push([flat[i]!, flat[i + 1]!]);
+  return result;
 }
 
 /** A Redis HGETALL reply as Lua returns it (flat field, value list) as an object. */
