@@ -4,7 +4,7 @@ import type { Logger } from '@switchboard/logging';
 import { decodeEnvelope, SYSTEM_SUBJECTS, type NatsConnection, type Subscription } from '@switchboard/nats';
 import { Cause, type ChangeAnnouncer } from './announcer';
 import type { PresenceConfig } from './config';
-import type { OutboxEntry, PresenceStore, UserConnections } from './store';
+import type { DropWork, OutboxEntry, PresenceStore, UserConnections } from './store';
 
 /** A gateway's open AttachGateway call, as liveness sees it. */
 export interface GatewayLink {
@@ -52,6 +52,12 @@ export class Liveness {
   private lastReap = performance.now();
   /** When this replica saw each gateway's link close (ms since the epoch), for the drop's log: detection's share. */
   private readonly linkClosedAt = new Map<string, number>();
+  /**
+   * A gateway's connections read while its link's grace runs (most such
+   * gateways are dead): the drop that follows starts its first batch without
+   * reading them (a take of thousands of connections took 30–70 ms).
+   */
+  private readonly readDuringGrace = new Map<string, Promise<Map<string, DropWork['connections']> | undefined>>();
   private sweeping = false;
   /** Gateways' open links (AttachGateway), ended by this replica when it stops. */
   private readonly links = new Set<GatewayLink>();
@@ -130,6 +136,9 @@ export class Liveness {
         .then((applied) => {
           if (!applied) return;
           this.linkClosedAt.set(gatewayId, closedAt);
+          this.readDuringGrace.set(gatewayId, this.store.readGateway(gatewayId).catch(() => undefined));
+          // A gateway that attaches again is alive: what was read goes (so does one never reaped, after a while).
+          setTimeout(() => this.readDuringGrace.delete(gatewayId), this.config.GATEWAY_HEARTBEAT_TIMEOUT_MS + 2 * this.config.GATEWAY_LINK_GRACE_MS).unref();
           this.logger.info({ gateway: gatewayId, graceMs: this.config.GATEWAY_LINK_GRACE_MS }, 'gateway link closed: waiting only the grace for it to attach again');
           // Reap as the grace ends (counted from the close, not from Redis's answer) rather than at the next tick.
           setTimeout(() => void this.reap(), Math.max(0, graceEnds - Date.now()) + 5).unref();
@@ -139,6 +148,7 @@ export class Liveness {
     try {
       await this.store.linkAttached(gatewayId, linkId, Date.now() + this.config.GATEWAY_HEARTBEAT_TIMEOUT_MS);
       this.linkClosedAt.delete(gatewayId);
+      this.readDuringGrace.delete(gatewayId);
     } catch (err) {
       this.links.delete(link);
       throw err;
@@ -283,7 +293,11 @@ export class Liveness {
     let firstAnnouncedMs = -1;
     const renewClaim = () => void this.store.renewDrop(gatewayId, Date.now() + this.config.GATEWAY_DROP_CLAIM_MS).catch(() => undefined);
     renewClaim();
-    const work = await this.store.takeGateway(gatewayId);
+    // Connections read during the link's grace: registered since, they are still on the work list, read after.
+    const read = this.readDuringGrace.get(gatewayId);
+    this.readDuringGrace.delete(gatewayId);
+    const readBefore = read && (await read);
+    const work = await this.store.takeGateway(gatewayId, readBefore !== undefined);
     const takeMs = Math.round(performance.now() - started);
     let publishedHere = this.publishedBatches.get(gatewayId);
     if (!publishedHere) this.publishedBatches.set(gatewayId, (publishedHere = new Set()));
@@ -294,41 +308,51 @@ export class Liveness {
         .flush()
         .then(() => this.store.published(tenantId, gatewayId, batchIds))
         .then(() => batchIds.forEach((id) => published.delete(id)));
-    for (const { tenantId, connections: held, occupancy, outbox } of work) {
+    for (const { tenantId, connections: taken, occupancy, outbox } of work) {
       await this.republish(tenantId, gatewayId, outbox, published);
-      connections += held.length;
-      const byUser = new Map<string, UserConnections>();
-      for (const c of held) {
-        let user = byUser.get(c.userId);
-        if (!user) byUser.set(c.userId, (user = { userId: c.userId, connections: [] }));
-        user.connections.push({ connectionId: c.connectionId, deviceId: c.deviceId });
-      }
-      const users = [...byUser.values()];
-      // Redis drops the next batch while this process announces the previous one. (Two calls queued at Redis
-      // were tried: the first batch's answer then came later and the crash's p99 was no better.)
-      const drop = (from: number) => {
-        const now = Date.now();
-        const batchId = randomUUID();
-        return this.store.dropUsers(tenantId, gatewayId, users.slice(from, from + DROP_BATCH), now, cause, batchId).then((dropped) => ({ dropped, now, batchId }));
-      };
       const announcing: Promise<void>[] = [];
       const removing: Promise<void>[] = [];
-      let next = drop(0);
-      for (let i = 0; i < users.length; i += DROP_BATCH) {
-        const { dropped, now, batchId } = await next;
-        if (i + DROP_BATCH < users.length) next = drop(i + DROP_BATCH);
-        const offline = dropped.flatMap((d) => (d.gone || d.online ? [] : [d]));
-        usersOffline += offline.length;
-        // Left in the outbox when the publish failed: the end of this tenant's drop tries again.
-        if (this.announcer.announceOffline(tenantId, offline, now) && offline.some((d) => d.news)) {
-          published.add(batchId);
-          removing.push(removeFromOutbox(tenantId, [batchId]).catch(() => undefined));
+      const dropAll = async (held: DropWork['connections']) => {
+        connections += held.length;
+        const byUser = new Map<string, UserConnections>();
+        for (const c of held) {
+          let user = byUser.get(c.userId);
+          if (!user) byUser.set(c.userId, (user = { userId: c.userId, connections: [] }));
+          user.connections.push({ connectionId: c.connectionId, deviceId: c.deviceId });
         }
-        if (firstAnnouncedMs < 0 && offline.length > 0) firstAnnouncedMs = Math.round(performance.now() - started);
-        // Users still connected through another gateway: the ordinary merge and claim.
-        const stillOnline = dropped.flatMap((d) => (!d.gone && d.online ? [d.snapshot] : []));
-        if (stillOnline.length > 0) announcing.push(this.announcer.announceMany(tenantId, stillOnline, now, cause));
-        renewClaim();
+        const users = [...byUser.values()];
+        if (users.length === 0) return;
+        // Redis drops the next batch while this process announces the previous one. (Two calls queued at Redis
+        // were tried: the first batch's answer then came later and the crash's p99 was no better.)
+        const drop = (from: number) => {
+          const now = Date.now();
+          const batchId = randomUUID();
+          return this.store.dropUsers(tenantId, gatewayId, users.slice(from, from + DROP_BATCH), now, cause, batchId).then((dropped) => ({ dropped, now, batchId }));
+        };
+        let next = drop(0);
+        for (let i = 0; i < users.length; i += DROP_BATCH) {
+          const { dropped, now, batchId } = await next;
+          if (i + DROP_BATCH < users.length) next = drop(i + DROP_BATCH);
+          const offline = dropped.flatMap((d) => (d.gone || d.online ? [] : [d]));
+          usersOffline += offline.length;
+          // Left in the outbox when the publish failed: the end of this tenant's drop tries again.
+          if (this.announcer.announceOffline(tenantId, offline, now) && offline.some((d) => d.news)) {
+            published.add(batchId);
+            removing.push(removeFromOutbox(tenantId, [batchId]).catch(() => undefined));
+          }
+          if (firstAnnouncedMs < 0 && offline.length > 0) firstAnnouncedMs = Math.round(performance.now() - started);
+          // Users still connected through another gateway: the ordinary merge and claim.
+          const stillOnline = dropped.flatMap((d) => (!d.gone && d.online ? [d.snapshot] : []));
+          if (stillOnline.length > 0) announcing.push(this.announcer.announceMany(tenantId, stillOnline, now, cause));
+          renewClaim();
+        }
+      };
+      if (!readBefore) await dropAll(taken);
+      else {
+        await dropAll(readBefore.get(tenantId) ?? []);
+        // Registered after the grace's read (or a tenant it did not see): still on the work list. Every batch takes its
+        // connections off it, so this ends.
+        for (let rest = await this.store.remainingWork(tenantId, gatewayId); rest.length > 0; rest = await this.store.remainingWork(tenantId, gatewayId)) await dropAll(rest);
       }
       await Promise.all([...announcing, ...removing]);
       const vacated = await this.store.vacate(tenantId, gatewayId, occupancy);

@@ -369,7 +369,8 @@ return result`;
  * remaining list is resumed, and connections registered meanwhile stay
  * with the gateway), and reads the list, the occupancy and the unpublished
  * outbox. KEYS: gateway hash, work list, gateway occupancy set, occupancy
- * work set, outbox.
+ * work set, outbox; ARGV[1] = '1': the work list is not read (the caller
+ * read the gateway's connections while its link's grace ran).
  */
 const TAKE_DROP = `
 local started = redis.call('EXISTS', KEYS[2], KEYS[4], KEYS[5]) > 0
@@ -377,7 +378,7 @@ if not started then
   if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[2]) end
   if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('RENAME', KEYS[3], KEYS[4]) end
 end
-return {redis.call('HGETALL', KEYS[2]), redis.call('SMEMBERS', KEYS[4]), redis.call('HGETALL', KEYS[5])}`;
+return {ARGV[1] == '1' and {} or redis.call('HGETALL', KEYS[2]), redis.call('SMEMBERS', KEYS[4]), redis.call('HGETALL', KEYS[5])}`;
 
 /**
  * Gateways whose heartbeats stopped or whose lease lapsed, and drops whose
@@ -517,7 +518,7 @@ type ScriptedRedis = Redis & {
   claimPresenceChanges(numberOfKeys: number, ...args: (string | number)[]): Promise<[number, (string | number)[]][]>;
   disconnectMany(numberOfKeys: number, ...args: (string | number)[]): Promise<unknown[][]>;
   dropUsers(numberOfKeys: number, ...args: (string | number)[]): Promise<unknown[][]>;
-  takeDrop(gateway: string, work: string, occupancy: string, occupancyWork: string, outbox: string): Promise<[string[], string[], string[]]>;
+  takeDrop(gateway: string, work: string, occupancy: string, occupancyWork: string, outbox: string, skipWork: number): Promise<[string[], string[], string[]]>;
   popDead(beats: string, leases: string, drops: string, links: string, now: number, limit: number, claimUntil: number): Promise<string[]>;
   reconcileLeases(key: string, ...args: (string | number)[]): Promise<[string[], string[]]>;
   popDue(key: string, now: number, limit: number): Promise<string[]>;
@@ -804,24 +805,22 @@ export class PresenceStore {
    * What is left to drop of a dead gateway, by tenant (see TAKE_DROP): on a
    * first call its connection lists are set aside as the drop's work list;
    * the tenants whose drop is finished are no longer listed. One round trip
-   * for all tenants after reading them.
+   * for all tenants after reading them. `skipConnections`: the work lists
+   * are not read (the caller has the connections from readGateway).
    */
-  async takeGateway(gatewayId: string): Promise<DropWork[]> {
+  async takeGateway(gatewayId: string, skipConnections = false): Promise<DropWork[]> {
     const tenants = await this.redis.smembers(SYSTEM.gatewayTenants(gatewayId));
     const replies = await Promise.all(
       tenants.map((tenantId) => {
         const drop = dropKeys(tenantId, gatewayId);
-        return this.redis.takeDrop(gatewayKey(tenantId, gatewayId), drop.work, gatewayOccKey(tenantId, gatewayId), drop.occupancyWork, drop.outbox);
+        return this.redis.takeDrop(gatewayKey(tenantId, gatewayId), drop.work, gatewayOccKey(tenantId, gatewayId), drop.occupancyWork, drop.outbox, skipConnections ? 1 : 0);
       }),
     );
     return tenants.map((tenantId, i) => {
       const [connections, occupancy, outbox] = replies[i]!;
       return {
         tenantId,
-        connections: pairs(connections).map(([connectionId, value]) => {
-          const [userId = '', deviceId = ''] = value.split(':');
-          return { connectionId, userId, deviceId };
-        }),
+        connections: parseConnections(pairs(connections)),
         occupancy: occupancy.map((entry) => {
           const [conversationId = '', connectionId = ''] = entry.split(':');
           return { conversationId, connectionId };
@@ -829,6 +828,21 @@ export class PresenceStore {
         outbox: parseOutbox(outbox),
       };
     });
+  }
+
+  /**
+   * A gateway's connections by tenant, read only: while its link's grace
+   * runs, so that a drop that follows need not read them (see takeGateway).
+   */
+  async readGateway(gatewayId: string): Promise<Map<string, DropWork['connections']>> {
+    const tenants = await this.redis.smembers(SYSTEM.gatewayTenants(gatewayId));
+    const lists = await Promise.all(tenants.map((tenantId) => this.redis.hgetall(gatewayKey(tenantId, gatewayId))));
+    return new Map(tenants.map((tenantId, i) => [tenantId, parseConnections(Object.entries(lists[i]!))]));
+  }
+
+  /** What is still on a drop's work list in one tenant. */
+  async remainingWork(tenantId: string, gatewayId: string): Promise<DropWork['connections']> {
+    return parseConnections(Object.entries(await this.redis.hgetall(dropKeys(tenantId, gatewayId).work)));
   }
 
   /** The OFFLINE changes of a gateway's drop in one tenant that are claimed and not yet published. */
@@ -1146,6 +1160,14 @@ function occupancyPrefix(tenantId: string): string {
 
 function invisibleKey(tenantId: string): string {
   return tenantKey(tenantId, 'presence', 'invisible');
+}
+
+/** A gateway's connection hash entries: connection → "<uid>:<device>:<connectedAt>". */
+function parseConnections(entries: [string, string][]): DropWork['connections'] {
+  return entries.map(([connectionId, value]) => {
+    const [userId = '', deviceId = ''] = value.split(':');
+    return { connectionId, userId, deviceId };
+  });
 }
 
 function parseOutbox(flat: string[]): OutboxEntry[] {

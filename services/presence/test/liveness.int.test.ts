@@ -158,6 +158,28 @@ describe('presence liveness and features', () => {
     }
   });
 
+  it('drops a gateway whose link closed with the connections it registered during the grace too', async () => {
+    const gatewayId = `gw-${newId().slice(0, 8)}`;
+    const [early, late] = [newId(), newId()];
+    await client.connectDevice({ context: undefined, gatewayId, connectionId: 'c1', device: device('d1') }, as(early));
+    const redis = createRedis(infraEnv().REDIS_URL!, 'presence-grace-test');
+    await redis.connect();
+    try {
+      const link = client.raw.attachGateway({ context: undefined, gatewayId }, tenantToMetadata(system.context));
+      link.on('error', () => undefined);
+      await eventually(async () => (await redis.hget('sb:sys:presence:gateway-links', gatewayId)) !== null, 10_000, 'attached');
+      link.cancel();
+      // Presence reads the gateway's connections as the grace starts; this one comes after that read (or before: either way it goes).
+      await eventually(async () => (await redis.hget('sb:sys:presence:gateway-links', gatewayId)) === 'lost', 10_000, 'link lost');
+      await client.connectDevice({ context: undefined, gatewayId, connectionId: 'c2', device: device('d1') }, as(late));
+      for (const userId of [early, late]) await eventually(async () => (await presenceOf(userId)).status === PresenceStatus.PRESENCE_STATUS_OFFLINE, 10_000, 'offline');
+      await eventually(async () => (await redis.zscore('sb:sys:presence:gateway-drops', gatewayId)) === null, 10_000, 'drop finished');
+      expect(await redis.keys(`sb:{${tenantId}}:presence:*${gatewayId}*`)).toEqual([]);
+    } finally {
+      await redis.quit();
+    }
+  });
+
   it('ends its gateways’ links when it stops, and that drops nobody: the gateway attaches to another replica', async () => {
     const gatewayId = `gw-${newId().slice(0, 8)}`;
     const userId = newId();
