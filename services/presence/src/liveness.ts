@@ -241,7 +241,10 @@ export class Liveness {
       const result = await this.dropOnce(gatewayId, cause);
       this.dropping.delete(gatewayId);
       this.publishedBatches.delete(gatewayId);
-      this.logger.warn({ gateway: gatewayId, ...result, ms: Math.round(performance.now() - started), ...context }, 'gateway down or missed its heartbeats or lease: its connections went offline');
+      const fields = { gateway: gatewayId, ...result, ms: Math.round(performance.now() - started), ...context };
+      // GatewayDown's own log line says the rest.
+      if (context.detectedAt === undefined) this.logger.info(fields, 'gateway down: its connections went offline');
+      else this.logger.warn(fields, 'gateway missed its heartbeats or lease: its connections went offline');
       return result;
     } catch (err) {
       if (!retrying) this.retryLater(gatewayId, cause, 0, err);
