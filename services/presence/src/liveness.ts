@@ -4,7 +4,7 @@ import type { Logger } from '@switchboard/logging';
 import { decodeEnvelope, SYSTEM_SUBJECTS, type NatsConnection, type Subscription } from '@switchboard/nats';
 import { Cause, type ChangeAnnouncer } from './announcer';
 import type { PresenceConfig } from './config';
-import type { DropWork, OutboxEntry, PresenceStore, UserConnections } from './store';
+import type { DroppedUser, DropWork, OutboxEntry, PresenceStore, UserConnections } from './store';
 
 /** A gateway's open AttachGateway call, as liveness sees it. */
 export interface GatewayLink {
@@ -21,6 +21,12 @@ const PARALLEL_USERS = 500;
  * one call holds Redis for milliseconds, not the whole drop.
  */
 const DROP_BATCH = 500;
+/**
+ * Drop calls queued at Redis at once. (presence-s6 tried two through ioredis's
+ * auto-pipelining, which sent them as one pipeline answered as a whole: the
+ * first batch was heard later. Each call is now its own write and answer.)
+ */
+const DROP_CALLS_IN_FLIGHT = 2;
 /** A drop that failed part-way is tried again after this, doubling per failure up to DROP_RETRY_MAX_MS. */
 const DROP_RETRY_BASE_MS = 100;
 const DROP_RETRY_MAX_MS = 2000;
@@ -325,17 +331,22 @@ export class Liveness {
         }
         const users = [...byUser.values()];
         if (users.length === 0) return;
-        // Redis drops the next batch while this process announces the previous one. (Two calls queued at Redis
-        // were tried: the first batch's answer then came later and the crash's p99 was no better.)
-        const drop = (from: number) => {
+        // DROP_CALLS_IN_FLIGHT calls queued at Redis, each answered on its own: Redis runs the next batch while this
+        // process reads and announces the previous one, instead of waiting for it to be scheduled on a busy core.
+        const inFlight: Promise<{ dropped: DroppedUser[]; now: number; batchId: string }>[] = [];
+        const send = (from: number) => {
+          if (from >= users.length) return;
           const now = Date.now();
           const batchId = randomUUID();
-          return this.store.dropUsers(tenantId, gatewayId, users.slice(from, from + DROP_BATCH), now, cause, batchId).then((dropped) => ({ dropped, now, batchId }));
+          const call = this.store.dropUsers(tenantId, gatewayId, users.slice(from, from + DROP_BATCH), now, cause, batchId).then((dropped) => ({ dropped, now, batchId }));
+          // Awaited in turn; one failing ends this run with the others still out (their results are dropped: idempotent).
+          call.catch(() => undefined);
+          inFlight.push(call);
         };
-        let next = drop(0);
+        for (let k = 0; k < DROP_CALLS_IN_FLIGHT; k += 1) send(k * DROP_BATCH);
         for (let i = 0; i < users.length; i += DROP_BATCH) {
-          const { dropped, now, batchId } = await next;
-          if (i + DROP_BATCH < users.length) next = drop(i + DROP_BATCH);
+          const { dropped, now, batchId } = await inFlight.shift()!;
+          send(i + DROP_CALLS_IN_FLIGHT * DROP_BATCH);
           const offline = dropped.flatMap((d) => (d.gone || d.online ? [] : [d]));
           usersOffline += offline.length;
           // Left in the outbox when the publish failed: the end of this tenant's drop tries again.

@@ -660,7 +660,10 @@ export class PresenceStore {
       args.push(userId, connections.length);
       for (const c of connections) args.push(c.connectionId, c.deviceId);
     }
-    const results = await this.redis.dropUsers(keyList.length, ...keyList, ...args);
+    // Its own write, not auto-pipelined: ioredis runs one auto-pipeline at a time and answers it as a whole, so the
+    // next batch could not be queued at Redis while this one runs (see Liveness: two drop calls in flight).
+    const pipeline = this.redis.pipeline() as unknown as { dropUsers(...args: (string | number)[]): { exec(): ReturnType<ReturnType<Redis['pipeline']>['exec']> } };
+    const [results] = unwrap(await pipeline.dropUsers(keyList.length, ...keyList, ...args).exec()) as [unknown[][]];
     return users.map(({ userId }, i): DroppedUser => {
       const [offline, ...rest] = results[i]!;
       if (offline === 2) return { userId, gone: true };
