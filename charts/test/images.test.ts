@@ -21,7 +21,7 @@ const run = (stage: Stage) => stage.instructions.filter((i) => i.keyword === 'RU
 
 test('the build context of a clean checkout holds what the builds need', () => {
   expect(context.size).toBeGreaterThan(50);
-  for (const file of ['pnpm-lock.yaml', 'pnpm-workspace.yaml', 'package.json', 'tsconfig.json', 'tsconfig.base.json', 'proto/buf.yaml', 'proto/buf.gen.yaml', 'proto/scripts/generate.js']) {
+  for (const file of ['pnpm-lock.yaml', 'pnpm-workspace.yaml', 'patches/kafkajs@2.2.4.patch', 'package.json', 'tsconfig.json', 'tsconfig.base.json', 'proto/buf.yaml', 'proto/buf.gen.yaml', 'proto/scripts/generate.js']) {
     expect({ file, inContext: context.has(file) }).toEqual({ file, inContext: true });
   }
   const ignored = dockerignore();
