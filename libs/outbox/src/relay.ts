@@ -95,6 +95,11 @@ export class OutboxRelay {
     await this.leader?.end().catch(() => undefined);
   }
 
+  /** This replica holds the leader lock and runs the sinks: its own commits need no wake-up over NATS. */
+  get leads(): boolean {
+    return this.leader !== undefined && !this.leaderLost;
+  }
+
   /** Work is waiting: run the sinks now rather than at the next poll (from this process or, over NATS, another replica). */
   wake(): void {
     // A sink busy publishing is not waiting; the flag makes it go round again instead of sleeping.
@@ -167,28 +172,32 @@ export class OutboxRelay {
   private async drain(sink: 'nats' | 'kafka', publish: (rows: OutboxRow[]) => Promise<void>): Promise<void> {
     const column = sink === 'nats' ? 'nats_published_at' : 'kafka_published_at';
     let failures = 0;
+    // Published (the server confirmed them) but not yet marked: the next read marks them in the same statement, so
+    // a batch costs one round trip to PostgreSQL instead of two. A crash before that mark republishes them, which
+    // at-least-once delivery allows (consumers de-duplicate by event id and seq).
+    let unmarked: string[] = [];
     while (this.running && !this.leaderLost) {
       this.woken[sink] = false;
       try {
-        // Named: prepared once per connection, not parsed and planned on every wake-up.
+        // Named: prepared once per connection, not parsed and planned on every wake-up. The UPDATE's rows are not
+        // visible to the SELECT of the same statement (one snapshot), hence the exclusion.
         const { rows } = await this.options.pool.query<OutboxRow>({
-          name: `outbox-pending-${sink}`,
-          text: `SELECT id, event_id, nats_subject, kafka_topic, kafka_key, payload, headers FROM outbox
-           WHERE ${column} IS NULL ORDER BY id LIMIT $1`,
-          values: [this.batchSize],
+          name: `outbox-mark-and-read-${sink}`,
+          text: `WITH marked AS (UPDATE outbox SET ${column} = now() WHERE id = ANY($2::bigint[]))
+           SELECT id, event_id, nats_subject, kafka_topic, kafka_key, payload, headers FROM outbox
+           WHERE ${column} IS NULL AND NOT (id = ANY($2::bigint[])) ORDER BY id LIMIT $1`,
+          values: [this.batchSize, unmarked],
         });
+        unmarked = [];
         this.pending[sink] = rows.length;
         if (rows.length > 0) {
           await publish(rows);
-          await this.options.pool.query({
-            name: `outbox-published-${sink}`,
-            text: `UPDATE outbox SET ${column} = now() WHERE id = ANY($1::bigint[])`,
-            values: [rows.map((row) => row.id)],
-          });
+          unmarked = rows.map((row) => row.id);
           failures = 0;
           if (rows.length === this.batchSize) continue;
         }
         await this.cleanUp(sink);
+        // Idle, the last batch's mark waits for the next wake-up or poll.
         await this.idle(this.options.pollMs, sink);
         // Woken (or polled): let the commits of the linger window gather first (a backlog above goes round without it).
         if (sink === 'kafka' && this.options.kafkaLingerMs) await new Promise((r) => setTimeout(r, this.options.kafkaLingerMs));
@@ -197,6 +206,13 @@ export class OutboxRelay {
         this.options.logger.warn({ err, sink, failures }, 'outbox relay could not publish; retrying');
         await this.idle(Math.min(100 * 2 ** failures, 5000));
       }
+    }
+    // Stopping or no longer leading: what the servers confirmed may be marked by anyone, so spare the next leader
+    // republishing it (if this fails, it is republished: at least once).
+    if (unmarked.length > 0) {
+      await this.options.pool
+        .query({ name: `outbox-mark-${sink}`, text: `UPDATE outbox SET ${column} = now() WHERE id = ANY($1::bigint[])`, values: [unmarked] })
+        .catch((err: unknown) => this.options.logger.warn({ err, sink }, 'outbox relay could not mark published events; the next leader publishes them again'));
     }
   }
 
