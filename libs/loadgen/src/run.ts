@@ -192,6 +192,8 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
   /** Notification consumes every committed message from Kafka: its share of a message's cost shows in its profile. */
   let notificationInspector: InspectorSession | undefined;
   const notificationProcess = target.processes.find((p) => p.name === 'notification');
+  /** The other services (room, presence, the other gateways): their background work is part of every message's cost. */
+  const otherInspectors: { name: string; session: InspectorSession }[] = [];
   const workers: Worker[] = [];
   // Ctrl-C or a kill still stops what this run started (the services run in their own process groups).
   const abort = () => {
@@ -257,6 +259,10 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
       inspector = await InspectorSession.attach(edges[0]!.output ?? []);
       if (messagingProcess) messagingInspector = await InspectorSession.attach(messagingProcess.output ?? []);
       if (notificationProcess) notificationInspector = await InspectorSession.attach(notificationProcess.output ?? []);
+      for (const p of target.processes) {
+        if (p === edges[0] || p === messagingProcess || p === notificationProcess) continue;
+        otherInspectors.push({ name: p.name, session: await InspectorSession.attach(p.output ?? []) });
+      }
       await inspector.call('HeapProfiler.enable');
       await inspector.call('HeapProfiler.startSampling', { samplingInterval: 8192 });
     }
@@ -372,7 +378,7 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
       for (const p of target.processes) before.set(p.name, sample(p.pid));
       for (const p of target.infra) before.set(p.name, sample(p.pid, p.tree));
       stagesBefore = await stageSnapshots();
-      for (const session of [inspector, messagingInspector, notificationInspector]) {
+      for (const session of [inspector, messagingInspector, notificationInspector, ...otherInspectors.map((o) => o.session)]) {
         if (!session) continue;
         await session.call('Profiler.enable');
         await session.call('Profiler.setSamplingInterval', { interval: 500 });
@@ -407,6 +413,10 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
       const { profile } = await messagingInspector.call<{ profile: Parameters<typeof cpuTop>[0] }>('Profiler.stop');
       saveProfile(path.join(options.profileDir!, `${options.label}.messaging.cpuprofile`), profile);
       profiles.messagingCpu = cpuTop(profile);
+    }
+    for (const { name, session } of options.pattern !== 'idle' ? otherInspectors : []) {
+      const { profile } = await session.call<{ profile: Parameters<typeof cpuTop>[0] }>('Profiler.stop');
+      saveProfile(path.join(options.profileDir!, `${options.label}.${name}.cpuprofile`), profile);
     }
     if (notificationInspector && options.pattern !== 'idle') {
       const { profile } = await notificationInspector.call<{ profile: Parameters<typeof cpuTop>[0] }>('Profiler.stop');
@@ -467,6 +477,7 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
     inspector?.close();
     messagingInspector?.close();
     notificationInspector?.close();
+    for (const { session } of otherInspectors) session.close();
     await Promise.all(
       workers.map(
         (worker) =>
