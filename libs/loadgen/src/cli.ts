@@ -103,7 +103,7 @@ function withRunFlags(command: Command): Command {
     .option('--idle <seconds>', 'quiet seconds after the ramp (idle CPU window)', int('idle'))
     .option('--label <label>', 'name of the run (and its JSON file)')
     .option('--service-log <file>', "append the Switchboard services' log lines to this file")
-    .option('--profile <dir>', "CPU and heap profiles of the first gateway and a CPU profiles of messaging and notification (over the inspector) into this directory")
+    .option('--profile <dir>', "CPU and heap profiles of the first gateway and CPU profiles of every other service over the load (over the inspector) into this directory")
     .option('--gateway-env <KEY=VALUE...>', 'extra environment for the gateways (e.g. WS_COMPRESSION=true)');
 }
 
