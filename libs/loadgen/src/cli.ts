@@ -42,6 +42,18 @@ interface Flags {
   profile?: string;
   serviceLog?: string;
   gatewayEnv?: string[];
+  serviceEnv?: string[];
+}
+
+/** `KEY=VALUE` pairs into an environment; a pair without `=` is refused by name. */
+function environment(flag: string, pairs: string[]): Record<string, string> {
+  return Object.fromEntries(
+    pairs.map((kv) => {
+      const at = kv.indexOf('=');
+      if (at <= 0) throw new InvalidArgumentError(`${flag} takes KEY=VALUE pairs, got "${kv}"`);
+      return [kv.slice(0, at), kv.slice(at + 1)];
+    }),
+  );
 }
 
 function overrides(flags: Flags): Partial<LoadOptions> {
@@ -64,7 +76,8 @@ function overrides(flags: Flags): Partial<LoadOptions> {
   if (flags.label) o.label = flags.label;
   if (flags.profile) o.profileDir = flags.profile;
   if (flags.serviceLog) o.serviceLog = flags.serviceLog;
-  if (flags.gatewayEnv) o.gatewayEnv = Object.fromEntries(flags.gatewayEnv.map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+  if (flags.gatewayEnv) o.gatewayEnv = environment('--gateway-env', flags.gatewayEnv);
+  if (flags.serviceEnv) o.serviceEnv = environment('--service-env', flags.serviceEnv);
   return o;
 }
 
@@ -104,7 +117,8 @@ function withRunFlags(command: Command): Command {
     .option('--label <label>', 'name of the run (and its JSON file)')
     .option('--service-log <file>', "append the Switchboard services' log lines to this file")
     .option('--profile <dir>', "CPU and heap profiles of the first gateway and CPU profiles of every other service over the load (over the inspector) into this directory")
-    .option('--gateway-env <KEY=VALUE...>', 'extra environment for the gateways (e.g. WS_COMPRESSION=true)');
+    .option('--gateway-env <KEY=VALUE...>', 'extra environment for the gateways (e.g. WS_COMPRESSION=true)')
+    .option('--service-env <KEY=VALUE...>', 'extra environment for every Switchboard service (e.g. OUTBOX_KAFKA_LINGER_MS=200)');
 }
 
 const program = new Command('sb-load').description('Switchboard load generator: scenarios, the Socket.IO baseline, plots');

@@ -41,6 +41,8 @@ export interface LoadOptions {
   /** Most seconds to wait for outstanding deliveries after the schedule ends. */
   drainS: number;
   gatewayEnv?: Record<string, string>;
+  /** Extra environment for every Switchboard service (the gateways too; gatewayEnv wins for them). */
+  serviceEnv?: Record<string, string>;
   /** File the services' log lines (warnings and errors) are appended to. */
   serviceLog?: string;
   /** Directory for CPU (load phase) and heap (ramp) profiles of the first gateway, and a CPU profile of messaging over the load, taken over the inspector. */
@@ -178,7 +180,7 @@ export async function runLoad(partial: Partial<LoadOptions>): Promise<LoadResult
   const profiling = options.profileDir !== undefined && options.target === 'switchboard';
   // Every client of a run is one tenant's user: that tenant's connection limit (TENANT_MAX_CONNECTIONS, 10,000 by
   // default) must hold the whole run, or the connections scenario's 15,000 would measure the quota instead.
-  const serviceEnv = { TENANT_MAX_CONNECTIONS: String(Math.max(10_000, options.connections)), ...(profiling ? { NODE_OPTIONS: '--inspect=127.0.0.1:0' } : {}) };
+  const serviceEnv = { TENANT_MAX_CONNECTIONS: String(Math.max(10_000, options.connections)), ...options.serviceEnv, ...(profiling ? { NODE_OPTIONS: '--inspect=127.0.0.1:0' } : {}) };
   const gatewayEnv = { ...options.gatewayEnv, ...(profiling ? { NODE_OPTIONS: `${options.gatewayEnv?.NODE_OPTIONS ?? ''} --inspect=127.0.0.1:0`.trim() } : {}) };
   const target: Target =
     options.target === 'switchboard'
