@@ -59,7 +59,7 @@ async function sinks(): Promise<{ subject: string; topic: string; onNats: string
   await admin.disconnect();
   const onNats: string[] = [];
   const onKafka: string[] = [];
-  nats.subscribe(subject, { callback: (_err, msg) => onNats.push(msg.headers?.get('Nats-Msg-Id') ?? '?') });
+  nats.subscribe(subject, { callback: (_err, msg) => void onNats.push(msg.headers?.get('Nats-Msg-Id') ?? '?') });
   await nats.flush();
   const consumer = kafka.consumer({ groupId: `outbox-test-${tag}` });
   consumers.push(consumer);
